@@ -1,0 +1,46 @@
+# fluxgraph: `make run` and `make test` work on a fresh machine with Python 3.10+, make and git.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= 127.0.0.1
+PORT ?= 8188
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DIFFUSERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test install install-test models serve bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# Without CUDA, the CPU torch wheel first: an unpinned torch pulls gigabytes of CUDA libraries.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.4,<=2.14.1"; \
+	else $(PIP) install -q torch==2.13.0; fi
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+models: install
+	$(PY) -m engine.cli models prepare
+
+run: models
+	$(PY) -m engine.cli serve --host $(HOST) --port $(PORT)
+
+test: install-test
+	bash tests/browser_setup.sh
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) bench/engine_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,154 @@
+"""Where files live: ComfyUI's folder layout (models/<key>, input, output, temp, user) and containment.
+
+Every user-supplied path (a /view query, an upload, a LoadImage name in a prompt, a model name, a
+filename_prefix) is resolved through `FolderPaths` so that nothing escapes its root: `..`, absolute paths
+and symlinks pointing outside are refused with `UnsafePathError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
+
+# folder key -> default subfolders of models/ (the first is where new files go)
+DEFAULT_MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("checkpoints",),
+    "configs": ("configs",),
+    "loras": ("loras",),
+    "vae": ("vae",),
+    "text_encoders": ("text_encoders", "clip"),
+    "diffusion_models": ("unet", "diffusion_models"),
+    "clip_vision": ("clip_vision",),
+    "style_models": ("style_models",),
+    "embeddings": ("embeddings",),
+    "diffusers": ("diffusers",),
+    "vae_approx": ("vae_approx",),
+    "controlnet": ("controlnet", "t2i_adapter"),
+    "upscale_models": ("upscale_models",),
+    "tokenizers": ("tokenizers",),
+    "segmentation": ("segmentation",),
+}
+LEGACY_KEYS = {"unet": "diffusion_models", "clip": "text_encoders"}
+FILE_TYPES = ("input", "output", "temp")
+
+
+class UnsafePathError(ValueError):
+    """A user-supplied path that would leave its root folder."""
+
+
+def contained_path(root: Path, relative: str | os.PathLike[str]) -> Path:
+    """`root / relative`, refusing anything that resolves outside `root` (symlinks included)."""
+    text = os.fspath(relative)
+    if "\x00" in text:
+        raise UnsafePathError("path contains a NUL byte")
+    candidate = Path(text)
+    if candidate.is_absolute() or text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
+        raise UnsafePathError(f"absolute paths are not allowed: {text!r}")
+    if any(part == ".." for part in Path(text.replace("\\", "/")).parts):
+        raise UnsafePathError(f"'..' is not allowed in paths: {text!r}")
+    root_resolved = root.resolve()
+    full = (root_resolved / candidate).resolve()
+    if full != root_resolved and root_resolved not in full.parents:
+        raise UnsafePathError(f"path escapes its folder: {text!r}")
+    return full
+
+
+def split_annotation(name: str, default_type: str = "input") -> tuple[str, str]:
+    """'x.png [output]' -> ('x.png', 'output'), as ComfyUI's LoadImage and /view accept."""
+    for file_type in FILE_TYPES:
+        suffix = f" [{file_type}]"
+        if name.endswith(suffix):
+            return name[: -len(suffix)], file_type
+    return name, default_type
+
+
+@dataclass
+class FolderPaths:
+    base_dir: Path
+    models_dir: Path | None = None
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+    temp_dir: Path | None = None
+    user_dir: Path | None = None
+    extra_model_dirs: dict[str, list[Path]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.base_dir = Path(self.base_dir).resolve()
+        self.models_dir = Path(self.models_dir or self.base_dir / "models").resolve()
+        self.input_dir = Path(self.input_dir or self.base_dir / "input").resolve()
+        self.output_dir = Path(self.output_dir or self.base_dir / "output").resolve()
+        self.temp_dir = Path(self.temp_dir or self.base_dir / "temp").resolve()
+        self.user_dir = Path(self.user_dir or self.base_dir / "user").resolve()
+
+    # ----- input / output / temp
+    def directory(self, file_type: str) -> Path:
+        if file_type not in FILE_TYPES:
+            raise UnsafePathError(f"unknown folder type {file_type!r}; expected one of {list(FILE_TYPES)}")
+        return {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}[file_type]
+
+    def resolve_file(self, name: str, file_type: str = "input", subfolder: str = "") -> Path:
+        """A file under input/output/temp, refusing escapes. `name` may carry a ' [output]' annotation."""
+        name, file_type = split_annotation(name, file_type)
+        root = self.directory(file_type)
+        folder = contained_path(root, subfolder) if subfolder else root.resolve()
+        return contained_path(folder, name)
+
+    def list_input_files(self, extensions: Iterable[str] | None = None) -> list[str]:
+        exts = {e.lower() for e in extensions} if extensions else None
+        if not self.input_dir.is_dir():
+            return []
+        names = [p.name for p in self.input_dir.iterdir()
+                 if p.is_file() and (exts is None or p.suffix.lower() in exts)]
+        return sorted(names)
+
+    # ----- models
+    def model_dirs(self, key: str) -> list[Path]:
+        key = LEGACY_KEYS.get(key, key)
+        dirs = [self.models_dir / sub for sub in DEFAULT_MODEL_FOLDERS.get(key, (key,))]
+        return dirs + list(self.extra_model_dirs.get(key, []))
+
+    def add_model_dir(self, key: str, path: str | os.PathLike[str], first: bool = False) -> None:
+        key = LEGACY_KEYS.get(key, key)
+        dirs = self.extra_model_dirs.setdefault(key, [])
+        dirs.insert(0, Path(path)) if first else dirs.append(Path(path))
+
+    def list_models(self, key: str, extensions: Iterable[str] = MODEL_EXTENSIONS,
+                    include_dirs: bool = False) -> list[str]:
+        """Files (relative paths, recursive, following symlinks) under every directory of a folder key.
+
+        With `include_dirs`, directories holding a `config.json` or `model_index.json` (diffusers and
+        transformers folders) are listed too.
+        """
+        exts = {e.lower() for e in extensions}
+        found: set[str] = set()
+        for root in self.model_dirs(key):
+            if not root.is_dir():
+                continue
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                rel_dir = Path(dirpath).relative_to(root)
+                if include_dirs and rel_dir != Path(".") and (
+                        "config.json" in filenames or "model_index.json" in filenames):
+                    found.add(rel_dir.as_posix())
+                    dirnames[:] = []
+                    continue
+                for filename in filenames:
+                    if Path(filename).suffix.lower() in exts:
+                        found.add((rel_dir / filename).as_posix())
+                dirnames.sort()
+        return sorted(found)
+
+    def model_path(self, key: str, name: str) -> Path:
+        """Resolve a model name from a prompt to a real path inside one of the key's directories."""
+        for root in self.model_dirs(key):
+            if not root.is_dir():
+                continue
+            path = contained_path(root, name)
+            if path.exists():
+                return path
+        searched = ", ".join(str(d) for d in self.model_dirs(key))
+        raise FileNotFoundError(f"model {name!r} not found in folder '{key}' (searched: {searched})")
+

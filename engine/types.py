@@ -1,0 +1,51 @@
+"""Value types that flow on edges, with ComfyUI's names, and the rule for which types may connect."""
+
+from __future__ import annotations
+
+INT = "INT"
+FLOAT = "FLOAT"
+STRING = "STRING"
+BOOLEAN = "BOOLEAN"
+COMBO = "COMBO"
+ANY = "*"
+
+PRIMITIVES = frozenset({INT, FLOAT, STRING, BOOLEAN})
+
+MODEL = "MODEL"
+CLIP = "CLIP"
+VAE = "VAE"
+CONDITIONING = "CONDITIONING"
+LATENT = "LATENT"
+IMAGE = "IMAGE"
+MASK = "MASK"
+CLIP_VISION = "CLIP_VISION"
+CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
+STYLE_MODEL = "STYLE_MODEL"
+NOISE = "NOISE"
+GUIDER = "GUIDER"
+SAMPLER = "SAMPLER"
+SIGMAS = "SIGMAS"
+SEGMENTER = "SEGMENTER"
+SEGMENTATION = "SEGMENTATION"
+
+
+def _type_set(type_name: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in type_name.split(","))
+
+
+def types_compatible(output_type: object, input_type: object) -> bool:
+    """ComfyUI's rule: equal, either side "*", or comma-separated unions that overlap.
+
+    A combo output (a list of options) feeds a combo input (a list, or "COMBO").
+    """
+    if isinstance(output_type, (list, tuple)) or isinstance(input_type, (list, tuple)):
+        out_is_combo = isinstance(output_type, (list, tuple)) or output_type in (COMBO, ANY)
+        in_is_combo = isinstance(input_type, (list, tuple)) or input_type in (COMBO, ANY)
+        return out_is_combo and in_is_combo
+    if output_type == ANY or input_type == ANY:
+        return True
+    if output_type == input_type:
+        return True
+    if not isinstance(output_type, str) or not isinstance(input_type, str):
+        return False
+    return bool(_type_set(output_type) & _type_set(input_type))

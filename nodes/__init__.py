@@ -1,0 +1,4 @@
+"""Node packs. Each subpackage exposes `NODES`, a sequence of `engine.schema.NodeSchema`.
+
+Packs: `core` (images, masks, primitives, IO), `flux`, `segmentation`, `bridges`.
+"""
