@@ -1,0 +1,1 @@
+"""Model loading: find files under models/, detect their layout, build diffusers/transformers modules offline."""
