@@ -1,0 +1,171 @@
+"""API-format prompt JSON <-> a networkx DiGraph of nodes and links.
+
+A prompt maps node id -> {"class_type", "inputs", "_meta"}. An input value that is a JSON list is a link
+`[source_id, output_index]` (ComfyUI treats *any* list as a link); `{"__value__": [...]}` wraps a literal
+list. Edges run from the source node to the consumer and carry the consumer's input names.
+Everything here is iterative (no recursion), so a 10,000-node chain is fine.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import networkx as nx
+
+
+class PromptFormatError(ValueError):
+    """The prompt is not an API-format graph at all (not a dict, a node without class_type, ...)."""
+
+    def __init__(self, message: str, details: str = "", node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.node_id = node_id
+
+
+@dataclass(frozen=True)
+class Link:
+    source: str
+    slot: int
+
+
+@dataclass
+class PromptNode:
+    id: str
+    class_type: str
+    inputs: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    order: int = 0  # position in the prompt, for deterministic tie-breaking
+
+    def links(self) -> dict[str, Link]:
+        return {name: link for name, value in self.inputs.items() if (link := as_link(value)) is not None}
+
+    def literals(self) -> dict[str, Any]:
+        return {name: unwrap_literal(value) for name, value in self.inputs.items() if not is_link(value)}
+
+
+def is_link(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def as_link(value: Any) -> Link | None:
+    """A well-formed link, or None (for literals and for malformed lists, which validation reports)."""
+    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
+            and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)):
+        return Link(str(value[0]), value[1])
+    return None
+
+
+def unwrap_literal(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__value__"}:
+        return value["__value__"]
+    return value
+
+
+class PromptGraph:
+    """The nodes of a prompt and the links between them."""
+
+    def __init__(self, nodes: Mapping[str, PromptNode]) -> None:
+        self.nodes: dict[str, PromptNode] = dict(nodes)
+        self.graph = nx.DiGraph()
+        for node in self.nodes.values():
+            self.graph.add_node(node.id)
+        for node in self.nodes.values():
+            for name, link in node.links().items():
+                if link.source in self.nodes:
+                    if self.graph.has_edge(link.source, node.id):
+                        self.graph.edges[link.source, node.id]["inputs"].append(name)
+                    else:
+                        self.graph.add_edge(link.source, node.id, inputs=[name])
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.nodes
+
+    def __iter__(self) -> Iterator[PromptNode]:
+        return iter(self.nodes.values())
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, node_id: str) -> PromptNode:
+        return self.nodes[node_id]
+
+    def upstream(self, targets: Iterable[str]) -> set[str]:
+        """The targets and every node they depend on through links."""
+        needed: set[str] = set()
+        stack = [t for t in targets if t in self.nodes]
+        while stack:
+            node_id = stack.pop()
+            if node_id in needed:
+                continue
+            needed.add(node_id)
+            stack.extend(self.graph.predecessors(node_id))
+        return needed
+
+    def find_cycle(self, within: Iterable[str] | None = None) -> list[str] | None:
+        """One dependency cycle as a list of node ids (first id repeated at the end), or None."""
+        graph = self.graph if within is None else self.graph.subgraph(within)
+        try:
+            edges = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return None
+        cycle = [edges[0][0]] + [edge[1] for edge in edges]
+        return cycle
+
+    def topological_order(self, within: Iterable[str] | None = None) -> list[str]:
+        """Deterministic topological order: among ready nodes, the one listed first in the prompt."""
+        graph = self.graph if within is None else self.graph.subgraph(within)
+        in_degree = {n: graph.in_degree(n) for n in graph.nodes}
+        ready = [(self.nodes[n].order, n) for n, d in in_degree.items() if d == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, node_id = heapq.heappop(ready)
+            order.append(node_id)
+            for succ in graph.successors(node_id):
+                in_degree[succ] -= 1
+                if in_degree[succ] == 0:
+                    heapq.heappush(ready, (self.nodes[succ].order, succ))
+        if len(order) != graph.number_of_nodes():
+            cycle = self.find_cycle(graph.nodes) or []
+            raise nx.NetworkXUnfeasible(f"dependency cycle: {' -> '.join(cycle)}")
+        return order
+
+
+def parse_prompt(prompt: Any) -> PromptGraph:
+    """Parse an API-format prompt. Raises PromptFormatError when it is not one."""
+    if not isinstance(prompt, dict):
+        raise PromptFormatError("Prompt must be a JSON object mapping node ids to nodes",
+                                f"got {type(prompt).__name__}")
+    nodes: dict[str, PromptNode] = {}
+    for order, (raw_id, raw) in enumerate(prompt.items()):
+        node_id = str(raw_id)
+        if not isinstance(raw, dict) or "class_type" not in raw:
+            raise PromptFormatError("Cannot execute because a node is missing the class_type property.",
+                                    f"Node ID '#{node_id}'", node_id)
+        class_type = raw["class_type"]
+        if not isinstance(class_type, str):
+            raise PromptFormatError("Cannot execute because a node's class_type is not a string.",
+                                    f"Node ID '#{node_id}'", node_id)
+        inputs = raw.get("inputs", {})
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, dict):
+            raise PromptFormatError(f"Node '#{node_id}' ({class_type}) has inputs that are not an object",
+                                    f"Node ID '#{node_id}'", node_id)
+        meta = raw.get("_meta") if isinstance(raw.get("_meta"), dict) else {}
+        nodes[node_id] = PromptNode(node_id, class_type, dict(inputs), meta, order)
+    return PromptGraph(nodes)
+
+
+def to_prompt(graph: PromptGraph) -> dict[str, Any]:
+    """Back to API-format JSON."""
+    out: dict[str, Any] = {}
+    for node in graph:
+        entry: dict[str, Any] = {"class_type": node.class_type, "inputs": dict(node.inputs)}
+        if node.meta:
+            entry["_meta"] = dict(node.meta)
+        out[node.id] = entry
+    return out
