@@ -1,0 +1,198 @@
+"""IMAGE / MASK tensors <-> PIL, resizing and PNG files, shared by every node pack.
+
+Conventions (ComfyUI's): IMAGE is float32 B×H×W×C in 0..1, MASK is float32 B×H×W in 0..1.
+This module imports torch and PIL, so only node packs (never the engine core) import it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
+
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+CROP_METHODS = ("disabled", "center")
+
+
+# ----- tensor <-> PIL
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """One H×W×C (C = 1, 3 or 4) or H×W float image in 0..1 -> an 8-bit PIL image (L, RGB or RGBA)."""
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected an H×W×C image with 1, 3 or 4 channels, got shape {tuple(image.shape)}")
+    array = (image.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+    return Image.fromarray(array)
+
+
+def pil_to_tensor(picture: Image.Image, mode: str = "RGB") -> torch.Tensor:
+    """A PIL image -> float 1×H×W×C in 0..1 (C from `mode`: RGB 3, RGBA 4; L gives 1×H×W)."""
+    array = np.asarray(picture.convert(mode), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).unsqueeze(0)
+
+
+def pil_frames(picture: Image.Image) -> list[Image.Image]:
+    """Every frame of a (possibly animated or multi-page) image, EXIF orientation applied.
+
+    MPO files (stereo JPEGs from cameras) hold a second view, not an animation: only the first counts.
+    """
+    frames = []
+    for frame in ImageSequence.Iterator(picture):
+        frames.append(ImageOps.exif_transpose(frame).copy())
+        if picture.format == "MPO":
+            break
+    return frames
+
+
+def pil_to_rgb_and_alpha(picture: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A PIL frame -> (IMAGE 1×H×W×3, alpha H×W in 0..1 or None when the frame has no transparency).
+
+    16-bit greyscale frames (modes I and I;16) are scaled from 0..65535, not clipped at 255.
+    """
+    if picture.mode in ("I", "I;16", "I;16B", "I;16L"):
+        grey = np.asarray(picture, dtype=np.float32)
+        scale = 65535.0 if grey.max(initial=0) > 255 or picture.mode.startswith("I;16") else 255.0
+        grey = np.clip(grey / scale, 0.0, 1.0)
+        return torch.from_numpy(np.repeat(grey[..., None], 3, axis=-1).copy()).unsqueeze(0), None
+    alpha = None
+    if "A" in picture.getbands():
+        alpha = picture.getchannel("A")
+    elif picture.mode == "P" and "transparency" in picture.info:
+        alpha = picture.convert("RGBA").getchannel("A")
+    rgb = pil_to_tensor(picture, "RGB")
+    if alpha is None:
+        return rgb, None
+    return rgb, torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
+
+
+def mask_to_image(mask: torch.Tensor) -> torch.Tensor:
+    """MASK B×H×W (or H×W) -> greyscale IMAGE B×H×W×3."""
+    mask = as_mask_batch(mask)
+    return mask.unsqueeze(-1).expand(*mask.shape, 3).clone()
+
+
+def as_mask_batch(mask: torch.Tensor) -> torch.Tensor:
+    """Accept H×W or B×H×W masks (ComfyUI allows both) and return B×H×W."""
+    if mask.ndim == 2:
+        return mask.unsqueeze(0)
+    if mask.ndim == 4 and mask.shape[-1] == 1:  # B×H×W×1 from some custom nodes
+        return mask[..., 0]
+    if mask.ndim != 3:
+        raise ValueError(f"expected a MASK of shape B×H×W or H×W, got shape {tuple(mask.shape)}")
+    return mask
+
+
+def repeat_to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Grow a batch to `batch` items by repeating it (a single mask applied to every image, say)."""
+    if tensor.shape[0] == batch:
+        return tensor
+    if tensor.shape[0] > batch:
+        return tensor[:batch]
+    repeats = -(-batch // tensor.shape[0])
+    return tensor.repeat(repeats, *([1] * (tensor.ndim - 1)))[:batch]
+
+
+# ----- resizing
+def resize_images(images: torch.Tensor, width: int, height: int, method: str = "bilinear",
+                  crop: str = "disabled") -> torch.Tensor:
+    """Resize an IMAGE batch (B×H×W×C) to width×height.
+
+    `crop="center"` first cuts the source to the target's aspect ratio, so nothing is stretched.
+    Methods: nearest-exact, bilinear, area, bicubic (torch) and lanczos (PIL, per channel in float so any
+    channel count works). Results stay in 0..1 (bicubic and lanczos overshoot at edges).
+    """
+    if method not in UPSCALE_METHODS:
+        raise ValueError(f"unknown upscale method {method!r}; expected one of {list(UPSCALE_METHODS)}")
+    if crop not in CROP_METHODS:
+        raise ValueError(f"unknown crop {crop!r}; expected one of {list(CROP_METHODS)}")
+    if width < 1 or height < 1:
+        raise ValueError(f"target size must be at least 1×1, got {width}×{height}")
+    if crop == "center":
+        images = center_crop_to_aspect(images, width / height)
+    if images.shape[1] == height and images.shape[2] == width:
+        return images.clone()
+    if method == "lanczos":
+        return _resize_lanczos(images, width, height)
+    channels_first = images.movedim(-1, 1).float()
+    resized = F.interpolate(channels_first, size=(height, width), mode=method)
+    resized = resized.movedim(1, -1)
+    if method == "bicubic":
+        resized = resized.clamp(0.0, 1.0)
+    return resized.contiguous()
+
+
+def resize_masks(masks: torch.Tensor, width: int, height: int, method: str = "bilinear") -> torch.Tensor:
+    """Resize a MASK batch (B×H×W) with the same methods as `resize_images`."""
+    return resize_images(as_mask_batch(masks).unsqueeze(-1), width, height, method)[..., 0]
+
+
+def center_crop_to_aspect(images: torch.Tensor, aspect: float) -> torch.Tensor:
+    """Cut the middle of each B×H×W×C image to width/height = aspect."""
+    height, width = images.shape[1], images.shape[2]
+    if width / height > aspect:  # too wide: trim left and right
+        new_width = max(1, round(height * aspect))
+        left = (width - new_width) // 2
+        return images[:, :, left:left + new_width]
+    new_height = max(1, round(width / aspect))
+    top = (height - new_height) // 2
+    return images[:, top:top + new_height]
+
+
+def _resize_lanczos(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    out = torch.empty((images.shape[0], height, width, images.shape[3]), dtype=torch.float32)
+    source = images.detach().float().cpu().numpy()
+    for b in range(source.shape[0]):
+        for c in range(source.shape[3]):
+            channel = Image.fromarray(np.ascontiguousarray(source[b, :, :, c]))  # float32 -> mode F
+            resized = channel.resize((width, height), resample=Image.Resampling.LANCZOS)
+            out[b, :, :, c] = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy())
+    return out.clamp(0.0, 1.0).to(images.device)
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+# ----- PNG files
+def png_info(text_chunks: Mapping[str, str]) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    for key, value in text_chunks.items():
+        info.add_text(key, value)
+    return info
+
+
+def save_png_atomic(picture: Image.Image, path: Path, text_chunks: Mapping[str, str] | None = None,
+                    compress_level: int = 4) -> Path:
+    """Write a PNG so that readers never see half a file: temp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            picture.save(stream, format="PNG", pnginfo=png_info(text_chunks or {}),
+                         compress_level=compress_level)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_png_text(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The tEXt/iTXt chunks of a PNG file (where ComfyUI stores `prompt` and `workflow`)."""
+    with Image.open(path) as picture:
+        picture.load()
+        if picture.format != "PNG":
+            raise ValueError(f"{os.fspath(path)} is a {picture.format} file, not a PNG")
+        return {str(key): str(value) for key, value in getattr(picture, "text", {}).items()}
+
+
+def images_to_pils(images: torch.Tensor) -> Iterable[Image.Image]:
+    for image in images:
+        yield tensor_to_pil(image)

@@ -1,0 +1,170 @@
+"""Mask nodes: solid, invert, grow/shrink, feather, threshold, composite, and mask <-> image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.schema import Boolean, Combo, Float, Int, Socket, node
+from engine.types import IMAGE, MASK
+
+from .options import MAX_RESOLUTION
+
+IMAGE_CHANNELS = ("red", "green", "blue", "alpha")
+MASK_OPERATIONS = ("multiply", "add", "subtract", "and", "or", "xor")
+
+
+def _v3_combo(name: str, choices: tuple[str, ...]):
+    return Combo(name, choices, v3_combo=True, extra={"multiselect": False})
+
+
+@node("SolidMask", category="mask",
+      inputs=[Float("value", 1.0, min=0.0, max=1.0, step=0.01),
+              Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
+              Int("height", 512, min=1, max=MAX_RESOLUTION, step=1)],
+      outputs=[MASK], description="A mask of one value.")
+def solid_mask(ctx: Any, value: float, width: int, height: int):
+    import torch
+
+    return (torch.full((1, height, width), float(value), dtype=torch.float32),)
+
+
+@node("InvertMask", category="mask", inputs=[Socket("mask", MASK)], outputs=[MASK], description="1 - mask.")
+def invert_mask(ctx: Any, mask: Any):
+    from engine.images import as_mask_batch
+
+    return (1.0 - as_mask_batch(mask),)
+
+
+def grow(mask: Any, expand: int, tapered_corners: bool = True) -> Any:
+    """Grey dilation (expand > 0) or erosion (expand < 0) by |expand| pixels.
+
+    Each step takes the max (min) over a 3×3 neighbourhood: a cross with tapered corners, so the grown
+    shape is a diamond, otherwise the full square. Pixels beyond the border do not take part.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from engine.images import as_mask_batch
+
+    mask = as_mask_batch(mask).float()
+    if expand == 0:
+        return mask.clone()
+    sign = 1.0 if expand > 0 else -1.0
+    grid = (mask * sign).unsqueeze(1)  # max-dilating -mask is eroding mask
+    # Beyond height + width steps every pixel already holds the global max: stop there.
+    steps = min(abs(int(expand)), grid.shape[-2] + grid.shape[-1])
+    if not tapered_corners:  # k square steps = one (2k+1)-wide max, done separably (rows, then columns)
+        grid = F.max_pool2d(grid, kernel_size=(1, 2 * steps + 1), stride=1, padding=(0, steps))
+        grid = F.max_pool2d(grid, kernel_size=(2 * steps + 1, 1), stride=1, padding=(steps, 0))
+        return (grid[:, 0] * sign).contiguous()
+    for _ in range(steps):
+        padded = F.pad(grid, (1, 1, 1, 1), mode="replicate")
+        grid = torch.stack([padded[..., 1:-1, 1:-1], padded[..., :-2, 1:-1], padded[..., 2:, 1:-1],
+                            padded[..., 1:-1, :-2], padded[..., 1:-1, 2:]]).amax(dim=0)
+    return (grid[:, 0] * sign).contiguous()
+
+
+@node("GrowMask", category="mask", display_name="Grow Mask",
+      inputs=[Socket("mask", MASK), Int("expand", 0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1),
+              Boolean("tapered_corners", True)],
+      outputs=[MASK], description="Grows (expand > 0) or shrinks (expand < 0) the mask by that many pixels.")
+def grow_mask(ctx: Any, mask: Any, expand: int, tapered_corners: bool):
+    return (grow(mask, expand, tapered_corners),)
+
+
+def _edge_ramp(length: int, start: int, end: int) -> Any:
+    """Weights along one axis: (i + 1) / start over the first `start` cells, mirrored over the last `end`."""
+    import torch
+
+    weights = torch.ones(length, dtype=torch.float32)
+    start, end = min(start, length), min(end, length)
+    if start > 0:
+        weights[:start] *= torch.arange(1, start + 1, dtype=torch.float32) / start
+    if end > 0:
+        weights[length - end:] *= torch.arange(end, 0, -1, dtype=torch.float32) / end
+    return weights
+
+
+@node("FeatherMask", category="mask",
+      inputs=[Socket("mask", MASK)]
+      + [Int(side, 0, min=0, max=MAX_RESOLUTION, step=1) for side in ("left", "top", "right", "bottom")],
+      outputs=[MASK], description="Fades the mask to 0 linearly over the given width at each edge.")
+def feather_mask(ctx: Any, mask: Any, left: int, top: int, right: int, bottom: int):
+    from engine.images import as_mask_batch
+
+    mask = as_mask_batch(mask).float()
+    height, width = mask.shape[1], mask.shape[2]
+    rows = _edge_ramp(height, top, bottom).to(mask.device)
+    cols = _edge_ramp(width, left, right).to(mask.device)
+    return (mask * rows[:, None] * cols[None, :],)
+
+
+@node("ThresholdMask", category="mask",
+      inputs=[Socket("mask", MASK), Float("value", 0.5, min=0.0, max=1.0, step=0.01)],
+      outputs=[MASK], description="1 where the mask is above the value, else 0.")
+def threshold_mask(ctx: Any, mask: Any, value: float):
+    from engine.images import as_mask_batch
+
+    return ((as_mask_batch(mask) > value).float(),)
+
+
+@node("MaskToImage", category="mask", display_name="Convert Mask to Image", inputs=[Socket("mask", MASK)],
+      outputs=[IMAGE], description="A greyscale image of the mask.")
+def mask_to_image_node(ctx: Any, mask: Any):
+    from engine.images import mask_to_image
+
+    return (mask_to_image(mask),)
+
+
+@node("ImageToMask", category="mask", display_name="Convert Image to Mask",
+      inputs=[Socket("image", IMAGE), _v3_combo("channel", IMAGE_CHANNELS)],
+      outputs=[MASK], description="One channel of the image as a mask.")
+def image_to_mask(ctx: Any, image: Any, channel: str):
+    index = IMAGE_CHANNELS.index(channel)
+    if index >= image.shape[-1]:
+        raise ValueError(f"ImageToMask: the image has {image.shape[-1]} channels, so it has no {channel} "
+                         "channel (an RGB image has no alpha)")
+    return (image[..., index].clone(),)
+
+
+def combine_masks(destination: Any, source: Any, x: int, y: int, operation: str) -> Any:
+    """Apply `operation` between the destination and the source placed at (x, y); result in 0..1."""
+    from engine.images import as_mask_batch, repeat_to_batch
+
+    destination, source = as_mask_batch(destination).float(), as_mask_batch(source).float()
+    batch = max(destination.shape[0], source.shape[0])
+    output = repeat_to_batch(destination, batch).clone()
+    source = repeat_to_batch(source.to(output.device), batch)
+    bottom = min(y + source.shape[1], output.shape[1])
+    right = min(x + source.shape[2], output.shape[2])
+    if bottom <= y or right <= x:
+        return output
+    region = output[:, y:bottom, x:right]
+    placed = source[:, :bottom - y, :right - x]
+    if operation == "multiply":
+        combined = region * placed
+    elif operation == "add":
+        combined = region + placed
+    elif operation == "subtract":
+        combined = region - placed
+    elif operation in ("and", "or", "xor"):
+        left, right_bits = region.round().bool(), placed.round().bool()
+        combined = {"and": left & right_bits, "or": left | right_bits, "xor": left ^ right_bits}[operation]
+        combined = combined.float()
+    else:
+        raise ValueError(f"unknown mask operation {operation!r}; expected one of {list(MASK_OPERATIONS)}")
+    output[:, y:bottom, x:right] = combined
+    return output.clamp(0.0, 1.0)
+
+
+@node("MaskComposite", category="mask",
+      inputs=[Socket("destination", MASK), Socket("source", MASK),
+              Int("x", 0, min=0, max=MAX_RESOLUTION, step=1), Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
+              _v3_combo("operation", MASK_OPERATIONS)],
+      outputs=[MASK], description="Combines source into destination at (x, y).")
+def mask_composite(ctx: Any, destination: Any, source: Any, x: int, y: int, operation: str):
+    return (combine_masks(destination, source, x, y, operation),)
+
+
+NODES = [solid_mask, invert_mask, grow_mask, feather_mask, threshold_mask, mask_to_image_node, image_to_mask,
+         mask_composite]
