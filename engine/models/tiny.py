@@ -20,8 +20,10 @@ VARIANTS = ("dev", "schnell")
 # Widths deliberately differ from each other so that a loader that mixes them up fails loudly.
 TINY_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=32,
                         num_attention_heads=2, axes_dims_rope=(4, 14, 14))
-TINY_CLIP = dict(hidden_size=40, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
-                 max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=40,
+# Conventions the loaders rely on when inferring sizes from shapes (see docs/models.md): CLIP head width 64,
+# FLUX rope axes (h/8, 7h/16, 7h/16) of the head width h, VAE GroupNorm with 32 groups.
+TINY_CLIP = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                 max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=128,
                  bos_token_id=0, eos_token_id=2, pad_token_id=1)
 TINY_T5 = dict(d_model=48, d_kv=8, num_heads=4, d_ff=96, num_layers=2, relative_attention_num_buckets=32,
                relative_attention_max_distance=128, feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6,
