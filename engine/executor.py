@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from engine.cache import OutputCache, node_signature
 from engine.context import InterruptFlag, Interrupted, NodeContext
-from engine.graph import PromptGraph, PromptNode, as_link, is_link, parse_prompt, unwrap_literal
+from engine.graph import PromptGraph, PromptNode, is_link, parse_prompt, unwrap_literal
 from engine.registry import NodeRegistry
 from engine.schema import ExecutionBlocker, NodeResult, NodeSchema
 
@@ -115,8 +115,9 @@ class _Run:
     def dependencies(self, node: PromptNode, schema: NodeSchema) -> list[str]:
         requested = self.lazy_requested.get(node.id, set())
         deps = []
+        links = node.links()
         for inp in schema.inputs:
-            link = as_link(node.inputs.get(inp.name))
+            link = links.get(inp.name)
             if link is None or (inp.lazy and inp.name not in requested):
                 continue
             if link.source not in self.values:
@@ -178,7 +179,7 @@ class _Run:
                 continue
             value = node.inputs[inp.name]
             if is_link(value):
-                link = as_link(value)
+                link = node.links().get(inp.name)
                 if link is None or link.source not in self.values:
                     if inp.lazy:  # a lazy input the node did not ask for
                         inputs[inp.name] = [None]

@@ -38,9 +38,13 @@ class PromptNode:
     inputs: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
     order: int = 0  # position in the prompt, for deterministic tie-breaking
+    _links: dict[str, Link] | None = field(default=None, repr=False, compare=False)
 
     def links(self) -> dict[str, Link]:
-        return {name: link for name, value in self.inputs.items() if (link := as_link(value)) is not None}
+        if self._links is None:
+            self._links = {name: link for name, value in self.inputs.items()
+                           if (link := as_link(value)) is not None}
+        return self._links
 
     def literals(self) -> dict[str, Any]:
         return {name: unwrap_literal(value) for name, value in self.inputs.items() if not is_link(value)}
@@ -52,9 +56,11 @@ def is_link(value: Any) -> bool:
 
 def as_link(value: Any) -> Link | None:
     """A well-formed link, or None (for literals and for malformed lists, which validation reports)."""
-    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
-            and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)):
-        return Link(str(value[0]), value[1])
+    if type(value) is not list or len(value) != 2:
+        return None
+    source, slot = value
+    if type(source) in (str, int) and type(slot) is int:
+        return Link(str(source), slot)
     return None
 
 
@@ -65,20 +71,38 @@ def unwrap_literal(value: Any) -> Any:
 
 
 class PromptGraph:
-    """The nodes of a prompt and the links between them."""
+    """The nodes of a prompt and the links between them.
+
+    `graph` is the networkx DiGraph (built on first use); the hot paths (upstream sets, topological order)
+    use plain adjacency dicts, which keeps per-node overhead in microseconds.
+    """
 
     def __init__(self, nodes: Mapping[str, PromptNode]) -> None:
         self.nodes: dict[str, PromptNode] = dict(nodes)
-        self.graph = nx.DiGraph()
+        self.predecessors: dict[str, list[str]] = {node_id: [] for node_id in self.nodes}
+        self.successors: dict[str, list[str]] = {node_id: [] for node_id in self.nodes}
         for node in self.nodes.values():
-            self.graph.add_node(node.id)
-        for node in self.nodes.values():
-            for name, link in node.links().items():
-                if link.source in self.nodes:
-                    if self.graph.has_edge(link.source, node.id):
-                        self.graph.edges[link.source, node.id]["inputs"].append(name)
+            for link in node.links().values():
+                if link.source in self.nodes and link.source not in self.predecessors[node.id]:
+                    self.predecessors[node.id].append(link.source)
+                    self.successors[link.source].append(node.id)
+        self._nx: nx.DiGraph | None = None
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        if self._nx is None:
+            graph = nx.DiGraph()
+            graph.add_nodes_from(self.nodes)
+            for node in self.nodes.values():
+                for name, link in node.links().items():
+                    if link.source not in self.nodes:
+                        continue
+                    if graph.has_edge(link.source, node.id):
+                        graph.edges[link.source, node.id]["inputs"].append(name)
                     else:
-                        self.graph.add_edge(link.source, node.id, inputs=[name])
+                        graph.add_edge(link.source, node.id, inputs=[name])
+            self._nx = graph
+        return self._nx
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self.nodes
@@ -101,35 +125,39 @@ class PromptGraph:
             if node_id in needed:
                 continue
             needed.add(node_id)
-            stack.extend(self.graph.predecessors(node_id))
+            stack.extend(self.predecessors[node_id])
         return needed
 
-    def find_cycle(self, within: Iterable[str] | None = None) -> list[str] | None:
-        """One dependency cycle as a list of node ids (first id repeated at the end), or None."""
-        graph = self.graph if within is None else self.graph.subgraph(within)
-        try:
-            edges = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
-            return None
-        cycle = [edges[0][0]] + [edge[1] for edge in edges]
-        return cycle
-
-    def topological_order(self, within: Iterable[str] | None = None) -> list[str]:
-        """Deterministic topological order: among ready nodes, the one listed first in the prompt."""
-        graph = self.graph if within is None else self.graph.subgraph(within)
-        in_degree = {n: graph.in_degree(n) for n in graph.nodes}
+    def _kahn(self, within: Iterable[str] | None) -> tuple[list[str], set[str]]:
+        members = set(self.nodes) if within is None else set(within)
+        in_degree = {n: sum(1 for p in self.predecessors[n] if p in members) for n in members}
         ready = [(self.nodes[n].order, n) for n, d in in_degree.items() if d == 0]
         heapq.heapify(ready)
         order: list[str] = []
         while ready:
             _, node_id = heapq.heappop(ready)
             order.append(node_id)
-            for succ in graph.successors(node_id):
-                in_degree[succ] -= 1
-                if in_degree[succ] == 0:
-                    heapq.heappush(ready, (self.nodes[succ].order, succ))
-        if len(order) != graph.number_of_nodes():
-            cycle = self.find_cycle(graph.nodes) or []
+            for succ in self.successors[node_id]:
+                if succ in in_degree:
+                    in_degree[succ] -= 1
+                    if in_degree[succ] == 0:
+                        heapq.heappush(ready, (self.nodes[succ].order, succ))
+        return order, members
+
+    def find_cycle(self, within: Iterable[str] | None = None) -> list[str] | None:
+        """One dependency cycle as a list of node ids (first id repeated at the end), or None."""
+        order, members = self._kahn(within)
+        if len(order) == len(members):
+            return None
+        stuck = members - set(order)
+        edges = nx.find_cycle(self.graph.subgraph(stuck))
+        return [edges[0][0]] + [edge[1] for edge in edges]
+
+    def topological_order(self, within: Iterable[str] | None = None) -> list[str]:
+        """Deterministic topological order: among ready nodes, the one listed first in the prompt."""
+        order, members = self._kahn(within)
+        if len(order) != len(members):
+            cycle = self.find_cycle(members) or []
             raise nx.NetworkXUnfeasible(f"dependency cycle: {' -> '.join(cycle)}")
         return order
 

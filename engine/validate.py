@@ -8,7 +8,6 @@ fails when no output survives. Literal values are converted to their declared ty
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import math
@@ -38,6 +37,8 @@ class ValidationResult:
 
 
 def _error(type_: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
+    if isinstance(extra.get("input_config"), _LazyConfig):
+        extra["input_config"] = extra["input_config"]()
     return {"type": type_, "message": message, "details": details, "extra_info": extra}
 
 
@@ -138,7 +139,7 @@ class _NodeValidator:
 
     def _check_link(self, node: PromptNode, inp: Input, value: list, errors: list, skip_types: bool) -> Any:
         link = as_link(value)
-        config = inp.error_config(self.choices.env)
+        config = _LazyConfig(inp, self.choices.env)
         if link is None:
             errors.append(_error("bad_linked_input", "Bad linked input, must be a length-2 list of "
                                  "[node_id, slot_index]", inp.name, input_name=inp.name, input_config=config,
@@ -174,7 +175,7 @@ class _NodeValidator:
         return received
 
     def _check_literal(self, inp: Input, value: Any, errors: list, skip_builtin: bool) -> tuple[bool, Any]:
-        config = inp.error_config(self.choices.env)
+        config = _LazyConfig(inp, self.choices.env)
         if inp.is_combo:
             if skip_builtin:
                 return True, value
@@ -233,6 +234,16 @@ class _NodeValidator:
                        details or f"{schema.name} rejected its inputs", received_inputs=kwargs)]
 
 
+class _LazyConfig:
+    """input_config for error extra_info, built only when an error is reported (it is costly)."""
+
+    def __init__(self, inp: Input, env: Any) -> None:
+        self.inp, self.env = inp, env
+
+    def __call__(self) -> Any:
+        return self.inp.error_config(self.env)
+
+
 def validate_prompt(prompt: Any, registry: NodeRegistry, folders: Any = None,
                     partial_targets: Iterable[str] | None = None) -> ValidationResult:
     try:
@@ -251,10 +262,8 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, folders: Any = None,
         return _prompt_error("prompt_no_outputs", "Prompt has no outputs",
                              "Add an output node such as SaveImage or PreviewImage")
 
-    converted = copy.deepcopy(prompt)
-    converted = {str(k): v for k, v in converted.items()}
-    for entry in converted.values():
-        entry["inputs"] = dict(entry.get("inputs") or {})
+    # Copy only what conversion writes to (each node's inputs dict); values are JSON and left as they are.
+    converted = {str(k): {**v, "inputs": dict(v.get("inputs") or {})} for k, v in prompt.items()}
     needed = graph.upstream(outputs)
     validator = _NodeValidator(graph, registry, _ChoiceCache(folders), converted)
     own_errors: dict[str, list[dict[str, Any]]] = {}
