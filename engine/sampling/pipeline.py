@@ -1,0 +1,167 @@
+"""One sampling run: the values behind NOISE / GUIDER / SAMPLER / SIGMAS and the loop that ties them.
+
+`sample(...)` follows ComfyUI's semantics for LATENT dicts, so KSampler, KSamplerAdvanced and
+SamplerCustomAdvanced are three doors onto it:
+- raw latents are mapped into model space, noise is mixed in at the first sigma
+  (x = sigma0 * noise + (1 - sigma0) * latent; with noise disabled the latent is only scaled), and the
+  result is divided by (1 - last sigma) on the way out, so a run that stops early (leftover noise) hands a
+  latent that the next run's scaling restores exactly;
+- a `noise_mask` keeps the unmasked area at the (re-noised) input latent at every step (inpainting);
+- `batch_index` picks each item's seed (see `noise.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.memory import manager_from
+from engine.sampling.guidance import FluxDenoiser
+from engine.sampling.latents import fit_latent_channels, latent_format_for, pad_to_patch
+from engine.sampling.noise import StepNoise, initial_noise, item_seeds
+from engine.sampling.samplers import get_sampler
+from engine.sampling.schedules import FlowSchedule, flow_schedule
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RandomNoise:
+    """NOISE from RandomNoise: seeded per batch item."""
+
+    seed: int
+
+    def generate(self, latent: dict, shape: tuple[int, ...]) -> torch.Tensor:
+        return initial_noise(shape, item_seeds(self.seed, shape[0], latent.get("batch_index")))
+
+
+@dataclass(frozen=True)
+class DisabledNoise:
+    """NOISE from DisableNoise: zeros (the latent already carries its noise). Step noise uses seed 0."""
+
+    seed: int = 0
+
+    def generate(self, latent: dict, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape)
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """SAMPLER from KSamplerSelect: a sampler name plus its options (eta, s_noise, ...)."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        get_sampler(self.name)  # fail early, with the list of names
+
+
+@dataclass(frozen=True)
+class Guider:
+    """GUIDER: the model and conditioning to denoise with (BasicGuider: cfg 1, no negative)."""
+
+    model: Any
+    positive: list
+    negative: list | None = None
+    cfg: float = 1.0
+
+
+@dataclass
+class SampleResult:
+    samples: torch.Tensor  # raw latents, CPU float32
+    denoised: torch.Tensor  # the last x0 estimate, raw latents
+    steps_run: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def image_size_of(latent_samples: torch.Tensor) -> tuple[int, int]:
+    """(width, height) in pixels of a latent [B, C, H, W]."""
+    return latent_samples.shape[-1] * 8, latent_samples.shape[-2] * 8
+
+
+def schedule_for(model: Any, latent_samples: torch.Tensor | None) -> FlowSchedule:
+    size = image_size_of(latent_samples) if latent_samples is not None else None
+    return flow_schedule(model.sampling, size)
+
+
+def _prepare_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    mask = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    mask = F.interpolate(mask, size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
+    mask = mask.expand(-1, shape[1], -1, -1)
+    if mask.shape[0] != shape[0]:
+        mask = mask.repeat((shape[0] + mask.shape[0] - 1) // mask.shape[0], 1, 1, 1)[: shape[0]]
+    return mask
+
+
+def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent: dict, noise: Any, *,
+           memory: Any = None, progress: Progress | None = None) -> SampleResult:
+    model = guider.model
+    fmt = latent_format_for(model)
+    raw = latent["samples"]
+    if not isinstance(raw, torch.Tensor) or raw.ndim != 4:
+        raise ValueError("latent_image must be a LATENT with 'samples' [batch, channels, height, width]")
+    raw = fit_latent_channels(raw.detach().cpu().float(), fmt)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
+    if len(sigmas) <= 1:  # nothing to do (denoise 0, or a start step past the end)
+        return SampleResult(samples=raw.clone(), denoised=raw.clone())
+
+    memory = manager_from(memory)
+    device = memory.device
+    latent_in = fmt.process_in(raw)
+    noise_tensor = noise.generate(latent, tuple(latent_in.shape)).float()
+    sigma0 = float(sigmas[0])
+    x = sigma0 * noise_tensor + (1.0 - sigma0) * latent_in
+
+    mask = latent.get("noise_mask")
+    mask = _prepare_mask(mask, latent_in.shape) if isinstance(mask, torch.Tensor) else None
+
+    x, (height, width) = pad_to_patch(x)
+    padded_latent_in, _ = pad_to_patch(latent_in)
+    padded_noise, _ = pad_to_patch(noise_tensor)
+    if mask is not None:
+        mask, _ = pad_to_patch(mask)
+
+    schedule = schedule_for(model, raw)
+    step_noise = StepNoise(item_seeds(noise.seed, raw.shape[0], latent.get("batch_index")))
+    run_sampler = get_sampler(sampler.name)
+    total = len(sigmas) - 1
+    last_x0: list[torch.Tensor] = []
+
+    with memory.use(model.transformer):
+        denoiser = FluxDenoiser(model, guider.positive, guider.negative, guider.cfg, schedule, device,
+                                raw.shape[0])
+        denoise: Callable = denoiser
+        if mask is not None:
+            denoise = _masked(denoiser, mask.to(device), padded_latent_in.to(device), padded_noise.to(device))
+            x = x * mask + (1.0 - mask) * (sigma0 * padded_noise + (1.0 - sigma0) * padded_latent_in)
+
+        def on_step(i: int, _x: torch.Tensor, x0: torch.Tensor) -> None:
+            last_x0[:] = [x0]
+            if progress is not None:
+                progress(i + 1, total)
+
+        out = run_sampler(denoise, x.to(device), sigmas.to(device), noise=step_noise, on_step=on_step,
+                          **dict(sampler.options))
+    if mask is not None:
+        out = out * mask + (1.0 - mask) * padded_latent_in.to(out.device)
+    last_sigma = float(sigmas[-1])
+    if last_sigma != 0.0:
+        out = out / (1.0 - last_sigma)
+    out = out[..., :height, :width].float().cpu()
+    denoised = last_x0[0][..., :height, :width].float().cpu() if last_x0 else out
+    return SampleResult(samples=fmt.process_out(out), denoised=fmt.process_out(denoised), steps_run=total)
+
+
+def _masked(denoiser: Callable, mask: torch.Tensor, latent_in: torch.Tensor, noise: torch.Tensor) -> Callable:
+    """Inpainting: outside the mask the model sees the input latent noised to the current sigma."""
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.to(torch.float32)
+        keep = s * noise + (1.0 - s) * latent_in
+        x = x * mask + (1.0 - mask) * keep
+        return denoiser(x, sigma) * mask + latent_in * (1.0 - mask)
+
+    return denoise
