@@ -1,0 +1,113 @@
+"""The ComfyUI-compatible HTTP + websocket server (`fluxgraph serve`).
+
+Only `add_serve_arguments` and `serve` live here, and they import aiohttp and the engine lazily, so that
+`fluxgraph --help` stays instant. Extra node packages (for example test-only packs) can be loaded with the
+environment variable FLUXGRAPH_EXTRA_NODE_PACKAGES=pkg_a,pkg_b (importable package names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+EXTRA_PACKAGES_ENV = "FLUXGRAPH_EXTRA_NODE_PACKAGES"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8188, help="port (default 8188)")
+    parser.add_argument("--listen", nargs="?", const="0.0.0.0", default=None, metavar="ADDRESSES",
+                        help="listen beyond loopback: comma-separated addresses (default 0.0.0.0 when given bare)")
+    parser.add_argument("--auth-token", default=os.environ.get("FLUXGRAPH_AUTH_TOKEN"),
+                        help="require 'Authorization: Bearer TOKEN' (or ?token=TOKEN) on every route "
+                             "(default: $FLUXGRAPH_AUTH_TOKEN)")
+    parser.add_argument("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
+                        help="send CORS headers allowing ORIGIN (default '*' when given bare)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also accept this Host header name (repeatable; loopback names are always accepted)")
+    parser.add_argument("--base-dir", default=None,
+                        help="folder holding models/, input/, output/, temp/, user/ (default: current folder)")
+    parser.add_argument("--max-upload-size", type=float, default=50, metavar="MB",
+                        help="largest accepted upload or request body in MB (default 50)")
+    parser.add_argument("--max-history", type=int, default=10_000, metavar="N",
+                        help="finished prompts kept in history (default 10000)")
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from engine.server.config import MB, ServerConfig  # noqa: PLC0415
+
+    if args.max_upload_size <= 0:
+        raise SystemExit("--max-upload-size must be positive")
+    if args.max_history < 1:
+        raise SystemExit("--max-history must be at least 1")
+    listen = [a.strip() for a in args.listen.split(",") if a.strip()] if args.listen else []
+    return ServerConfig(host=args.host, port=args.port, listen=listen, auth_token=args.auth_token or None,
+                        cors_origin=args.enable_cors_header, allowed_hosts=list(args.allow_host),
+                        max_upload_bytes=int(args.max_upload_size * MB), max_history=args.max_history)
+
+
+class LazyMemoryManager:
+    """Creates the real memory manager (which imports torch, ~2 s) on first use, not at start-up.
+
+    Attribute access is forwarded, so nodes use it exactly like `engine.memory.MemoryManager`.
+    """
+
+    def __init__(self) -> None:
+        import threading  # noqa: PLC0415
+
+        self._lock = threading.Lock()
+        self._manager: Any = None
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._manager is None:
+                from engine.memory import MemoryManager  # noqa: PLC0415
+
+                self._manager = MemoryManager()
+            return self._manager
+
+    @property
+    def loaded(self) -> bool:
+        return self._manager is not None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+
+def build_runtime(base_dir: str | None) -> Any:
+    from engine.runtime import Runtime  # noqa: PLC0415
+
+    runtime = Runtime.create(base_dir=base_dir, models=LazyMemoryManager())
+    for package in filter(None, (p.strip() for p in os.environ.get(EXTRA_PACKAGES_ENV, "").split(","))):
+        runtime.registry.discover(package)
+    return runtime
+
+
+def serve(args: argparse.Namespace) -> None:
+    import logging  # noqa: PLC0415
+
+    from aiohttp import web  # noqa: PLC0415
+
+    from engine.server.app import create_app  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = build_config(args)
+    runtime = build_runtime(args.base_dir)
+    app = create_app(runtime, config)
+    hosts = config.bind_addresses
+    shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{config.port}" for h in hosts)
+    print(f"fluxgraph serving on {shown}", flush=True)
+    web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=config.port, print=None,
+                access_log=None, handle_signals=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fluxgraph serve", description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    serve(parser.parse_args(argv))
+
+
+__all__ = ["add_serve_arguments", "serve", "main"]

@@ -1,0 +1,145 @@
+"""One error shape for every 4xx/5xx answer, and strict request-body parsing.
+
+Every error body is `{"error": {"type", "message", "details", "extra_info"}}` (ComfyUI's /prompt shape; the
+/prompt routes add `node_errors`). Handlers raise `ApiError`; the middleware in `app.py` turns it, aiohttp's
+own HTTP errors (404, 405, 413) and unexpected exceptions into that shape, so no client ever has to parse an
+HTML error page and a bad request can never take the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from aiohttp import web
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, type_: str, message: str, details: str = "",
+                 node_errors: dict[str, Any] | None = None, **extra_info: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.details = details
+        self.node_errors = node_errors
+        self.extra_info = extra_info
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": {"type": self.type, "message": self.message, "details": self.details,
+                                          "extra_info": self.extra_info}}
+        if self.node_errors is not None:
+            body["node_errors"] = self.node_errors
+        return body
+
+
+def error_body(type_: str, message: str, details: str = "", **extra_info: Any) -> dict[str, Any]:
+    return {"type": type_, "message": message, "details": details, "extra_info": extra_info}
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; values JSON cannot hold (a node's odd ui entry) become text instead of a 500."""
+    return json.dumps(value, separators=(",", ":"), default=_fallback)
+
+
+def _fallback(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(text=dumps(value), status=status, content_type="application/json")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json(request: web.Request, *, allow_empty: bool = False, node_errors: bool = False) -> Any:
+    """The request body as JSON. Refuses bodies that are not UTF-8 JSON, or hold NaN/Infinity."""
+    raw = await request.read()
+    extra = {"node_errors": {}} if node_errors else {}
+    if not raw.strip():
+        if allow_empty:
+            return None
+        raise ApiError(400, "invalid_json", "Request body is empty", "expected a JSON object", **extra)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_json", "Request body is not UTF-8 text", str(exc), **extra) from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", "Request body is not valid JSON", str(exc)[:300], **extra) from None
+
+
+async def read_json_object(request: web.Request, *, allow_empty: bool = False,
+                           node_errors: bool = False) -> dict[str, Any]:
+    body = await read_json(request, allow_empty=allow_empty, node_errors=node_errors)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        extra = {"node_errors": {}} if node_errors else {}
+        raise ApiError(400, "invalid_request", "Request body must be a JSON object",
+                       f"got a JSON {json_type(body)}", **extra)
+    return body
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def expect_bool(body: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ApiError(400, "invalid_request", f"'{key}' must be a boolean", f"got a JSON {json_type(value)}")
+    return value
+
+
+def expect_id_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, "invalid_request", f"'{key}' must be a list of prompt id strings",
+                       f"got {dumps(value)[:200]}")
+    return value
+
+
+def query_int(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_query", f"Query parameter '{name}' must be an integer",
+                       f"got {raw[:100]!r}") from None
+    if value < minimum:
+        raise ApiError(400, "invalid_query", f"Query parameter '{name}' must be at least {minimum}",
+                       f"got {value}")
+    return value
+
+
+def finite_number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ApiError(400, "invalid_request", f"'{name}' must be a number", f"got {dumps(value)[:100]}",
+                       node_errors={}) from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ApiError(400, "invalid_request", f"'{name}' must be a finite number", f"got {dumps(value)[:100]}",
+                       node_errors={})
+    return number

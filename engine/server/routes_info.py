@@ -1,0 +1,136 @@
+"""Node and model information: /object_info, /system_stats, /models, /embeddings, /extensions, /features.
+
+Nothing here imports torch: versions come from package metadata and devices are listed only when torch is
+already loaded (a prompt with models ran), so these answer in milliseconds right after start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import engine
+from engine.folders import DEFAULT_MODEL_FOLDERS
+from engine.server.errors import ApiError, json_response
+from engine.server.state import state_of
+
+# The ComfyUI protocol level these routes follow (clients read `comfyui_version`).
+COMPATIBLE_COMFYUI_VERSION = "0.8.0"
+
+
+async def get_object_info(request: web.Request) -> web.Response:
+    runtime = state_of(request).runtime
+    return json_response(runtime.registry.object_info(runtime.folders))
+
+
+async def get_object_info_class(request: web.Request) -> web.Response:
+    runtime = state_of(request).runtime
+    schema = runtime.registry.get(request.match_info["node_class"])
+    if schema is None:
+        return json_response({})  # ComfyUI answers an unknown class with {} and 200
+    return json_response({schema.name: schema.object_info(runtime.folders)})
+
+
+async def get_features(request: web.Request) -> web.Response:
+    return json_response(state_of(request).feature_flags())
+
+
+async def get_models(request: web.Request) -> web.Response:
+    return json_response(list(DEFAULT_MODEL_FOLDERS))
+
+
+async def get_models_folder(request: web.Request) -> web.Response:
+    folder = request.match_info["folder"]
+    if folder not in DEFAULT_MODEL_FOLDERS:
+        raise ApiError(404, "unknown_model_folder", "Unknown model folder", folder,
+                       known=list(DEFAULT_MODEL_FOLDERS))
+    folders = state_of(request).runtime.folders
+    include_dirs = folder in ("diffusers", "text_encoders", "segmentation", "tokenizers")
+    return json_response(folders.list_models(folder, include_dirs=include_dirs))
+
+
+async def get_embeddings(request: web.Request) -> web.Response:
+    folders = state_of(request).runtime.folders
+    return json_response(sorted({Path(name).with_suffix("").as_posix() for name in folders.list_models("embeddings")}))
+
+
+async def get_extensions(request: web.Request) -> web.Response:
+    """Frontend extension scripts shipped under web/extensions (URLs, as ComfyUI lists them)."""
+    root = state_of(request).config.web_dir / "extensions"
+    if not root.is_dir():
+        return json_response([])
+    scripts = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.js") if p.is_file())
+    return json_response([f"/extensions/{name}" for name in scripts])
+
+
+def _memory() -> tuple[int, int]:
+    """(total, available) RAM in bytes, from /proc/meminfo or sysconf."""
+    try:
+        fields = {}
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                key, value = line.split(":", 1)
+                fields[key] = int(value.split()[0]) * 1024
+        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
+    except (OSError, KeyError, ValueError):
+        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+        return pages * size, pages * size
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices(ram_total: int, ram_free: int) -> list[dict[str, Any]]:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        devices = []
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            reserved = torch.cuda.memory_reserved(index)
+            allocated = torch.cuda.memory_allocated(index)
+            devices.append({"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda",
+                            "index": index, "vram_total": total, "vram_free": free,
+                            "torch_vram_total": reserved, "torch_vram_free": reserved - allocated})
+        return devices
+    return [{"name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total, "vram_free": ram_free,
+             "torch_vram_total": ram_total, "torch_vram_free": ram_free}]
+
+
+async def get_system_stats(request: web.Request) -> web.Response:
+    ram_total, ram_free = _memory()
+    system = {
+        "os": sys.platform,
+        "ram_total": ram_total,
+        "ram_free": ram_free,
+        "comfyui_version": COMPATIBLE_COMFYUI_VERSION,
+        "fluxgraph_version": engine.__version__,
+        "required_frontend_version": engine.__version__,  # the editor ships with the server
+        "installed_templates_version": "",
+        "required_templates_version": "",
+        "python_version": sys.version,
+        "pytorch_version": _package_version("torch"),
+        "embedded_python": False,
+        "argv": sys.argv,
+        "machine": platform.machine(),
+    }
+    return json_response({"system": system, "devices": _devices(ram_total, ram_free)})
+
+
+def routes() -> list[tuple[str, str, Any]]:
+    return [
+        ("GET", "/object_info", get_object_info), ("GET", "/object_info/{node_class}", get_object_info_class),
+        ("GET", "/features", get_features), ("GET", "/models", get_models),
+        ("GET", "/models/{folder}", get_models_folder), ("GET", "/embeddings", get_embeddings),
+        ("GET", "/extensions", get_extensions), ("GET", "/system_stats", get_system_stats),
+    ]
