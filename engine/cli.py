@@ -215,7 +215,7 @@ class ProgressPrinter:
 
         if self.bar is None or self.bar.total != total:
             self._close_bar()
-            self.bar = tqdm(total=total, file=self.stream, leave=False, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, file=self.stream, leave=True, unit="step", dynamic_ncols=True)
         self.bar.update(value - self.bar.n)
 
     def _close_bar(self) -> None:
