@@ -64,7 +64,7 @@ def _parse_json(text: str, where: str) -> Any:
         raise CliError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
 
 
-def load_workflow(path: Path, registry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_workflow(path: Path, registry: Any, folders: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(API-format prompt, extra_data) from a workflow JSON (API or UI format, or a POST /prompt body) or
     from a PNG that a SaveImage node wrote (its `prompt` chunk; its `workflow` chunk is carried along)."""
     if not path.is_file():
@@ -75,7 +75,7 @@ def load_workflow(path: Path, registry: Any) -> tuple[dict[str, Any], dict[str, 
         if "prompt" in chunks:
             prompt = _parse_json(chunks["prompt"], f"{path} (prompt chunk)")
         elif workflow is not None:
-            prompt = convert_ui_workflow(workflow, registry)
+            prompt = convert_ui_workflow(workflow, registry, folders)
         else:
             raise CliError(f"{path}: this PNG has no embedded workflow (no 'prompt' or 'workflow' text chunk)")
         return _check_api_prompt(prompt, path), ({"extra_pnginfo": {"workflow": workflow}} if workflow else {})
@@ -84,7 +84,8 @@ def load_workflow(path: Path, registry: Any) -> tuple[dict[str, Any], dict[str, 
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"{path}: cannot read it ({exc})") from exc
     if is_ui_workflow(data):
-        return _check_api_prompt(convert_ui_workflow(data, registry), path), {"extra_pnginfo": {"workflow": data}}
+        prompt = convert_ui_workflow(data, registry, folders)
+        return _check_api_prompt(prompt, path), {"extra_pnginfo": {"workflow": data}}
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a saved POST /prompt body
         extra = data.get("extra_data") if isinstance(data.get("extra_data"), dict) else {}
         return _check_api_prompt(data["prompt"], path), extra
@@ -98,14 +99,15 @@ def _check_api_prompt(prompt: Any, path: Path) -> dict[str, Any]:
     return prompt
 
 
-def convert_ui_workflow(workflow: Any, registry: Any) -> dict[str, Any]:
+def convert_ui_workflow(workflow: Any, registry: Any, folders: Any = None) -> dict[str, Any]:
+    """API prompt of an editor-saved workflow; `folders` fills combos that have no saved value."""
     try:
         from engine.ui_workflow import ui_to_api
     except ImportError as exc:
         raise CliError("this is a UI-format workflow (the editor's save format) and this build cannot convert "
                        f"it: engine.ui_workflow is unavailable ({exc}); export it in API format instead") from exc
     try:
-        return ui_to_api(workflow, registry)
+        return ui_to_api(workflow, registry, choice_env=folders)
     except ValueError as exc:  # engine.ui_format.WorkflowFormatError carries ComfyUI-shaped errors
         if not hasattr(exc, "node_errors"):
             raise CliError(f"cannot convert the UI-format workflow: {exc}", EXIT_INVALID) from exc
@@ -251,7 +253,7 @@ def _runtime(args: argparse.Namespace) -> Any:
 
 
 def _prepare(args: argparse.Namespace, runtime: Any) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    prompt, extra_data = load_workflow(Path(args.workflow), runtime.registry)
+    prompt, extra_data = load_workflow(Path(args.workflow), runtime.registry, runtime.folders)
     prompt = apply_overrides(prompt, args.set or [], runtime.registry)
     return prompt, extra_data, runtime.validate(prompt)
 

@@ -269,7 +269,7 @@ def test_missing_parts_give_clear_errors(monkeypatch, tmp_path, capsys):
 def test_ui_workflows_are_converted(monkeypatch, tmp_path, capsys):
     seen = {}
 
-    def ui_to_api(workflow, registry):
+    def ui_to_api(workflow, registry, **options):
         seen["workflow"] = workflow
         return toy_workflow()
 
@@ -280,6 +280,19 @@ def test_ui_workflows_are_converted(monkeypatch, tmp_path, capsys):
     assert seen["workflow"] == ui
     with Image.open(tmp_path / "output" / "toy_00001_.png") as picture:
         assert json.loads(picture.text["workflow"]) == ui  # the editor can reopen the result
+
+
+def test_real_ui_workflow_runs(tmp_path, capsys):
+    ui_export = pytest.importorskip("engine.ui_export", reason="UI-format support is not in this checkout")
+    from engine.registry import NodeRegistry
+    from nodes.core import NODES
+
+    ui = ui_export.api_to_ui(toy_workflow(width=6), NodeRegistry(NODES))
+    path = write_json(tmp_path / "ui.json", ui)
+    assert cli.main(["run", str(path), "--base-dir", str(tmp_path)]) == 0, capsys.readouterr().err
+    with Image.open(tmp_path / "output" / "toy_00001_.png") as picture:
+        assert picture.size == (6, 3) and picture.getpixel((0, 0)) == (0, 255, 255)
+        assert json.loads(picture.text["workflow"]) == ui
 
 
 def test_models_delegate_to_the_zoo_and_list(monkeypatch, tmp_path, capsys):
