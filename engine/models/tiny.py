@@ -12,6 +12,7 @@ are scaled up: a change of prompt, seed or guidance moves the decoded image clea
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,8 +139,12 @@ def build_tiny_transformer(variant: str, seed: int, joint_dim: int, pooled_dim: 
 
 def tiny_components(variant: str = "dev", seed: int = 0) -> TinyComponents:
     """Deterministic tiny FLUX.1 `variant` ("dev" or "schnell") components, fp32, on CPU, in eval mode."""
-    if variant not in VARIANTS:
-        raise ValueError(f"tiny FLUX variant {variant!r} is not one of {list(VARIANTS)}")
+    shared = tiny_shared_parts(seed)
+    return dataclasses.replace(shared, variant=variant, transformer=tiny_transformer(variant, seed))
+
+
+def tiny_shared_parts(seed: int = 0) -> TinyComponents:
+    """Text encoders, tokenizers and VAE (shared by all variants, as for real FLUX.1); transformer unset."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -150,11 +155,16 @@ def tiny_components(variant: str = "dev", seed: int = 0) -> TinyComponents:
     t5_vocab = -(-len(t5_tok) // 8) * 8  # real T5 pads its embedding rows to a multiple of 8 (32128)
     t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, **TINY_T5))
     vae = AutoencoderKL(**TINY_VAE)
-    # Text encoders and VAE are shared between variants (as for real FLUX.1); only the transformer differs.
     seeded_init_(clip, seed * 1000 + 1).eval()
     seeded_init_(t5, seed * 1000 + 2).eval()
     seeded_init_(vae, seed * 1000 + 3).eval()
-    transformer_seed = seed * 1000 + (4 if variant == "dev" else 5)
-    transformer = build_tiny_transformer(variant, transformer_seed, TINY_T5["d_model"], TINY_CLIP["hidden_size"])
-    return TinyComponents(variant=variant, transformer=transformer, vae=vae, text_encoder=clip, tokenizer=clip_tok,
+    return TinyComponents(variant="", transformer=None, vae=vae, text_encoder=clip, tokenizer=clip_tok,
                           text_encoder_2=t5, tokenizer_2=t5_tok)
+
+
+def tiny_transformer(variant: str, seed: int = 0) -> Any:
+    """The tiny FluxTransformer2DModel of `variant`, sized to the tiny text encoders."""
+    if variant not in VARIANTS:
+        raise ValueError(f"tiny FLUX variant {variant!r} is not one of {list(VARIANTS)}")
+    transformer_seed = seed * 1000 + 4 + VARIANTS.index(variant)
+    return build_tiny_transformer(variant, transformer_seed, TINY_T5["d_model"], TINY_CLIP["hidden_size"])
