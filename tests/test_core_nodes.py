@@ -15,7 +15,7 @@ from engine.folders import FolderPaths, UnsafePathError
 from engine.images import read_png_text, resize_images
 from engine.registry import NodeRegistry
 from engine.schema import NodeResult
-from nodes.core import image_io, image_ops, mask_ops, primitives
+from nodes.core import image_io, image_ops, mask_ops
 from nodes.core.options import CROP_METHODS, UPSCALE_METHODS
 from nodes.core.save_paths import expand_prefix, next_counter
 
