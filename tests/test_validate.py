@@ -1,13 +1,10 @@
 """Validation: every error kind, all reported at once, in ComfyUI's error shape."""
 
-import json
-from pathlib import Path
-
 from engine.validate import validate_prompt
+from tests.reference import load_reference
 from tests.toy_nodes import toy_registry
 
 REG = toy_registry()
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "comfy_reference"
 
 
 def errors_of(result, node_id):
@@ -23,7 +20,7 @@ def test_valid_prompt_converts_literals():
 
 def test_unknown_class_is_prompt_level_like_comfyui():
     result = validate_prompt({"50": {"class_type": "NoSuchNode", "inputs": {}}}, REG)
-    expected = json.loads((REFERENCE / "error_example_unknown_class.json").read_text())
+    expected = load_reference("error_example_unknown_class.json")
     assert result.error["type"] == expected["error"]["type"]
     assert result.error["message"] == expected["error"]["message"]
     assert result.error["details"] == expected["error"]["details"]
@@ -90,7 +87,7 @@ def test_error_detail_names_input_value_and_expectation():
 
 
 def test_range_error_matches_comfyui_capture_shape():
-    expected = json.loads((REFERENCE / "error_example_range.json").read_text())
+    expected = load_reference("error_example_range.json")
     result = validate_prompt({"1": {"class_type": "Number", "inputs": {"value": -101}},
                               "100": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}, REG)
     ours = result.response()
@@ -103,7 +100,7 @@ def test_range_error_matches_comfyui_capture_shape():
 
 
 def test_bad_link_matches_comfyui_capture_shape():
-    expected = json.loads((REFERENCE / "error_example_bad_link.json").read_text())
+    expected = load_reference("error_example_bad_link.json")
     result = validate_prompt({"50": {"class_type": "Add", "inputs": {"a": ["nonexistent", 0]}},
                               "100": {"class_type": "Show", "inputs": {"value": ["50", 0]}}}, REG)
     our_err = result.node_errors["50"]["errors"][0]
