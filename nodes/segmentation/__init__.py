@@ -1,0 +1,10 @@
+"""The segmentation pack: Mask2Former loading and semantic segmentation, class masks, mask morphology, dense-CRF
+refinement and a coloured preview.
+
+Declarations import no torch; node functions load engine.models.mask2former* and the heavy helpers of this pack
+when they run, so discovering the pack and serving `/object_info` stay fast.
+"""
+
+from . import loader, morphology, preview, refine, segment, select
+
+NODES = [*loader.NODES, *segment.NODES, *select.NODES, *morphology.NODES, *refine.NODES, *preview.NODES]
