@@ -202,7 +202,7 @@ class Converter:
         if node.mode == MODE_BYPASS:
             return self.resolve_bypass(scope, node, kind, slot, wanted, visited)
         if node.mode == MODE_NEVER and kind in ("real", "subgraph", "value", "unknown"):
-            return _Muted(scope.exec_id(node.id), node.label)
+            return _Muted(scope.exec_id(node.id), self.origin(scope, node).describe())
         if kind == "subgraph":
             child = self.child_scope(scope, node)
             inner = boundary_output_link(child.graph, slot)

@@ -774,3 +774,33 @@ def test_flux_fixture_converts_and_validates_with_the_real_nodes(tmp_path):
     result = validate_prompt(prompt, real, folders)
     assert result.ok, (result.error, result.node_errors)
     assert result.outputs == ["9"]
+
+
+def test_ui_workflow_runs_from_the_cli_and_again_from_the_png_it_saved(tmp_path, capsys):
+    """`fluxgraph run ui.json`, then `fluxgraph run image.png` with only the UI `workflow` chunk in it."""
+    from PIL import Image, PngImagePlugin
+
+    from engine.cli import main
+
+    if "EmptyImage" not in NodeRegistry().discover("nodes"):
+        pytest.skip("the core node pack is not installed")
+    workflow_path = tmp_path / "invert.json"
+    workflow_path.write_text((FIXTURES / "core_invert_subgraph.json").read_text(encoding="utf-8"))
+    assert main(["run", str(workflow_path), "--base-dir", str(tmp_path)]) == 0
+    first = tmp_path / "output" / "ui_run" / "cyan_00001_.png"
+    with Image.open(first) as saved:
+        chunks = dict(saved.text)
+        pixels = saved.convert("RGB")
+        assert pixels.size == (32, 48)  # width came from the PrimitiveNode, not the widget's 64
+        assert pixels.getpixel((5, 5)) == (0, 255, 255)  # red inverted once, in the subgraph
+    assert json.loads(chunks["workflow"]) == _load("core_invert_subgraph.json")
+    assert set(json.loads(chunks["prompt"])) == {"1", "4:1", "5"}
+    assert not (tmp_path / "output" / "ui_run" / "never_00001_.png").exists()  # the muted branch
+
+    only_workflow = PngImagePlugin.PngInfo()
+    only_workflow.add_text("workflow", chunks["workflow"])
+    png_path = tmp_path / "from_editor.png"
+    Image.open(first).save(png_path, pnginfo=only_workflow)
+    assert main(["run", str(png_path), "--base-dir", str(tmp_path)]) == 0
+    with Image.open(tmp_path / "output" / "ui_run" / "cyan_00002_.png") as again, Image.open(first) as before:
+        assert list(again.convert("RGB").getdata()) == list(before.convert("RGB").getdata())
