@@ -1,0 +1,288 @@
+"""Helpers for the editor tests (no tests here): a live fluxgraph server in a thread, Chromium through
+Playwright, a slow test node that reports progress, and the editor's widget mapping mirrored in Python.
+
+The browser tests drive Debian's Chromium (`/usr/bin/chromium`, installed by tests/browser_setup.sh); they
+skip only when it is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.registry import NodeRegistry
+from engine.schema import Float, Int, Output, Socket, node
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WEB_DIR = PROJECT_ROOT / "web"
+WORKFLOWS_DIR = PROJECT_ROOT / "workflows"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-gpu"]
+ARTIFACTS_DIR = PROJECT_ROOT / "tests" / "artifacts"
+CHROMIUM_MISSING = f"Debian's Chromium is not installed at {CHROMIUM} (tests/browser_setup.sh installs it)"
+
+# ---------------------------------------------------------------------------------------------- test nodes
+
+
+@node("WebTestSteps", inputs=[Socket("image", "IMAGE"), Int("steps", 4, min=1, max=100),
+                              Float("seconds_per_step", 0.05, min=0.0, max=5.0, step=0.01)],
+      outputs=[Output("IMAGE")], category="testing", display_name="Slow Steps (test)")
+def web_test_steps(ctx, image, steps, seconds_per_step):
+    """Passes the image through, reporting `steps` progress steps: the editor's progress bar has work to show."""
+    for step in range(steps):
+        time.sleep(seconds_per_step)
+        ctx.progress(step + 1, steps)
+    return (image,)
+
+
+def editor_registry() -> NodeRegistry:
+    """Every installed node pack plus the slow test node."""
+    registry = NodeRegistry().discover("nodes")
+    registry.register(web_test_steps)
+    return registry
+
+
+# ---------------------------------------------------------------------------------------------- live server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LiveServer:
+    """The real aiohttp app (engine.server.app.create_app) served from a background thread.
+
+    Stopping and starting again on the same port and base folder is a server restart: the SQLite queue and
+    history survive, and the editor's websocket reconnects by itself.
+    """
+
+    def __init__(self, base_dir: Path, registry_factory: Callable[[], NodeRegistry] = editor_registry,
+                 port: int | None = None, workflows_dir: Path = WORKFLOWS_DIR) -> None:
+        self.base_dir = base_dir
+        self.registry_factory = registry_factory
+        self.port = port or free_port()
+        self.workflows_dir = workflows_dir
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "LiveServer":
+        started = threading.Event()
+        failure: list[BaseException] = []
+        self._stopped.clear()
+
+        def run() -> None:
+            from aiohttp import web  # noqa: PLC0415
+
+            from engine.runtime import Runtime  # noqa: PLC0415
+            from engine.server.app import create_app  # noqa: PLC0415
+            from engine.server.config import ServerConfig  # noqa: PLC0415
+
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                runtime = Runtime.create(base_dir=self.base_dir, registry=self.registry_factory(), models=None)
+                config = ServerConfig(port=self.port, web_dir=WEB_DIR, workflows_dir=self.workflows_dir)
+                runner = web.AppRunner(create_app(runtime, config), handle_signals=False)
+                loop.run_until_complete(runner.setup())
+                loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+            except BaseException as exc:  # reported to the thread that called start()
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+            self._stopped.set()
+
+        self._thread = threading.Thread(target=run, name=f"fluxgraph-server-{self.port}", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise TimeoutError(f"the server did not start within {timeout} s")
+        if failure:
+            raise RuntimeError(f"the server failed to start: {failure[0]!r}") from failure[0]
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        self._loop = None
+        self._thread = None
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+
+def launch_chromium(playwright: Any) -> Any:
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+
+
+def open_editor(page: Any, url: str, timeout_ms: int = 15_000) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='true']", timeout=timeout_ms)
+    page.wait_for_function("document.getElementById('connection').textContent === 'connected'", timeout=timeout_ms)
+
+
+def node_selector(node_id: int) -> str:
+    return f".node[data-node-id='{node_id}']"
+
+
+def input_socket(node_id: int, name: str) -> str:
+    return f"{node_selector(node_id)} .socket-in[data-input='{name}']"
+
+
+def output_socket(node_id: int, slot: int) -> str:
+    return f"{node_selector(node_id)} .socket-out[data-slot='{slot}']"
+
+
+def widget(node_id: int, name: str) -> str:
+    return f"{node_selector(node_id)} [name='{name}']"
+
+
+def centre(page: Any, selector: str) -> tuple[float, float]:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not visible"
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def drag(page: Any, from_selector: str, to_selector: str) -> None:
+    """A real pointer drag (down, several moves, up), as a user draws a link or moves a node."""
+    x0, y0 = centre(page, from_selector)
+    x1, y1 = centre(page, to_selector)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+    page.mouse.move(x1, y1, steps=4)
+    page.mouse.up()
+
+
+def add_node_by_search(page: Any, query: str, node_type: str, at: tuple[float, float]) -> int:
+    """Double-clicks the canvas at `at`, types `query` and picks `node_type`; returns the new node's id."""
+    before = set(node_ids(page))
+    page.mouse.dblclick(*at)
+    page.wait_for_selector(".search-menu:not([hidden]) .search-input")
+    page.keyboard.type(query)
+    page.click(f".search-menu .search-item[data-type='{node_type}']")
+    page.wait_for_function(f"document.querySelectorAll('.node').length === {len(before) + 1}")
+    (added,) = set(node_ids(page)) - before
+    return added
+
+
+def node_ids(page: Any) -> list[int]:
+    return [int(v) for v in page.eval_on_selector_all(".node", "els => els.map(e => e.dataset.nodeId)")]
+
+
+def link_count(page: Any) -> int:
+    return page.evaluate("window.fluxgraph.graph.links.size")
+
+
+def current_prompt(page: Any) -> dict[str, Any]:
+    """The API prompt the editor would queue now (without seed randomisation side effects)."""
+    return page.evaluate("""async () => {
+        const { graphToPrompt } = await import('/js/api_prompt.js');
+        return graphToPrompt(window.fluxgraph.graph);
+    }""")
+
+
+def saved_workflow(page: Any) -> dict[str, Any]:
+    return page.evaluate("""async () => {
+        const { serializeWorkflow } = await import('/js/ui_format.js');
+        return serializeWorkflow(window.fluxgraph.graph, { viewport: window.fluxgraph.canvas.viewport });
+    }""")
+
+
+def load_workflow(page: Any, workflow: dict[str, Any], name: str = "test.json") -> None:
+    assert page.evaluate("([wf, name]) => window.fluxgraph.load(wf, name)", [workflow, name])
+
+
+def drop_file(page: Any, data: bytes, name: str, mime: str, target: str = "#canvas") -> None:
+    """Drops a file on the canvas the way a drag from the desktop does (a DataTransfer with one File)."""
+    transfer = page.evaluate_handle("""([bytes, name, mime]) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
+        return transfer;
+    }""", [list(data), name, mime])
+    page.dispatch_event(target, "drop", {"dataTransfer": transfer})
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """Saves a screenshot under tests/artifacts/ for people to look at (never compared)."""
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS_DIR / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------- widget mapping
+
+PRIMITIVE_WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN")
+LEGACY_SEED_NAMES = ("seed", "noise_seed")
+
+
+def editor_input_kind(spec: list[Any]) -> dict[str, Any]:
+    """How the editor (web/js/node_defs.js) draws one `/object_info` input spec, mirrored in Python.
+
+    Returns {"widget": "INT"|"FLOAT"|"STRING"|"BOOLEAN"|"COMBO"|None, "socket": type name,
+    "control": bool, "upload": bool, "choices": list | None}.
+    """
+    head = spec[0]
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    choices = None
+    if isinstance(head, list):
+        choices, socket_type = head, "COMBO"
+    elif head == "COMBO":
+        choices, socket_type = list(options.get("options", [])), "COMBO"
+    else:
+        socket_type = str(head)
+    widget_kind = None
+    if not options.get("forceInput"):
+        widget_kind = "COMBO" if choices is not None else (socket_type if socket_type in PRIMITIVE_WIDGETS else None)
+    return {"widget": widget_kind, "socket": socket_type, "choices": choices,
+            "control": widget_kind == "INT" and options.get("control_after_generate") is True,
+            "upload": widget_kind == "COMBO" and options.get("image_upload") is True,
+            "options": options}
+
+
+def editor_node_layout(info: dict[str, Any]) -> dict[str, Any]:
+    """Sockets, widgets and the widgets_values length the editor gives one node of `/object_info`."""
+    sockets, widgets, length = [], [], 0
+    for group in ("required", "optional"):
+        specs = info["input"].get(group, {})
+        for name in info.get("input_order", {}).get(group, list(specs)):
+            kind = editor_input_kind(specs[name])
+            if kind["widget"] is None:
+                sockets.append(name)
+            else:
+                widgets.append(name)
+                length += 1 + int(kind["control"]) + int(kind["upload"])
+    return {"sockets": sockets, "widgets": widgets, "widgets_values_length": length,
+            "outputs": len(info.get("output", []))}
+
+
+NO_EXTERNAL_URL = re.compile(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", re.IGNORECASE)
+ALLOWED_URLS = ("http://www.w3.org/2000/svg",)
