@@ -386,6 +386,18 @@ def test_primitive_value_nodes_fold_unless_asked_not_to(registry):
     assert kept["6"]["inputs"]["seed"] == ["9", 0] and kept["9"]["inputs"] == {"value": 31337}
 
 
+def test_set_and_get_nodes_are_virtual_wires(registry):
+    ui = Ui()
+    _sampler_graph(ui)
+    ui.add(20, "SetNode", ["vae"], inputs=[("VAE", "VAE")], outputs=["*"], title="Set_vae")
+    ui.add(21, "GetNode", ["vae"], outputs=["VAE"], title="Get_vae")
+    ui.connect(3, 0, 20, "VAE")
+    ui.nodes[7]["inputs"][1]["link"] = None
+    ui.connect(21, 0, 7, "vae")
+    prompt = ui_to_api(ui.json(), registry)
+    assert prompt["7"]["inputs"]["vae"] == ["3", 0] and not {"20", "21"} & set(prompt)
+
+
 def test_notes_never_reach_the_prompt(registry):
     ui = Ui()
     _sampler_graph(ui)
