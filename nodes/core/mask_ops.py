@@ -57,10 +57,13 @@ def grow(mask: Any, expand: int, tapered_corners: bool = True) -> Any:
         grid = F.max_pool2d(grid, kernel_size=(1, 2 * steps + 1), stride=1, padding=(0, steps))
         grid = F.max_pool2d(grid, kernel_size=(2 * steps + 1, 1), stride=1, padding=(steps, 0))
         return (grid[:, 0] * sign).contiguous()
-    for _ in range(steps):
-        padded = F.pad(grid, (1, 1, 1, 1), mode="replicate")
-        grid = torch.stack([padded[..., 1:-1, 1:-1], padded[..., :-2, 1:-1], padded[..., 2:, 1:-1],
-                            padded[..., 1:-1, :-2], padded[..., 1:-1, 2:]]).amax(dim=0)
+    for _ in range(steps):  # cross step: each pixel takes the max of itself and its 4 neighbours
+        grown = grid.clone()
+        torch.maximum(grown[..., 1:, :], grid[..., :-1, :], out=grown[..., 1:, :])
+        torch.maximum(grown[..., :-1, :], grid[..., 1:, :], out=grown[..., :-1, :])
+        torch.maximum(grown[..., :, 1:], grid[..., :, :-1], out=grown[..., :, 1:])
+        torch.maximum(grown[..., :, :-1], grid[..., :, 1:], out=grown[..., :, :-1])
+        grid = grown
     return (grid[:, 0] * sign).contiguous()
 
 
