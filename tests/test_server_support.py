@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.registry import NodeRegistry
 from engine.runtime import Runtime
-from engine.schema import Float, Int, NodeResult, Output, Socket, String, node
+from engine.schema import Combo, Float, Int, NodeResult, Output, Socket, String, node
 from engine.server.config import ServerConfig
 
 REFERENCE = Path("/work/shared/comfy_reference")
@@ -52,7 +52,18 @@ def test_path_string(ctx, model_name):
     return NodeResult(ui={"text": [model_name]})
 
 
-TOY_NODES = [test_sleep, test_show_int, test_fail, test_preview, test_path_string]
+def _checkpoints(folders):
+    return folders.list_models("checkpoints") if folders is not None else []
+
+
+# A loader whose own hook accepts any name, like ComfyUI's LoadImage: only the server's check protects it.
+@node("TestTrustingLoader", inputs=[Combo("ckpt_name", _checkpoints)], outputs=[], output_node=True,
+      category="test", validate_inputs=lambda ckpt_name: True)
+def test_trusting_loader(ctx, ckpt_name):
+    return NodeResult(ui={"text": [ckpt_name]})
+
+
+TOY_NODES = [test_sleep, test_show_int, test_fail, test_preview, test_path_string, test_trusting_loader]
 _CORE_REGISTRY: NodeRegistry | None = None
 
 

@@ -133,8 +133,8 @@ async def get_view(request: web.Request) -> web.StreamResponse:
     preview = _parse_preview(query["preview"]) if query.get("preview") else None
     if channel == "rgba" and preview is None:
         return _file_response(path)
-    if preview is not None and "a" in channel:
-        preview = ("webp", preview[1])  # only webp keeps alpha
+    if preview is not None and "a" in query.get("channel", "").lower():
+        preview = ("webp", preview[1])  # an alpha channel was asked for: only webp keeps it
     if mimetypes.guess_type(path.name)[0] not in INLINE_IMAGE_TYPES:
         raise ApiError(400, "not_an_image", "channel and preview apply to images only", path.name)
     try:

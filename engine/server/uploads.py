@@ -22,8 +22,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from engine.folders import FILE_TYPES
 from engine.server.errors import ApiError, json_response
@@ -51,10 +52,10 @@ async def read_upload_form(request: web.Request, file_field: str, max_bytes: int
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
-            if isinstance(part, web.BodyPartReader) and part.name == file_field and part.filename is not None:
+            if isinstance(part, BodyPartReader) and part.name == file_field and part.filename is not None:
                 form.filename = part.filename
                 form.data = await _read_limited(part, max_bytes, "file", 413)
-            elif isinstance(part, web.BodyPartReader) and part.name:
+            elif isinstance(part, BodyPartReader) and part.name:
                 raw = await _read_limited(part, MAX_FIELD_BYTES, f"form field '{part.name}'", 400)
                 form.fields[part.name] = raw.decode("utf-8", errors="replace")
     except ApiError:
@@ -78,7 +79,8 @@ async def _read_limited(part: Any, limit: int, what: str, status: int) -> bytes:
 def sanitize_filename(name: str) -> str:
     """A plain, safe file name from whatever the client sent (400 when nothing usable is left)."""
     original = name
-    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFC", unquote(name))  # some clients (aiohttp) percent-encode the name
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]  # the base name only
     name = _UNSAFE_NAME_CHARS.sub("_", name).strip().lstrip(".").rstrip(". ")
     stem, suffix = os.path.splitext(name)
     if len(name.encode("utf-8")) > MAX_NAME_LENGTH:
