@@ -29,6 +29,7 @@ UI_ONLY_TYPES = frozenset({"Note", "MarkdownNote", "Label (rgthree)", "Bookmark 
 VALUE_PRIMITIVE_TYPES = frozenset({"PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
                                    "PrimitiveStringMultiline", "PrimitiveBoolean"})
 
+
 @dataclass(frozen=True)
 class NodeOrigin:
     """Where a prompt node came from in the editor's graph."""
@@ -70,8 +71,7 @@ class _Literal:
 
 @dataclass(frozen=True)
 class _Muted:
-    node_id: str
-    label: str
+    label: str  # the muted node, as errors describe it
 
 
 class _CycleError(Exception):
@@ -202,7 +202,7 @@ class Converter:
         if node.mode == MODE_BYPASS:
             return self.resolve_bypass(scope, node, kind, slot, wanted, visited)
         if node.mode == MODE_NEVER and kind in ("real", "subgraph", "value", "unknown"):
-            return _Muted(scope.exec_id(node.id), self.origin(scope, node).describe())
+            return _Muted(self.origin(scope, node).describe())
         if kind == "subgraph":
             child = self.child_scope(scope, node)
             inner = boundary_output_link(child.graph, slot)
@@ -373,12 +373,14 @@ class Converter:
                 schema = self.registry[node["class_type"]]
                 required = [(name, source) for name, source in missing
                             if (inp := schema.input(name)) is not None and not inp.optional]
-                if required:
-                    del prompt[exec_id]
-                    reasons = "; ".join(f"required input '{n}' came from {s}, which does not run"
-                                        for n, s in required)
-                    self.result.dropped[exec_id] = f"{self.result.origins[exec_id].describe()}: {reasons}"
-                    changed = True
+                if not required:
+                    self.result.warnings.extend(f"{self.result.origins[exec_id].describe()}: optional input "
+                                                f"'{name}' left out: {source} does not run" for name, source in missing)
+                    continue
+                del prompt[exec_id]
+                reasons = "; ".join(f"required input '{n}' came from {s}, which does not run" for n, s in required)
+                self.result.dropped[exec_id] = f"{self.result.origins[exec_id].describe()}: {reasons}"
+                changed = True
 
     def run(self) -> UiConversion:
         self.emit_scope(Scope(self.workflow.root))

@@ -423,6 +423,7 @@ def test_muted_node_is_removed_with_everything_that_then_lacks_a_required_input(
     assert set(conversion.prompt) == {"1", "2", "3", "4", "9", "10", "11"}
     assert set(conversion.dropped) == {"6", "7", "8"}
     assert conversion.prompt["11"]["inputs"] == {"image1": ["10", 0]}
+    assert any("optional input 'image2' left out" in w for w in conversion.warnings)
     assert "EmptySD3LatentImage" in conversion.dropped["6"]
 
 
