@@ -168,6 +168,8 @@ NodeFunction = Callable[..., Any]
 
 @dataclass(frozen=True)
 class NodeSchema:
+    __test__ = False  # node functions named test_* in test modules are not tests
+
     name: str
     function: NodeFunction
     inputs: tuple[Input, ...] = ()
