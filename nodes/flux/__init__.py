@@ -1,0 +1,9 @@
+"""The FLUX pack: ComfyUI's loaders, prompt encoders, latent/VAE and sampling nodes for FLUX.1.
+
+Declarations import no torch; each node function loads engine.sampling / engine.models when it runs.
+The ML code lives in engine/sampling (sampling) and engine/models (loading); these nodes only adapt.
+"""
+
+from . import conditioning, latent, sampling
+
+NODES = [*conditioning.NODES, *latent.NODES, *sampling.NODES]

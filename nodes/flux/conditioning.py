@@ -1,0 +1,63 @@
+"""Prompt conditioning for FLUX: CLIPTextEncode, CLIPTextEncodeFlux, FluxGuidance, ConditioningZeroOut."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.schema import Float, Socket, String, node
+from engine.types import CLIP, CONDITIONING
+
+from .common import memory
+
+_PROMPT_EXTRA = {"dynamicPrompts": True}
+
+
+def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -> list:
+    from engine.sampling.conditioning import make_conditioning
+    from engine.sampling.text import encode_flux_prompt
+
+    if clip is None:
+        raise ValueError("clip input is None: the CLIP loader produced no text encoder (a checkpoint "
+                         "without text encoders?)")
+    embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, memory(ctx))
+    return make_conditioning(embeds, pooled, **options)
+
+
+@node("CLIPTextEncode", category="conditioning", display_name="CLIP Text Encode (Prompt)",
+      inputs=[String("text", multiline=True, extra=_PROMPT_EXTRA), Socket("clip", CLIP)],
+      outputs=[CONDITIONING],
+      description="Encodes a prompt with both FLUX text encoders (CLIP-L pooled, T5-XXL tokens).")
+def clip_text_encode(ctx: Any, text: str, clip: Any):
+    return (_encode(ctx, clip, text, text),)
+
+
+@node("CLIPTextEncodeFlux", category="advanced/conditioning/flux",
+      inputs=[Socket("clip", CLIP), String("clip_l", multiline=True, extra=_PROMPT_EXTRA),
+              String("t5xxl", multiline=True, extra=_PROMPT_EXTRA),
+              Float("guidance", 3.5, min=0.0, max=100.0, step=0.1)],
+      outputs=[CONDITIONING],
+      description="Encodes separate prompts for CLIP-L and T5-XXL and sets the distilled guidance.")
+def clip_text_encode_flux(ctx: Any, clip: Any, clip_l: str, t5xxl: str, guidance: float):
+    return (_encode(ctx, clip, clip_l, t5xxl, guidance=float(guidance)),)
+
+
+@node("FluxGuidance", category="advanced/conditioning/flux",
+      inputs=[Socket("conditioning", CONDITIONING), Float("guidance", 3.5, min=0.0, max=100.0, step=0.1)],
+      outputs=[CONDITIONING],
+      description="Sets FLUX.1 dev's distilled guidance on every conditioning entry (schnell ignores it).")
+def flux_guidance(ctx: Any, conditioning: list, guidance: float):
+    from engine.sampling.conditioning import map_options
+
+    return (map_options(conditioning, guidance=float(guidance)),)
+
+
+@node("ConditioningZeroOut", category="advanced/conditioning",
+      inputs=[Socket("conditioning", CONDITIONING)], outputs=[CONDITIONING],
+      description="Zeros the embeddings and pooled output (a neutral negative for cfg > 1).")
+def conditioning_zero_out(ctx: Any, conditioning: list):
+    from engine.sampling.conditioning import zero_out
+
+    return (zero_out(conditioning),)
+
+
+NODES = [clip_text_encode, clip_text_encode_flux, flux_guidance, conditioning_zero_out]
