@@ -148,9 +148,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         function = getattr(zoo, {"tiny": "write_tiny_zoo", "prepare": "prepare_models"}[args.action])
     except (ImportError, AttributeError) as exc:
         raise CliError(f"'fluxgraph models {args.action}' is unavailable in this build: {exc}") from exc
-    written = function(folders.models_dir)
-    if written:
-        print(written if isinstance(written, (str, Path)) else json.dumps(written, indent=2, default=str))
+    report = function(folders.models_dir)
+    if isinstance(report, dict):  # tiny: file -> sha256; prepare: step -> what was done
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    elif report:
+        print(report)
     return EXIT_OK
 
 
