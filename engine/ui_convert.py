@@ -252,7 +252,7 @@ class Converter:
         schema = self.registry.get(node.type)
         if schema is None:
             return self.primitive_value(node)
-        values = map_widget_values(schema, node.widgets_values, self.choice_env).values
+        values = map_widget_values(schema, node.widgets_values, self.choice_env, node.widgets_values_named).values
         values.update(scope.overrides.get(node.id, {}))
         return _Literal(values["value"]) if "value" in values else None
 
@@ -291,7 +291,7 @@ class Converter:
     def emit_node(self, scope: Scope, node: UiNode) -> None:
         schema = self.registry[node.type]
         exec_id = scope.exec_id(node.id)
-        widgets = map_widget_values(schema, node.widgets_values, self.choice_env)
+        widgets = map_widget_values(schema, node.widgets_values, self.choice_env, node.widgets_values_named)
         if widgets.leftovers:
             self.warn(scope, f"node {node.label}: {len(widgets.leftovers)} saved widget value(s) match no input "
                              f"of {node.type} and were ignored: {widgets.leftovers!r}")
@@ -333,7 +333,9 @@ class Converter:
             matches = [n for n in graph.nodes.values() if self.title(n) == title
                        or n.properties.get("Node name for S&R") == title]
             if len(matches) == 1 and (schema := self.registry.get(matches[0].type)) is not None:
-                return map_widget_values(schema, matches[0].widgets_values, self.choice_env).values.get(widget)
+                found = matches[0]
+                return map_widget_values(schema, found.widgets_values, self.choice_env,
+                                         found.widgets_values_named).values.get(widget)
         return None
 
     # --- bookkeeping -------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ class UiNode:
     outputs: list[UiOutput]
     widgets_values: Any  # a list (usual), a dict (some custom nodes) or None
     properties: dict[str, Any]
+    widgets_values_named: dict[str, Any] | None = None  # newer editors also save values by widget name
 
     @property
     def label(self) -> str:
@@ -234,8 +235,10 @@ def parse_node(raw: Any, where: str, problems: list[str]) -> UiNode | None:
         mode = MODE_ALWAYS
     properties = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
     title = raw.get("title") if isinstance(raw.get("title"), str) else None
+    named = raw.get("widgets_values_named")
     return UiNode(_key(raw["id"]), raw["type"], mode, title, _parse_inputs(raw.get("inputs"), node_where, problems),
-                  _parse_outputs(raw.get("outputs"), node_where, problems), raw.get("widgets_values"), properties)
+                  _parse_outputs(raw.get("outputs"), node_where, problems), raw.get("widgets_values"), properties,
+                  named if isinstance(named, dict) else None)
 
 
 def _parse_graph(raw: dict[str, Any], where: str, problems: list[str]) -> UiGraph:

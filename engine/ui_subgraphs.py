@@ -177,6 +177,8 @@ def promoted_values(instance: UiNode, definition: UiGraph, registry: NodeRegistr
     promoted: dict[int, Any] = {}
     overrides: dict[str, dict[str, Any]] = {}
     names = [slot.name for slot in definition.inputs]
+    if instance.widgets_values_named is not None:
+        saved = instance.widgets_values_named
     if isinstance(saved, dict):
         for index, name in enumerate(names):
             if saved.get(name) is not None:

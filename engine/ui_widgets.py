@@ -66,16 +66,23 @@ def default_value(inp: Input, choice_env: Any = None) -> Any:
     return None
 
 
-def map_widget_values(schema: NodeSchema, saved: Any, choice_env: Any = None) -> WidgetValues:
-    """Map a node's saved `widgets_values` (list or object) onto its widget inputs by declaration order."""
+def map_widget_values(schema: NodeSchema, saved: Any, choice_env: Any = None,
+                      named: dict[str, Any] | None = None) -> WidgetValues:
+    """Map a node's saved `widgets_values` (list or object) onto its widget inputs by declaration order.
+
+    `named` (the `widgets_values_named` newer editors save beside the list) wins where it names a widget.
+    """
     widgets = widget_inputs(schema)
+    names = {inp.name for inp in widgets}
     result = WidgetValues({})
     if isinstance(saved, dict):
-        names = {inp.name for inp in widgets}
         result.values = {name: value for name, value in saved.items() if name in names and value is not None}
         result.leftovers = [value for name, value in saved.items() if name not in names]
     elif isinstance(saved, list):
         _map_positional(widgets, list(saved), result)
+    for name, value in (named or {}).items():
+        if name in names and value is not None:
+            result.values[name] = value
     for inp in widgets:
         if inp.name not in result.values:
             value = default_value(inp, choice_env)

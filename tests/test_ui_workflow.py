@@ -273,6 +273,16 @@ def test_object_shaped_widgets_values_map_by_name(registry):
     assert ui_to_api(ui.json(), registry)["5"]["inputs"] == {"width": 1344, "height": 768, "batch_size": 2}
 
 
+def test_widgets_values_named_wins_over_positions(registry):
+    # Saved by an editor whose KSampler had one more widget than ours: the positions are off, the names not.
+    ui = Ui()
+    _sampler_graph(ui, [8, "fixed", 12, 2.5, "beta_extra", "heun", "karras", 0.5])
+    ui.nodes[6]["widgets_values_named"] = {"seed": 8, "steps": 12, "cfg": 2.5, "sampler_name": "heun",
+                                           "scheduler": "karras", "denoise": 0.5, "control_after_generate": "fixed"}
+    inputs = ui_to_api(ui.json(), registry)["6"]["inputs"]
+    assert (inputs["sampler_name"], inputs["scheduler"], inputs["denoise"]) == ("heun", "karras", 0.5)
+
+
 def test_upload_button_value_is_skipped(registry):
     ui = Ui()
     ui.add(1, "LoadImage", ["fox.png", "image"], outputs=["IMAGE", "MASK"])
@@ -560,6 +570,15 @@ def test_compressed_instance_with_legacy_proxy_widgets(registry):
     ui.nodes[4]["properties"] = {"proxyWidgets": [["-1", "guidance"], ["-1", "text"]]}
     prompt = ui_to_api(ui.json(), registry)
     assert prompt["4:1"]["inputs"]["text"] == "from proxies" and prompt["4:2"]["inputs"]["guidance"] == 1.5
+
+
+def test_instance_values_saved_by_name(registry):
+    ui = Ui()
+    _sampler_graph(ui)
+    _with_prompt_subgraph(ui, ["positional", 9.0])
+    ui.nodes[4]["widgets_values_named"] = {"guidance": 4.5, "text": "named"}
+    prompt = ui_to_api(ui.json(), registry)
+    assert prompt["4:1"]["inputs"]["text"] == "named" and prompt["4:2"]["inputs"]["guidance"] == 4.5
 
 
 def test_proxy_widget_naming_an_inner_node_overrides_its_value(registry):
