@@ -16,8 +16,10 @@ from engine.models.safetensors_io import ModelFileError, open_safetensors
 
 def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str | Path, *,
                 dtype: Any = None, ignore_unexpected: Iterable[str] = (),
-                allow_missing: Iterable[str] = ()) -> Any:
-    """`factory()` built on meta, filled from `state` (cast to `dtype` when given), in eval mode."""
+                allow_missing: Iterable[str] = (), after_load: Callable[[Any], None] | None = None) -> Any:
+    """`factory()` built on meta, filled from `state` (cast to `dtype` when given), in eval mode.
+
+    `allow_missing` tensors must be set by `after_load(module)` (e.g. tying a shared embedding)."""
     import torch
 
     with torch.device("meta"):
@@ -35,6 +37,8 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
                 for k, v in state.items() if k in expected}
     module.load_state_dict(filtered, strict=False, assign=True)
     _materialise_buffers(module)
+    if after_load is not None:
+        after_load(module)
     leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
     if leftover:
         raise ModelFileError(source, f"tensors left unset after loading: {leftover[:5]}")

@@ -159,15 +159,44 @@ def key_prefixes(keys: Iterable[str], depth: int = 1) -> dict[str, int]:
     return counts
 
 
+_TORCH_TO_SAFETENSORS = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+                         "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int64": "I64", "int32": "I32",
+                         "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
 def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str],
                      metadata: dict[str, str] | None = None) -> Path:
-    """Write `tensors` (CPU copies, so tied or sliced tensors never share storage) to `path`, reproducibly."""
-    from safetensors.torch import save_file
+    """Write `tensors` to `path` in the safetensors format, byte-for-byte reproducibly.
+
+    Written here rather than with safetensors.save_file, whose header puts metadata entries in hash order
+    (so the same model could give different bytes). Keys and metadata are sorted; data is 8-byte aligned.
+    """
+    import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ordered = {k: tensors[k].detach().cpu().clone().contiguous() for k in sorted(tensors)}
-    save_file(ordered, str(path), metadata=metadata or None)
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    blobs: list[Any] = []
+    offset = 0
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        name = str(tensor.dtype).removeprefix("torch.")
+        if name not in _TORCH_TO_SAFETENSORS:
+            raise TypeError(f"cannot write tensor {key!r} of dtype {tensor.dtype} to safetensors")
+        raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+        header[key] = {"dtype": _TORCH_TO_SAFETENSORS[name], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + raw.numel()]}
+        blobs.append(raw)
+        offset += raw.numel()
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(encoded)))
+        fh.write(encoded)
+        for raw in blobs:
+            fh.write(raw.numpy().tobytes())
     return path
 
 

@@ -111,10 +111,12 @@ def build_t5(state: dict[str, Any], source: str | Path, dtype: Any = None) -> An
     cfg = T5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     dtype = _float_dtype(state, dtype)
     state = dequantize_scaled_fp8(state, dtype)
-    model = instantiate(lambda: T5EncoderModel(cfg), state, source, dtype=dtype,
-                        allow_missing=("encoder.embed_tokens.weight",))
-    model.encoder.embed_tokens.weight = model.shared.weight
-    return model
+
+    def tie_embeddings(model: Any) -> None:
+        model.encoder.embed_tokens.weight = model.shared.weight
+
+    return instantiate(lambda: T5EncoderModel(cfg), state, source, dtype=dtype,
+                       allow_missing=("encoder.embed_tokens.weight",), after_load=tie_embeddings)
 
 
 def load_text_encoder_file(path: str | Path, dtype: Any = None) -> dict[str, Any]:

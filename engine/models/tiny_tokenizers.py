@@ -61,68 +61,103 @@ def _clip_backend(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any:
     return tok
 
 
-def train_clip_vocab(vocab_size: int = 512) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _clip_words() -> dict[str, int]:
+    """Corpus words as CLIP sees them (normalised, split, byte-level mapped), with their counts."""
+    tok = _clip_backend({}, [])
+    counts: dict[str, int] = {}
+    for line in tokenizer_corpus():
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def train_clip_vocab(num_merges: int = 320) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """BPE vocab and merges in CLIP's layout: byte symbols, byte symbols + `</w>`, merges, then bos, eos.
 
-    bos/eos are the two highest ids, as in the real vocab (49406, 49407): CLIPTextModel configs with the
-    legacy `eos_token_id=2` pool at argmax(input_ids), which is then the first eos.
+    A plain BPE trainer of our own: the tokenizers library's trainer breaks ties between equally frequent
+    pairs in hash order, which would make the zoo's bytes differ between runs. Here ties go to the
+    lexicographically smallest pair. bos/eos are the two highest ids, as in the real vocab (49406, 49407):
+    CLIPTextModel configs with the legacy `eos_token_id=2` pool at argmax(input_ids), the first eos.
     """
-    import json
+    from tokenizers import pre_tokenizers
 
-    from tokenizers import pre_tokenizers, trainers
-
+    words = [(list(word[:-1]) + [word[-1] + "</w>"], count) for word, count in _clip_words().items()]
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges:
+        pairs: dict[tuple[str, str], int] = {}
+        for symbols, count in words:
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        if pairs[best] < 2:
+            break
+        merges.append(best)
+        words = [(_merge(symbols, best), count) for symbols, count in words]
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = _clip_backend({}, [])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2, min_frequency=1, show_progress=False,
-                                  initial_alphabet=alphabet, end_of_word_suffix="</w>", special_tokens=[])
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    # Rebuild the vocab in CLIP's order so every byte and byte+</w> symbol exists (real CLIP has all 512).
     vocab: dict[str, int] = {}
-    for symbol in alphabet:
+    for symbol in alphabet + [a + "</w>" for a in alphabet] + [left + right for left, right in merges]:
         vocab.setdefault(symbol, len(vocab))
-    for symbol in alphabet:
-        vocab.setdefault(symbol + "</w>", len(vocab))
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
     vocab[CLIP_BOS] = len(vocab)
     vocab[CLIP_EOS] = len(vocab)
     return vocab, merges
 
 
-def make_clip_tokenizer(vocab_size: int = 600) -> Any:
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+def make_clip_tokenizer() -> Any:
     """A transformers CLIPTokenizer over a locally trained vocab (model_max_length 77, pad = eos)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = train_clip_vocab(vocab_size)
+    vocab, merges = train_clip_vocab()
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77,
                          unk_token=CLIP_EOS, bos_token=CLIP_BOS, eos_token=CLIP_EOS, pad_token=CLIP_EOS)
 
 
-def train_t5_vocab(vocab_size: int = 400) -> list[tuple[str, float]]:
-    """Unigram pieces with scores, SentencePiece style (`▁` word starts); pad=0, eos=1, unk=2."""
-    import json
+def train_t5_vocab() -> list[tuple[str, float]]:
+    """Unigram pieces with log-probability scores, SentencePiece style (`▁` starts a word); pad=0, eos=1, unk=2.
 
-    from tokenizers import Tokenizer, pre_tokenizers, trainers
-    from tokenizers.models import Unigram
+    Built directly from corpus counts rather than with the tokenizers UnigramTrainer, whose pruning and float
+    sums vary between runs: pieces are `▁word` for every corpus word, frequent in-word substrings (2-4
+    characters) and every printable ASCII character, scored by log relative frequency (ties by piece).
+    """
+    import math
 
-    tok = Tokenizer(Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-    ])
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(T5_SPECIALS),
-                                      unk_token="<unk>", show_progress=False, shrinking_factor=0.75,
-                                      initial_alphabet=[chr(c) for c in range(33, 127)])
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    pieces = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
-    specials = [(s, 0.0) for s in T5_SPECIALS]
-    return specials + [p for p in pieces if p[0] not in T5_SPECIALS]
+    counts: dict[str, int] = {}
+
+    def add(piece: str, n: int = 1) -> None:
+        counts[piece] = counts.get(piece, 0) + n
+
+    for line in tokenizer_corpus():
+        for word in line.split():
+            add("▁" + word)
+            for size in (2, 3, 4):
+                for start in range(len(word) - size + 1):
+                    add(word[start:start + size])
+    counts = {p: n for p, n in counts.items() if p.startswith("▁") or n >= 3}
+    for code in range(33, 127):
+        add(chr(code))
+    add("▁")
+    total = sum(counts.values())
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    pieces = [(piece, round(math.log(n / total), 6)) for piece, n in ranked]
+    return [(s, 0.0) for s in T5_SPECIALS] + pieces
 
 
-def make_t5_tokenizer(vocab_size: int = 400) -> Any:
-    """A transformers T5Tokenizer over a locally trained Unigram vocab (no sentinel extra ids)."""
+def make_t5_tokenizer() -> Any:
+    """A transformers T5Tokenizer over the locally built Unigram vocab (no sentinel extra ids)."""
     from transformers import T5Tokenizer
 
-    return T5Tokenizer(vocab=train_t5_vocab(vocab_size), extra_ids=0, model_max_length=512)
+    return T5Tokenizer(vocab=train_t5_vocab(), extra_ids=0, model_max_length=512)
