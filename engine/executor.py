@@ -19,6 +19,7 @@ from engine.context import InterruptFlag, Interrupted, NodeContext
 from engine.graph import PromptGraph, PromptNode, is_link, parse_prompt, unwrap_literal
 from engine.registry import NodeRegistry
 from engine.schema import ExecutionBlocker, NodeResult, NodeSchema
+from engine.validate import hook_params
 
 EventCallback = Callable[[str, dict], None]
 HISTORY_MESSAGE_TYPES = ("execution_start", "execution_cached", "execution_success", "execution_error",
@@ -106,6 +107,8 @@ class _Run:
         if schema.is_changed is None:
             return None
         kwargs = {inp.name: literals.get(inp.name) for inp in schema.inputs if inp.name in node.inputs}
+        if "folders" in hook_params(schema.is_changed)[0] and "folders" not in kwargs:
+            kwargs["folders"] = self.executor.folders
         try:
             return schema.is_changed(**kwargs)
         except Exception:

@@ -8,6 +8,8 @@ STRING = "STRING"
 BOOLEAN = "BOOLEAN"
 COMBO = "COMBO"
 ANY = "*"
+# ComfyUI V3 "match type" sockets (e.g. the Switch node): any type, the node checks that its sockets agree.
+MATCH_TYPE = "COMFY_MATCHTYPE_V3"
 
 PRIMITIVES = frozenset({INT, FLOAT, STRING, BOOLEAN})
 
@@ -42,7 +44,7 @@ def types_compatible(output_type: object, input_type: object) -> bool:
         out_is_combo = isinstance(output_type, (list, tuple)) or output_type in (COMBO, ANY)
         in_is_combo = isinstance(input_type, (list, tuple)) or input_type in (COMBO, ANY)
         return out_is_combo and in_is_combo
-    if output_type == ANY or input_type == ANY:
+    if output_type in (ANY, MATCH_TYPE) or input_type in (ANY, MATCH_TYPE):
         return True
     if output_type == input_type:
         return True

@@ -61,7 +61,7 @@ class _ChoiceCache:
 
 
 @functools.lru_cache(maxsize=None)
-def _hook_params(function: Any) -> tuple[frozenset[str], bool]:
+def hook_params(function: Any) -> tuple[frozenset[str], bool]:
     """(parameter names, accepts **kwargs) of a validate_inputs hook."""
     params = inspect.signature(function).parameters
     names = frozenset(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
@@ -112,7 +112,7 @@ class _NodeValidator:
         hook_names: frozenset[str] = frozenset()
         hook_all = False
         if schema.validate_inputs is not None:
-            hook_names, hook_all = _hook_params(schema.validate_inputs)
+            hook_names, hook_all = hook_params(schema.validate_inputs)
         errors: list[dict[str, Any]] = []
         literals: dict[str, Any] = {}
         received_types: dict[str, Any] = {}
@@ -134,7 +134,8 @@ class _NodeValidator:
                 literals[inp.name] = converted
                 self.converted[node.id]["inputs"][inp.name] = converted
         if schema.validate_inputs is not None and not errors:
-            errors.extend(self._run_hook(schema, literals, received_types, hook_names, hook_all))
+            errors.extend(self._run_hook(schema, literals, received_types, hook_names, hook_all,
+                                         self.choices.env))
         return errors
 
     def _check_link(self, node: PromptNode, inp: Input, value: list, errors: list, skip_types: bool) -> Any:
@@ -217,10 +218,12 @@ class _NodeValidator:
 
     @staticmethod
     def _run_hook(schema: NodeSchema, literals: dict[str, Any], received_types: dict[str, Any],
-                  names: frozenset[str], takes_all: bool) -> list[dict[str, Any]]:
+                  names: frozenset[str], takes_all: bool, folders: Any) -> list[dict[str, Any]]:
         kwargs = {k: v for k, v in literals.items() if takes_all or k in names}
         if "input_types" in names:
             kwargs["input_types"] = received_types
+        if "folders" in names and "folders" not in literals:  # hooks that check files get the folder layout
+            kwargs["folders"] = folders
         try:
             verdict = schema.validate_inputs(**kwargs)  # type: ignore[misc]
         except Exception as exc:

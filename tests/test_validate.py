@@ -169,3 +169,37 @@ def test_ten_thousand_node_chain_validates():
         prompt[str(i)] = {"class_type": "Add", "inputs": {"a": [str(i - 1), 0]}}
     prompt["out"] = {"class_type": "Show", "inputs": {"value": ["10000", 0]}}
     assert validate_prompt(prompt, REG).ok
+
+
+def test_hooks_that_name_folders_receive_the_folder_layout(tmp_path):
+    from engine.executor import Executor
+    from engine.registry import NodeRegistry
+    from engine.schema import Output, String, node
+
+    seen = {}
+
+    def exists(name, folders=None):
+        seen["validate"] = folders
+        return True if (folders / name).exists() else f"no file {name}"
+
+    def changed(name, folders=None):
+        seen["changed"] = folders
+        return (folders / name).read_text()
+
+    @node("ReadFile", inputs=[String("name")], outputs=[Output("STRING")], validate_inputs=exists,
+          is_changed=changed)
+    def read_file(ctx, name):
+        return ((ctx.folders / name).read_text(),)
+
+    reg = NodeRegistry([read_file, *REG])
+    prompt = {"1": {"class_type": "ReadFile", "inputs": {"name": "a.txt"}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    result = validate_prompt(prompt, reg, folders=tmp_path)
+    assert result.node_errors["1"]["errors"][0]["details"] == "no file a.txt"
+    (tmp_path / "a.txt").write_text("v1")
+    assert validate_prompt(prompt, reg, folders=tmp_path).ok and seen["validate"] == tmp_path
+    ex = Executor(reg, folders=tmp_path)
+    assert ex.execute(prompt, "a").outputs["2"]["text"] == ["'v1'"]
+    assert ex.execute(prompt, "b").executed == []
+    (tmp_path / "a.txt").write_text("v2")
+    assert ex.execute(prompt, "c").outputs["2"]["text"] == ["'v2'"] and seen["changed"] == tmp_path
