@@ -19,8 +19,17 @@ def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -
     if clip is None:
         raise ValueError("clip input is None: the CLIP loader produced no text encoder (a checkpoint "
                          "without text encoders?)")
-    embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, memory(ctx))
+    embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, _text_memory(ctx, clip))
     return make_conditioning(embeds, pooled, **options)
+
+
+def _text_memory(ctx: Any, clip: Any) -> Any:
+    """The run's manager, or a CPU one when the CLIP loader asked for device 'cpu'."""
+    if dict(getattr(clip, "extra", ())).get("device") == "cpu":
+        from engine.memory import MemoryManager
+
+        return MemoryManager(device="cpu")
+    return memory(ctx)
 
 
 @node("CLIPTextEncode", category="conditioning", display_name="CLIP Text Encode (Prompt)",

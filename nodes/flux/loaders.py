@@ -1,0 +1,137 @@
+"""Model loaders: UNETLoader, DualCLIPLoader, CLIPLoader, VAELoader, CheckpointLoaderSimple.
+
+Thin adapters over engine.models: each resolves the chosen name inside the ComfyUI folder layout and
+calls the matching `load_*` function. Combo lists are computed from the files really present (and, for
+the folder-capable loaders, diffusers/transformers folders). Weights stay on the CPU until the memory
+manager moves them for a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.schema import Combo, Output, node
+from engine.types import CLIP, MODEL, VAE
+
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")  # engine.models.flux_transformer's
+CLIP_DEVICES = ("default", "cpu")
+# Only the FLUX.1 text encoder pair is implemented; ComfyUI's other types (sdxl, sd3, ...) are left out
+# so that a workflow asking for them fails validation with the list of what is supported.
+DUAL_CLIP_TYPES = ("flux",)
+SINGLE_CLIP_TYPES = ("flux",)
+
+
+def _lister(key: str, include_dirs: bool = False):
+    def choices(folders: Any) -> list[str]:
+        if folders is None:
+            return []
+        return folders.list_models(key, include_dirs=include_dirs)
+
+    choices.__name__ = f"list_{key}"
+    return choices
+
+
+def _folders(ctx: Any) -> Any:
+    folders = getattr(ctx, "folders", None)
+    if folders is None:
+        raise RuntimeError("this loader needs the models folder layout; the runtime gave none")
+    return folders
+
+
+def _tokenizer_roots(folders: Any) -> list:
+    return folders.model_dirs("tokenizers")
+
+
+def _compute_dtype(ctx: Any) -> Any:
+    from .common import memory
+
+    return memory(ctx).dtype
+
+
+def _with_device(encoders: Any, device: str) -> Any:
+    """DualCLIPLoader's device 'cpu': the handle asks the text encoding to stay on the CPU."""
+    if device != "cpu":
+        return encoders
+    import dataclasses
+
+    extra = dict(encoders.extra)
+    extra["device"] = "cpu"
+    return dataclasses.replace(encoders, extra=tuple(sorted(extra.items())))
+
+
+@node("UNETLoader", category="advanced/loaders", display_name="Load Diffusion Model",
+      inputs=[Combo("unet_name", _lister("diffusion_models", include_dirs=True)),
+              Combo("weight_dtype", WEIGHT_DTYPES)],
+      outputs=[MODEL],
+      description="Loads a FLUX.1 transformer (BFL, ComfyUI or diffusers layout); variant detected from the "
+                  "weights.")
+def unet_loader(ctx: Any, unet_name: str, weight_dtype: str):
+    from engine.models.flux_transformer import load_flux_transformer
+
+    path = _folders(ctx).model_path("diffusion_models", unet_name)
+    return (load_flux_transformer(path, weight_dtype=weight_dtype, compute_dtype=_compute_dtype(ctx)),)
+
+
+@node("DualCLIPLoader", category="advanced/loaders",
+      inputs=[Combo("clip_name1", _lister("text_encoders", include_dirs=True)),
+              Combo("clip_name2", _lister("text_encoders", include_dirs=True)),
+              Combo("type", DUAL_CLIP_TYPES),
+              Combo("device", CLIP_DEVICES, optional=True, extra={"advanced": True})],
+      outputs=[CLIP],
+      description="Loads FLUX.1's clip_l and t5xxl text encoders (either order) with offline tokenizers.")
+def dual_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, type: str, device: str = "default"):
+    from engine.models.text_encoders import load_flux_text_encoders
+
+    folders = _folders(ctx)
+    paths = [folders.model_path("text_encoders", name) for name in (clip_name1, clip_name2)]
+    encoders = load_flux_text_encoders(paths, _tokenizer_roots(folders), dtype=_compute_dtype(ctx))
+    return (_with_device(encoders, device),)
+
+
+@node("CLIPLoader", category="advanced/loaders", display_name="Load CLIP",
+      inputs=[Combo("clip_name", _lister("text_encoders", include_dirs=True)), Combo("type", SINGLE_CLIP_TYPES),
+              Combo("device", CLIP_DEVICES, optional=True, extra={"advanced": True})],
+      outputs=[CLIP],
+      description="Loads the text encoders of one file or diffusers pipeline folder (a FLUX.1 prompt needs "
+                  "both clip_l and t5xxl).")
+def clip_loader(ctx: Any, clip_name: str, type: str, device: str = "default"):
+    from engine.models.text_encoders import load_flux_text_encoders, load_text_encoders_folder
+
+    folders = _folders(ctx)
+    path = folders.model_path("text_encoders", clip_name)
+    if path.is_dir():
+        encoders = load_text_encoders_folder(path, _compute_dtype(ctx), _tokenizer_roots(folders))
+    else:
+        encoders = load_flux_text_encoders([path], _tokenizer_roots(folders), dtype=_compute_dtype(ctx))
+    return (_with_device(encoders, device),)
+
+
+@node("VAELoader", category="loaders", display_name="Load VAE",
+      inputs=[Combo("vae_name", _lister("vae", include_dirs=True))], outputs=[VAE],
+      description="Loads the FLUX.1 autoencoder (BFL ae.safetensors or a diffusers folder).")
+def vae_loader(ctx: Any, vae_name: str):
+    from engine.models.vae import load_flux_vae
+
+    return (load_flux_vae(_folders(ctx).model_path("vae", vae_name)),)
+
+
+@node("CheckpointLoaderSimple", category="loaders", display_name="Load Checkpoint",
+      inputs=[Combo("ckpt_name", _lister("checkpoints", include_dirs=True))],
+      outputs=[Output(MODEL, tooltip="The model used for denoising latents."),
+               Output(CLIP, tooltip="The CLIP model used for encoding text prompts."),
+               Output(VAE, tooltip="The VAE model used for encoding and decoding images to and from latent "
+                                   "space.")],
+      description="Loads an all-in-one FLUX.1 checkpoint (transformer, text encoders, VAE). Missing parts "
+                  "come out as nothing; load them with the separate loaders.")
+def checkpoint_loader_simple(ctx: Any, ckpt_name: str):
+    from engine.models.checkpoint import load_flux_checkpoint
+
+    folders = _folders(ctx)
+    path = folders.model_path("checkpoints", ckpt_name)
+    dtype = _compute_dtype(ctx)
+    model, encoders, vae = load_flux_checkpoint(path, _tokenizer_roots(folders), compute_dtype=dtype,
+                                                encoder_dtype=dtype, vae_dtype=dtype)
+    return (model, encoders, vae)
+
+
+NODES = [unet_loader, dual_clip_loader, clip_loader, vae_loader, checkpoint_loader_simple]
