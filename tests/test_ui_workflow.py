@@ -13,6 +13,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.registry import NodeRegistry
@@ -836,3 +837,56 @@ def test_ui_workflow_runs_from_the_cli_and_again_from_the_png_it_saved(tmp_path,
     assert main(["run", str(png_path), "--base-dir", str(tmp_path)]) == 0
     with Image.open(tmp_path / "output" / "ui_run" / "cyan_00002_.png") as again, Image.open(first) as before:
         assert list(again.convert("RGB").getdata()) == list(before.convert("RGB").getdata())
+
+
+TINY_NAMES = {38: ["flux1-dev-tiny.safetensors", "default"],
+              40: ["clip_l-tiny.safetensors", "t5xxl-tiny.safetensors", "flux", "default"],
+              39: ["ae-tiny.safetensors"], 27: [64, 64, 1]}
+
+
+def _tiny_flux_workflow(prompt_text: str | None = None) -> dict:
+    """The FLUX dev fixture pointed at the tiny zoo, 64x64 and 2 steps."""
+    workflow = _load("flux_dev_txt2img.json")
+    for ui_node in workflow["nodes"]:
+        if ui_node["id"] in TINY_NAMES:
+            ui_node["widgets_values"] = TINY_NAMES[ui_node["id"]]
+        if ui_node["id"] == 31:
+            ui_node["widgets_values"][2] = 2
+        if ui_node["id"] == 50 and prompt_text is not None:
+            ui_node["widgets_values"][0] = prompt_text
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tmp_path_factory):
+    _real_registry()
+    from engine.models.zoo import write_tiny_zoo
+    from engine.runtime import Runtime
+
+    base = tmp_path_factory.mktemp("ui_zoo")
+    write_tiny_zoo(base / "models")
+    return Runtime.create(base)
+
+
+def _run_tiny(runtime, workflow: dict):
+    from PIL import Image
+
+    prompt = ui_to_api(workflow, runtime.registry, choice_env=runtime.folders)
+    result = runtime.validate(prompt)
+    assert result.ok, (result.error, result.node_errors)
+    outcome = runtime.executor.execute(result.prompt, "ui-tiny", outputs=result.outputs,
+                                       extra_data={"extra_pnginfo": {"workflow": workflow}})
+    assert outcome.status == "success", outcome.error
+    record = outcome.outputs["9"]["images"][0]
+    with Image.open(runtime.folders.output_dir / record["subfolder"] / record["filename"]) as image:
+        assert json.loads(image.text["workflow"]) == workflow
+        return prompt, np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def test_flux_fixture_runs_on_the_tiny_zoo_and_the_promoted_prompt_matters(tiny_runtime):
+    prompt, image = _run_tiny(tiny_runtime, _tiny_flux_workflow())
+    assert image.shape == (64, 64, 3)
+    assert prompt["31"]["inputs"]["steps"] == 2 and prompt["38"]["inputs"]["unet_name"] == "flux1-dev-tiny.safetensors"
+    # The subgraph instance's own text (a promoted widget) reaches the text encoder inside the subgraph.
+    _, other = _run_tiny(tiny_runtime, _tiny_flux_workflow("a lighthouse on a cliff at night, oil painting"))
+    assert float(np.abs(image - other).mean()) >= 0.01
