@@ -8,7 +8,9 @@ fails when no output survives. Literal values are converted to their declared ty
 
 from __future__ import annotations
 
+import difflib
 import functools
+import posixpath
 import inspect
 import math
 import traceback
@@ -184,9 +186,11 @@ class _NodeValidator:
             if value not in options or (isinstance(value, bool) and not any(isinstance(o, bool) for o in options)):
                 listed = (f"(list of length {len(options)})" if len(options) > _LIST_IN_DETAILS_LIMIT
                           else repr(options))
+                close = close_matches(value, options)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
                 errors.append(_error("value_not_in_list", "Value not in list",
-                                     f"{inp.name}: '{value}' not in {listed}", input_name=inp.name,
-                                     input_config=config, received_value=value))
+                                     f"{inp.name}: '{value}' not in {listed}{hint}", input_name=inp.name,
+                                     input_config=config, received_value=value, close_matches=close))
                 return False, value
             return True, value
         if inp.type not in PRIMITIVES:
@@ -235,6 +239,28 @@ class _NodeValidator:
         details = verdict if isinstance(verdict, str) else ""
         return [_error("custom_validation_failed", "Custom validation failed for node",
                        details or f"{schema.name} rejected its inputs", received_inputs=kwargs)]
+
+
+def close_matches(value: Any, options: list[Any], limit: int = 3) -> list[Any]:
+    """Choices that look like `value` (a model file saved under another folder or with another case).
+
+    Names are compared without folders and extensions, so every '.safetensors' file does not look alike.
+    """
+    if not isinstance(value, str):
+        return []
+
+    def stem(text: str) -> str:
+        base = posixpath.basename(text.replace("\\", "/")).lower()
+        return base.rsplit(".", 1)[0] if "." in base else base
+
+    by_stem: dict[str, list[str]] = {}
+    for option in options:
+        if isinstance(option, str):
+            by_stem.setdefault(stem(option), []).append(option)
+    found: list[str] = []
+    for match in difflib.get_close_matches(stem(value), list(by_stem), n=limit, cutoff=0.7):
+        found.extend(by_stem[match])
+    return found[:limit]
 
 
 class _LazyConfig:

@@ -203,3 +203,13 @@ def test_hooks_that_name_folders_receive_the_folder_layout(tmp_path):
     assert ex.execute(prompt, "b").executed == []
     (tmp_path / "a.txt").write_text("v2")
     assert ex.execute(prompt, "c").outputs["2"]["text"] == ["'v2'"] and seen["changed"] == tmp_path
+
+
+def test_value_not_in_list_suggests_close_matches():
+    result = validate_prompt({"1": {"class_type": "Number", "inputs": {"value": 1}},
+                              "2": {"class_type": "Scale", "inputs": {"x": ["1", 0], "factor": 1.0,
+                                                                     "mode": "flor"}},
+                              "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}, REG)
+    err = result.node_errors["2"]["errors"][0]
+    assert err["extra_info"]["close_matches"] == ["floor"]
+    assert "did you mean 'floor'" in err["details"]
