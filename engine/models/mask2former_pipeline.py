@@ -89,7 +89,7 @@ def pixel_values(batch_uint8: np.ndarray, table: Any) -> Any:
     """B×H×W×3 uint8 (numpy) -> B×3×H×W normalised float32 on the table's device."""
     import torch
 
-    indices = torch.from_numpy(np.ascontiguousarray(batch_uint8)).to(table.device).long()
+    indices = torch.from_numpy(np.array(batch_uint8, copy=True)).to(table.device).long()
     channels = [table[c][indices[..., c]] for c in range(3)]
     return torch.stack(channels, dim=1)
 
