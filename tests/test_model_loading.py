@@ -19,8 +19,8 @@ from engine.models.extra_model_paths import ExtraModelPathsError, load_extra_mod
 from engine.models.flux_keys import (bfl_shapes_to_diffusers, diffusers_to_bfl,  # noqa: E402
                                      infer_diffusers_config)
 from engine.models.flux_transformer import load_flux_transformer, shipped_config_if_matching  # noqa: E402
-from engine.models.safetensors_io import (ModelFileError, dequantize_scaled_fp8, open_safetensors,  # noqa: E402
-                                          save_safetensors)
+from engine.models.safetensors_io import (ModelFileError, dequantize_scaled_fp8, key_prefixes,  # noqa: E402
+                                          open_safetensors, save_safetensors)
 from engine.models.text_encoders import load_flux_text_encoders, load_text_encoders_folder  # noqa: E402
 from engine.models.tiny import tiny_components  # noqa: E402
 from engine.models.tokenizer_files import TokenizerMissingError, find_tokenizer  # noqa: E402
@@ -72,7 +72,8 @@ def test_transformer_layouts_load_identically(models: Path, ref, tmp_path: Path)
 
 def test_text_encoder_layouts_load_identically(models: Path, ref, tmp_path: Path) -> None:
     roots = [models / "tokenizers"]
-    clip_file, t5_file = models / "text_encoders/clip_l-tiny.safetensors", models / "text_encoders/t5xxl-tiny.safetensors"
+    clip_file = models / "text_encoders/clip_l-tiny.safetensors"
+    t5_file = models / "text_encoders/t5xxl-tiny.safetensors"
     # Variants real files come in: CLIP without the `text_model.` prefix, T5 with the tied table twice.
     bare_clip = _rewrite(clip_file, tmp_path / "clip_bare.safetensors",
                          lambda s: {k.removeprefix("text_model."): v for k, v in s.items()})
@@ -126,6 +127,9 @@ def test_detects_layouts_and_prefixes(models: Path) -> None:
         "t5xxl": "text_encoders.t5xxl.transformer.", "vae": "vae."})
     assert fmt("vae/ae-tiny.safetensors") == ("vae", {"vae": ""})
     assert fmt("text_encoders/t5xxl-tiny.safetensors") == ("t5xxl", {"t5xxl": ""})
+    aio = open_safetensors(models / "checkpoints/flux1-dev-tiny-aio.safetensors")
+    assert set(key_prefixes(aio.keys(), depth=2)) == {"model.diffusion_model.", "text_encoders.clip_l.",
+                                                       "text_encoders.t5xxl.", "vae.encoder.", "vae.decoder."}
 
 
 def test_variant_rules(models: Path, tmp_path: Path) -> None:
@@ -237,6 +241,27 @@ def test_scaled_fp8_is_dequantised() -> None:
     out = dequantize_scaled_fp8(packed, torch.float32)
     assert set(out) == {"layer.weight", "norm.weight"}
     assert torch.allclose(out["layer.weight"], weight, rtol=0.15, atol=0.02)
+
+
+def test_comfyui_scaled_fp8_transformer_loads(models: Path, ref, tmp_path: Path) -> None:
+    def quantise(state):
+        out = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+        for key, value in state.items():
+            if key.endswith(".weight") and value.ndim == 2 and "blocks." in key:
+                scale = value.abs().max() / 448
+                out[key] = (value / scale).to(torch.float8_e4m3fn)
+                out[key.removesuffix("weight") + "scale_weight"] = scale.reshape(1)
+            else:
+                out[key] = value
+        return {"model.diffusion_model." + k: v for k, v in out.items()}
+
+    path = _rewrite(models / "diffusion_models/flux1-dev-tiny.safetensors", tmp_path / "fp8_scaled.safetensors",
+                    quantise)
+    model = load_flux_transformer(path).transformer
+    assert model.dtype == torch.float32
+    got = model.transformer_blocks[0].attn.to_k.weight
+    want = ref.transformer.transformer_blocks[0].attn.to_k.weight
+    assert (got - want).abs().max() < 0.1 * want.abs().max()
 
 
 def test_safetensors_writer_round_trips_with_the_library(tmp_path: Path) -> None:

@@ -73,12 +73,10 @@ def load_extra_model_paths(config_path: str | os.PathLike[str], folders: Any) ->
     Default sections' folders go before models/ in their listed order; others are appended after it.
     """
     entries = parse_extra_model_paths(config_path)
-    added: list[tuple[str, Path]] = []
     defaults = [(k, p) for k, p, d in entries if d]
     for key, path in reversed(defaults):  # inserting each at the front keeps the listed order
         folders.add_model_dir(key, path, first=True)
     for key, path, is_default in entries:
         if not is_default:
             folders.add_model_dir(key, path)
-    added = [(k, p) for k, p, _ in entries]
-    return added
+    return [(key, path) for key, path, _ in entries]

@@ -24,7 +24,7 @@ from engine.models.detect import Component, detect_components, detect_flux_varia
 from engine.models.flux_keys import (FluxKeyError, bfl_to_diffusers, infer_diffusers_config,
                                      bfl_shapes_to_diffusers)
 from engine.models.handles import FluxModel
-from engine.models.safetensors_io import ModelFileError, SafetensorsFile, open_safetensors
+from engine.models.safetensors_io import ModelFileError, SafetensorsFile, dequantize_scaled_fp8, open_safetensors
 from engine.models.variants import flux_model_handle, variant_info
 
 _NOT_TRANSFORMER = ("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.")
@@ -63,6 +63,9 @@ def transformer_state(sf: SafetensorsFile, comp: Component) -> dict[str, Any]:
         state = sf.load(comp.prefix)
     else:  # a bare file: everything except known non-transformer entries
         state = sf.load(keys=[k for k in sf.keys() if not k.startswith(_NOT_TRANSFORMER)])
+    if "scaled_fp8" in state or any(k.endswith(".scale_weight") for k in state):
+        # ComfyUI "fp8_scaled" files: fold the per-layer scales in (weight_dtype may re-quantise afterwards).
+        state = dequantize_scaled_fp8(state, _default_compute_dtype(state))
     if comp.layout != "bfl":
         return state
     try:
