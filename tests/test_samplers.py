@@ -16,6 +16,7 @@ from engine.sampling import latents as L
 from engine.sampling import noise as N
 from engine.sampling import samplers as SM
 from engine.sampling.schedules import FlowSchedule, scheduler_sigmas
+from tests.test_flux_support import single_torch_thread  # noqa: F401
 
 MU, STD = 0.3, 0.5
 
