@@ -83,7 +83,10 @@ def test_text_encoder_layouts_load_identically(models: Path, ref, tmp_path: Path
                load_flux_text_encoders([t5_file, clip_file], roots),  # DualCLIPLoader: either order
                load_flux_text_encoders([bare_clip, tied_t5], roots),
                load_flux_checkpoint(models / "checkpoints/flux1-dev-tiny-aio.safetensors", roots)[1],
-               load_text_encoders_folder(models / "diffusers/flux1-dev-tiny")]
+               load_text_encoders_folder(models / "diffusers/flux1-dev-tiny"),
+               # transformers folders, one per encoder, as DualCLIPLoader may list them (tokenizers: siblings)
+               load_flux_text_encoders([models / "diffusers/flux1-dev-tiny/text_encoder_2",
+                                        models / "diffusers/flux1-dev-tiny/text_encoder"])]
     for handle in handles:
         assert_same_weights(handle.clip, ref.text_encoder)
         assert_same_weights(handle.t5, ref.text_encoder_2)

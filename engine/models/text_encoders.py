@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from engine.models.build import instantiate, load_folder_weights, model_subfolder
+from engine.models.build import instantiate, load_folder_weights, model_subfolder, read_folder_config
 from engine.models.configs import load_config
 from engine.models.detect import detect_components
 from engine.models.handles import FluxTextEncoders
@@ -157,26 +157,51 @@ def encoders_handle(models: dict[str, Any], tokenizer_roots: Iterable[Path], sou
     return FluxTextEncoders(clip=clip, clip_tokenizer=clip_tok, t5=t5, t5_tokenizer=t5_tok, source=source)
 
 
+def load_text_encoder_folder(folder: str | Path, dtype: Any = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Encoders of a folder and where their tokenizers may be: a diffusers pipeline folder (both encoders,
+    `tokenizer/`, `tokenizer_2/`) or one transformers model folder (its own files; for a pipeline's
+    `text_encoder*/` subfolder, the sibling `tokenizer*/`)."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        models = {"clip_l": build_clip(load_folder_weights(model_subfolder(folder, "text_encoder", False)),
+                                       folder / "text_encoder", dtype),
+                  "t5xxl": build_t5(load_folder_weights(model_subfolder(folder, "text_encoder_2", False)),
+                                    folder / "text_encoder_2", dtype)}
+        return models, {"clip_l": folder / "tokenizer", "t5xxl": folder / "tokenizer_2"}
+    model_type = str(read_folder_config(folder).get("model_type", ""))
+    if model_type.startswith("clip"):
+        kind, model = "clip_l", build_clip(load_folder_weights(folder), folder, dtype)
+    elif model_type in ("t5", "umt5"):
+        kind, model = "t5xxl", build_t5(load_folder_weights(folder), folder, dtype)
+    else:
+        raise ModelFileError(folder, f"expected a CLIP or T5 text encoder folder, config.json says model_type "
+                                     f"{model_type!r}")
+    sibling = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}.get(folder.name)
+    return {kind: model}, {kind: folder.parent / sibling if sibling else folder}
+
+
 def load_flux_text_encoders(paths: Sequence[str | Path], tokenizer_roots: Iterable[Path] = (),
                             dtype: Any = None) -> FluxTextEncoders:
-    """The CLIP handle for FLUX from one or two files, in any order (DualCLIPLoader passes either first)."""
+    """The CLIP handle for FLUX from one or two files or folders, in any order (DualCLIPLoader passes either
+    first)."""
     models: dict[str, Any] = {}
+    preferred: dict[str, Path] = {}
     for path in paths:
-        for kind, model in load_text_encoder_file(path, dtype).items():
+        if Path(path).is_dir():
+            found, tokenizer_dirs = load_text_encoder_folder(path, dtype)
+            preferred.update(tokenizer_dirs)
+        else:
+            found = load_text_encoder_file(path, dtype)
+        for kind, model in found.items():
             if kind in models:
                 raise ModelFileError(path, f"both files hold a {kind} text encoder; FLUX needs one clip_l and "
                                            "one t5xxl")
             models[kind] = model
-    return encoders_handle(models, tokenizer_roots, " + ".join(str(p) for p in paths))
+    return encoders_handle(models, tokenizer_roots, " + ".join(str(p) for p in paths), preferred)
 
 
 def load_text_encoders_folder(folder: str | Path, dtype: Any = None,
                               tokenizer_roots: Iterable[Path] = ()) -> FluxTextEncoders:
-    """Both encoders of a diffusers FLUX pipeline folder, with its own tokenizer/ and tokenizer_2/."""
-    folder = Path(folder)
-    models = {"clip_l": build_clip(load_folder_weights(model_subfolder(folder, "text_encoder", False)),
-                                   folder / "text_encoder", dtype),
-              "t5xxl": build_t5(load_folder_weights(model_subfolder(folder, "text_encoder_2", False)),
-                                folder / "text_encoder_2", dtype)}
-    return encoders_handle(models, tokenizer_roots, str(folder),
-                           preferred={"clip_l": folder / "tokenizer", "t5xxl": folder / "tokenizer_2"})
+    """The encoders of a diffusers FLUX pipeline folder (or one encoder's folder), with their tokenizers."""
+    models, preferred = load_text_encoder_folder(folder, dtype)
+    return encoders_handle(models, tokenizer_roots, str(folder), preferred)

@@ -38,7 +38,7 @@ class TokenizerMissingError(ModelFileError):
 
 
 def tokenizer_dirs(search_roots: Iterable[Path], kind: str) -> list[Path]:
-    """`<root>/<kind>` then `<root>/<kind>-*` for each root, existing folders only."""
+    """`<root>/<kind>` then `<root>/<kind>-*` for each root: existing folders holding tokenizer files."""
     found: list[Path] = []
     for root in search_roots:
         root = Path(root)
@@ -47,7 +47,14 @@ def tokenizer_dirs(search_roots: Iterable[Path], kind: str) -> list[Path]:
             found.append(exact)
         if root.is_dir():
             found.extend(sorted(p for p in root.glob(f"{kind}-*") if p.is_dir()))
-    return found
+    return [folder for folder in found if has_tokenizer_files(folder)]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", CLIP_BPE_FILE)
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_tokenizer_dir(folder: Path, kind: str) -> Any:
@@ -116,7 +123,8 @@ def find_tokenizer(kind: str, vocab_rows: int, weights: str | Path, search_roots
                    preferred: Iterable[Path] = ()) -> Any:
     """The first tokenizer for `kind` ("clip_l" | "t5xxl") that fits `vocab_rows` (order: module docstring)."""
     roots = list(search_roots)
-    candidates = [Path(p) for p in preferred if Path(p).is_dir()] + tokenizer_dirs(roots, kind)
+    candidates = [Path(p) for p in preferred if Path(p).is_dir() and has_tokenizer_files(Path(p))]
+    candidates += tokenizer_dirs(roots, kind)
     rejected: list[str] = []
     for folder in candidates:
         tokenizer = load_tokenizer_dir(folder, kind)
