@@ -108,8 +108,15 @@ def _save_pipeline_folder(parts: TinyComponents, folder: Path) -> list[Path]:
     """A diffusers FluxPipeline folder (model_index.json, transformer/, vae/, text_encoder*/, tokenizer*/,
     scheduler/), safetensors weights only."""
     from diffusers import FluxPipeline
+    from transformers.utils import logging as hf_logging
 
-    FluxPipeline(**parts.pipeline_kwargs()).save_pretrained(str(folder), safe_serialization=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar per tiny encoder is only noise
+    try:
+        FluxPipeline(**parts.pipeline_kwargs()).save_pretrained(str(folder), safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
