@@ -28,7 +28,7 @@ def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def as_image_tensor(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(pixels).float()[None] / 255.0
+    return torch.from_numpy(pixels.copy()).float()[None] / 255.0
 
 
 @pytest.fixture(scope="module")

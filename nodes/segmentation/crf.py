@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-SAMPLE_BUDGET = 4096  # subsampled pixels the appearance message sums over
+SAMPLE_BUDGET = 2048  # subsampled pixels the appearance message sums over
 ROW_CHUNK = 8192  # pixels whose messages are computed at once (bounds memory to ROW_CHUNK × samples)
+KERNEL_CACHE_ELEMENTS = 1 << 27  # kernel entries kept across iterations (512 MB of float32)
 
 
 @dataclass(frozen=True)
@@ -65,21 +66,41 @@ def bilateral_features(image: Any, sigma_xy: float, sigma_rgb: float) -> Any:
     return torch.cat([position, colour], dim=-1).reshape(h * w, 5)
 
 
-def appearance_message(q: Any, features: Any, shape: tuple[int, int], stride: int) -> Any:
-    """K×N: Σ_j over the subsample of stride²·k(f_i, f_j)·Q_j, minus each pixel's own term."""
-    import torch
+class AppearanceKernel:
+    """Σ_j over the subsample of stride²·k(f_i, f_j)·Q_j for every pixel i, minus each pixel's own term.
 
-    h, w = shape
-    grid = torch.arange(h * w, device=q.device).view(h, w)[::stride, ::stride].reshape(-1)
-    f_s = features[grid]
-    q_s = q[:, grid].T * float(stride * stride)  # S×K
-    norm_s = (f_s * f_s).sum(dim=1)
-    out = torch.empty_like(q)
-    for start in range(0, h * w, ROW_CHUNK):
-        f_i = features[start:start + ROW_CHUNK]
-        dist = (f_i * f_i).sum(dim=1, keepdim=True) + norm_s[None] - 2 * f_i @ f_s.T
-        out[:, start:start + ROW_CHUNK] = (torch.exp(-0.5 * dist.clamp_min(0)) @ q_s).T
-    return out - q
+    The kernel rows depend only on the image, so they are computed once and kept when they fit in
+    KERNEL_CACHE_ELEMENTS; larger images recompute them chunk by chunk at every iteration."""
+
+    def __init__(self, features: Any, shape: tuple[int, int], stride: int) -> None:
+        import torch
+
+        h, w = shape
+        self.grid = torch.arange(h * w, device=features.device).view(h, w)[::stride, ::stride].reshape(-1)
+        self.weight = float(stride * stride)
+        self.features = features
+        self.f_s = features[self.grid]
+        self.norm_s = (self.f_s * self.f_s).sum(dim=1)
+        self.starts = list(range(0, h * w, ROW_CHUNK))
+        fits = h * w * len(self.grid) <= KERNEL_CACHE_ELEMENTS
+        self.cached = [self._rows(start) for start in self.starts] if fits else None
+
+    def _rows(self, start: int) -> Any:
+        # exp(-|f_i - f_j|²/2) = exp(f_i·f_j - |f_i|²/2 - |f_j|²/2), computed in place on one buffer
+        f_i = self.features[start:start + ROW_CHUNK]
+        rows = f_i @ self.f_s.T
+        rows.sub_(0.5 * (f_i * f_i).sum(dim=1, keepdim=True)).sub_(0.5 * self.norm_s[None])
+        return rows.clamp_max_(0).exp_()
+
+    def message(self, q: Any) -> Any:
+        import torch
+
+        q_s = q[:, self.grid].T * self.weight  # S×K
+        out = torch.empty_like(q)
+        for k, start in enumerate(self.starts):
+            rows = self.cached[k] if self.cached is not None else self._rows(start)
+            out[:, start:start + ROW_CHUNK] = (rows @ q_s).T
+        return out - q
 
 
 def mean_field(probs: Any, image: Any, params: CRFParams = CRFParams(), stride: int | None = None) -> Any:
@@ -93,10 +114,11 @@ def mean_field(probs: Any, image: Any, params: CRFParams = CRFParams(), stride: 
         stride = max(1, math.ceil(math.sqrt(h * w / SAMPLE_BUDGET)))
     unary = torch.log(probs.float().clamp_min(1e-8)).reshape(k, h * w)
     features = bilateral_features(image, params.bilateral_sigma_xy, params.bilateral_sigma_rgb)
+    appearance = AppearanceKernel(features, (h, w), stride)
     q = torch.softmax(unary, dim=0)
     for _ in range(params.iterations):
         smooth = gaussian_blur(q.view(k, h, w), params.smooth_sigma_xy).reshape(k, h * w) - q
-        pairwise = params.bilateral_weight * appearance_message(q, features, (h, w), stride)
+        pairwise = params.bilateral_weight * appearance.message(q)
         pairwise = pairwise + params.smooth_weight * smooth
         # Potts: a neighbour's mass on label l lowers the energy of l (the constant part cancels in the softmax)
         q = torch.softmax(unary + pairwise, dim=0)

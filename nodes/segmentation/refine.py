@@ -105,7 +105,7 @@ def refine_labels(segmentation: Any, images: Any, params: Any, confidence: float
               Float("smooth_weight", 3.0, min=0.0, max=100.0, step=0.5),
               Float("confidence", 0.8, min=0.5, max=0.999, step=0.01,
                     tooltip="How much the input labels are trusted against the image colours"),
-              Int("max_side", 512, min=0, max=8192,
+              Int("max_side", 256, min=0, max=8192,
                   tooltip="Run the CRF on an image at most this large, then upsample (0: full size)")],
       outputs=[Output(MASK), Output(SEGMENTATION)],
       description="Snaps a mask (or a label map) to the image's edges with a fully connected CRF. Connect "
@@ -113,7 +113,7 @@ def refine_labels(segmentation: Any, images: Any, params: Any, confidence: float
 def mask_refine_crf(ctx: Any, image: Any, mask: Any = None, segmentation: Any = None, iterations: int = 5,
                     bilateral_sigma_xy: float = 80.0, bilateral_sigma_rgb: float = 13.0,
                     bilateral_weight: float = 10.0, smooth_sigma_xy: float = 3.0, smooth_weight: float = 3.0,
-                    confidence: float = 0.8, max_side: int = 512):
+                    confidence: float = 0.8, max_side: int = 256):
     from engine.memory import default_device
 
     from .crf import CRFParams
