@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Float, Socket, String, node
-from engine.types import CLIP, CONDITIONING
+from engine.schema import Float, Input, Socket, node
+from engine.types import CLIP, CONDITIONING, STRING
 
 from .common import memory
 
-_PROMPT_EXTRA = {"dynamicPrompts": True}
+
+
+def _prompt(name: str) -> Input:
+    """A multiline prompt widget without a default, as ComfyUI declares it."""
+    return Input(name, STRING, multiline=True, extra={"dynamicPrompts": True})
 
 
 def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -> list:
@@ -33,7 +37,7 @@ def _text_memory(ctx: Any, clip: Any) -> Any:
 
 
 @node("CLIPTextEncode", category="conditioning", display_name="CLIP Text Encode (Prompt)",
-      inputs=[String("text", multiline=True, extra=_PROMPT_EXTRA), Socket("clip", CLIP)],
+      inputs=[_prompt("text"), Socket("clip", CLIP)],
       outputs=[CONDITIONING],
       description="Encodes a prompt with both FLUX text encoders (CLIP-L pooled, T5-XXL tokens).")
 def clip_text_encode(ctx: Any, text: str, clip: Any):
@@ -41,8 +45,8 @@ def clip_text_encode(ctx: Any, text: str, clip: Any):
 
 
 @node("CLIPTextEncodeFlux", category="advanced/conditioning/flux",
-      inputs=[Socket("clip", CLIP), String("clip_l", multiline=True, extra=_PROMPT_EXTRA),
-              String("t5xxl", multiline=True, extra=_PROMPT_EXTRA),
+      inputs=[Socket("clip", CLIP), _prompt("clip_l"),
+              _prompt("t5xxl"),
               Float("guidance", 3.5, min=0.0, max=100.0, step=0.1)],
       outputs=[CONDITIONING],
       description="Encodes separate prompts for CLIP-L and T5-XXL and sets the distilled guidance.")
