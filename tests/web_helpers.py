@@ -34,18 +34,54 @@ CHROMIUM_MISSING = f"Debian's Chromium is not installed at {CHROMIUM} (tests/bro
                               Float("seconds_per_step", 0.05, min=0.0, max=5.0, step=0.01)],
       outputs=[Output("IMAGE")], category="testing", display_name="Slow Steps (test)")
 def web_test_steps(ctx, image, steps, seconds_per_step):
-    """Passes the image through, reporting `steps` progress steps: the editor's progress bar has work to show."""
+    """Passes the image through, reporting `steps` progress steps with the image as a live preview: the
+    editor's progress bar and preview have work to show."""
     for step in range(steps):
         time.sleep(seconds_per_step)
-        ctx.progress(step + 1, steps)
+        ctx.progress(step + 1, steps, image)
     return (image,)
 
 
+@node("WebTestFail", inputs=[Socket("image", "IMAGE")], outputs=[Output("IMAGE")], category="testing",
+      display_name="Fail (test)")
+def web_test_fail(ctx, image):
+    raise ValueError("WebTestFail always fails")
+
+
 def editor_registry() -> NodeRegistry:
-    """Every installed node pack plus the slow test node."""
+    """Every installed node pack plus the test nodes."""
     registry = NodeRegistry().discover("nodes")
     registry.register(web_test_steps)
+    registry.register(web_test_fail)
     return registry
+
+
+def tiny_zoo_models_dir() -> Path:
+    """The tiny FLUX zoo (engine.models.zoo), written once per version of the code that makes it.
+
+    Writing it takes ~20 s on two cores, so it is kept in the system's temporary folder under a name that
+    hashes engine/models/*.py: a change to the zoo's code writes a fresh one.
+    """
+    import hashlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from engine.models import zoo  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    for source in sorted((PROJECT_ROOT / "engine" / "models").glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    target = Path(tempfile.gettempdir()) / f"fluxgraph-test-zoo-{digest.hexdigest()[:16]}"
+    if zoo.zoo_is_complete(target):
+        return target
+    staging = Path(tempfile.mkdtemp(prefix="fluxgraph-test-zoo-writing-"))
+    zoo.write_tiny_zoo(staging)
+    try:
+        os.rename(staging, target)  # atomic: a parallel run sees the whole zoo or none
+    except OSError:  # another run finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 # ---------------------------------------------------------------------------------------------- live server
@@ -65,8 +101,9 @@ class LiveServer:
     """
 
     def __init__(self, base_dir: Path, registry_factory: Callable[[], NodeRegistry] = editor_registry,
-                 port: int | None = None, workflows_dir: Path = WORKFLOWS_DIR) -> None:
+                 port: int | None = None, workflows_dir: Path = WORKFLOWS_DIR, models_dir: Path | None = None) -> None:
         self.base_dir = base_dir
+        self.models_dir = models_dir
         self.registry_factory = registry_factory
         self.port = port or free_port()
         self.workflows_dir = workflows_dir
@@ -94,7 +131,8 @@ class LiveServer:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                runtime = Runtime.create(base_dir=self.base_dir, registry=self.registry_factory(), models=None)
+                runtime = Runtime.create(base_dir=self.base_dir, registry=self.registry_factory(), models=None,
+                                         models_dir=str(self.models_dir) if self.models_dir else None)
                 config = ServerConfig(port=self.port, web_dir=WEB_DIR, workflows_dir=self.workflows_dir)
                 runner = web.AppRunner(create_app(runtime, config), handle_signals=False)
                 loop.run_until_complete(runner.setup())
@@ -182,6 +220,27 @@ def add_node_by_search(page: Any, query: str, node_type: str, at: tuple[float, f
     page.wait_for_function(f"document.querySelectorAll('.node').length === {len(before) + 1}")
     (added,) = set(node_ids(page)) - before
     return added
+
+
+def watch_node(page: Any, node_id: int) -> None:
+    """Records every change of a node's run state (executing, progress "value/max", cached) in the page, so
+    a test sees states that last only milliseconds (a tiny model samples a step in a few ms)."""
+    page.evaluate("""(id) => {
+        const node = document.querySelector(`.node[data-node-id='${id}']`);
+        const log = (window.__nodeStates = window.__nodeStates || {})[id] = [];
+        const snapshot = () => {
+            const bar = node.querySelector('.node-progress');
+            log.push({ executing: node.classList.contains('node-executing'),
+                       cached: node.classList.contains('node-cached'),
+                       progress: bar && bar.classList.contains('active') ? bar.dataset.value : null });
+        };
+        new MutationObserver(snapshot).observe(node, { attributes: true, subtree: true,
+                                                       attributeFilter: ['class', 'data-value'] });
+    }""", node_id)
+
+
+def node_states(page: Any, node_id: int) -> list[dict[str, Any]]:
+    return page.evaluate("(id) => window.__nodeStates[id]", node_id)
 
 
 def node_ids(page: Any) -> list[int]:

@@ -62,9 +62,10 @@ function literal(def, value, random) {
   return value;
 }
 
-// `{a|b|c}` picks one option at random, innermost braces first, as ComfyUI's editor does at queue time.
+// `{a|b|c}` picks one option at random, innermost braces first, as ComfyUI's editor does at queue time;
+// `/* ... */` and `// ...` comments are removed first.
 export function expandDynamicPrompt(text, random = Math.random) {
-  let result = text;
+  let result = text.replace(/\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, "");
   const innermost = /\{([^{}]*)\}/;
   for (let guard = 0; guard < 1000 && innermost.test(result); guard++) {
     result = result.replace(innermost, (_, body) => {
@@ -130,6 +131,7 @@ export function nextControlValue(def, value, mode, random = Math.random) {
   const max = Number(def.options.max ?? RANDOM_SEED_LIMIT);
   const step = def.widget === "INT" ? 1 : Number(def.options.step ?? 0.01);
   if (mode === "increment") return Math.min(max, value + step);
+  if (mode === "increment-wrap") return value + step > max ? min : value + step;
   if (mode === "decrement") return Math.max(min, value - step);
   if (mode === "randomize") {
     const high = Math.min(max, min + RANDOM_SEED_LIMIT);

@@ -120,7 +120,9 @@ export class Editor {
         return false;
       }
       this.lastPromptId = body.prompt_id;
-      this.notify(`Queued prompt #${body.number} (${String(body.prompt_id).slice(0, 8)})`, "info");
+      if (!this.monitor.started.has(body.prompt_id)) {
+        this.notify(`Queued prompt #${body.number} (${String(body.prompt_id).slice(0, 8)})`, "info");
+      }
       applyControlsAfterQueue(this.graph);
     }
     this.panel.scheduleRefresh();

@@ -4,7 +4,7 @@
 
 import { ANY, COMBO, PRIMITIVES } from "./types.js";
 
-export const CONTROL_MODES = ["fixed", "increment", "decrement", "randomize"];
+export const CONTROL_MODES = ["fixed", "increment", "decrement", "randomize", "increment-wrap"];
 export const UPLOAD_MARKER = "image"; // the value ComfyUI saves for the upload button in widgets_values
 
 export class InputDef {

@@ -73,8 +73,11 @@ export class NodeView {
     if (node.type === "PrimitiveNode") return this.renderPrimitiveWidget(container);
     for (const input of node.def ? node.def.widgetInputs : []) {
       const widget = createWidget(input, node.values.get(input.name), {
-        onChange: (value) => graph.setValue(node.id, input.name, value),
-        onUpload: (file) => this.hooks.onUpload(file).then((name) => { this.afterUpload(name); return name; }),
+        onChange: (value) => {
+          graph.setValue(node.id, input.name, value);
+          if (input.upload) this.showInputImage();
+        },
+        onUpload: (file) => this.hooks.onUpload(file).then((name) => { this.rememberUpload(name); return name; }),
       });
       this.widgets.set(input.name, widget);
       const row = el("div", { className: "widget-row", "data-input": input.name }, [
@@ -115,11 +118,11 @@ export class NodeView {
     return container;
   }
 
-  afterUpload(name) {
+  // An uploaded file becomes a choice of every upload combo (the server lists it from now on too).
+  rememberUpload(name) {
     for (const input of this.node.def.inputs) {
       if (input.upload && !input.choices.includes(name)) input.choices.push(name);
     }
-    this.showInputImage();
   }
 
   // Load-image nodes show the chosen input file.
@@ -213,6 +216,7 @@ export class NodeView {
     this.hasRunImages = images.length > 0;
     this.preview.replaceChildren(...images.map((image) => {
       const img = el("img", { className: "node-image node-output-image", src: this.hooks.imageUrl(image, true), alt: image.filename, draggable: "false" });
+      img.addEventListener("load", () => img.classList.toggle("small-image", img.naturalWidth < 256));
       img.dataset.filename = image.filename;
       img.dataset.imageType = image.type || "output";
       const link = el("a", { href: this.hooks.imageUrl(image), target: "_blank", rel: "noopener", className: "node-image-link" }, [img]);

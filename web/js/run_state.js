@@ -11,6 +11,7 @@ export class RunMonitor {
     this.executing = null; // the NodeView highlighted
     this.startedAt = 0;
     this.previewUrl = null;
+    this.started = new Set(); // prompt ids whose execution_start has arrived (it can beat POST's answer)
   }
 
   clearMarks() {
@@ -48,6 +49,7 @@ export class RunMonitor {
       }
       case "execution_start":
         this.promptId = data.prompt_id;
+        this.started.add(data.prompt_id);
         this.startedAt = data.timestamp || Date.now();
         this.clearMarks();
         this.hooks.onRunChange(this.promptId);

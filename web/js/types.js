@@ -3,6 +3,8 @@
 // and a combo output (a list of options) feeds only a combo input.
 
 export const ANY = "*";
+// ComfyUI V3 "match type" sockets (e.g. the Switch node) take any type; the node checks its sockets agree.
+export const MATCH_TYPE = "COMFY_MATCHTYPE_V3";
 export const COMBO = "COMBO";
 export const PRIMITIVES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN"]);
 
@@ -18,7 +20,7 @@ export function typesCompatible(outputType, inputType) {
     const inIsCombo = inIsList || inputType === COMBO || inputType === ANY;
     return outIsCombo && inIsCombo;
   }
-  if (outputType === ANY || inputType === ANY) return true;
+  if (outputType === ANY || inputType === ANY || outputType === MATCH_TYPE || inputType === MATCH_TYPE) return true;
   if (outputType === inputType) return true;
   if (typeof outputType !== "string" || typeof inputType !== "string") return false;
   const outs = typeSet(outputType);

@@ -287,20 +287,51 @@ export function estimateHeight(node) {
   return 40 + 26 * Math.max(inputs, outputs) + 70 * multiline + (node.def && node.def.outputNode ? 160 : 0);
 }
 
+// Columns by dependency depth; a node without inputs (a loader) sits just left of its first consumer, and
+// each column is ordered by where its neighbours are, so links cross less.
 export function layoutColumns(graph, { columnWidth = 340, rowGap = 30, origin = [40, 40] } = {}) {
-  const depth = new Map();
-  for (const id of [...executionOrder(graph).entries()].sort((a, b) => a[1] - b[1]).map(([nodeId]) => nodeId)) {
-    let d = 0;
-    for (const link of graph.links.values()) {
-      if (link.targetId === id && depth.has(link.originId)) d = Math.max(d, depth.get(link.originId) + 1);
-    }
-    depth.set(id, d);
+  const order = [...executionOrder(graph).entries()].sort((a, b) => a[1] - b[1]).map(([id]) => id);
+  const upstream = new Map(order.map((id) => [id, []]));
+  const downstream = new Map(order.map((id) => [id, []]));
+  for (const link of graph.links.values()) {
+    if (!upstream.has(link.targetId) || !downstream.has(link.originId)) continue;
+    upstream.get(link.targetId).push(link.originId);
+    downstream.get(link.originId).push(link.targetId);
   }
-  const columnY = new Map();
-  for (const [id, d] of depth) {
-    const node = graph.nodes.get(id);
-    const y = columnY.get(d) ?? origin[1];
-    node.pos = [origin[0] + d * columnWidth, y];
-    columnY.set(d, y + estimateHeight(node) + rowGap);
+  const depth = new Map();
+  for (const id of order) depth.set(id, Math.max(0, ...upstream.get(id).map((up) => depth.get(up) + 1)));
+  for (const id of [...order].reverse()) {
+    if (upstream.get(id).length || !downstream.get(id).length) continue;
+    depth.set(id, Math.max(0, Math.min(...downstream.get(id).map((down) => depth.get(down))) - 1));
+  }
+  const columns = new Map();
+  for (const id of order) {
+    if (!columns.has(depth.get(id))) columns.set(depth.get(id), []);
+    columns.get(depth.get(id)).push(id);
+  }
+  const rank = new Map();
+  const stack = () => {
+    for (const [d, ids] of [...columns.entries()].sort((a, b) => a[0] - b[0])) {
+      let y = origin[1];
+      ids.forEach((id, index) => {
+        const node = graph.nodes.get(id);
+        node.pos = [origin[0] + d * columnWidth, y];
+        rank.set(id, index);
+        y += estimateHeight(node) + rowGap;
+      });
+    }
+  };
+  stack();
+  for (let sweep = 0; sweep < 2; sweep++) {
+    for (const ids of columns.values()) {
+      const centre = (id) => {
+        const neighbours = [...upstream.get(id), ...downstream.get(id)];
+        if (!neighbours.length) return graph.nodes.get(id).pos[1];
+        return neighbours.reduce((sum, other) => sum + graph.nodes.get(other).pos[1], 0) / neighbours.length;
+      };
+      const centres = new Map(ids.map((id) => [id, centre(id)]));
+      ids.sort((a, b) => centres.get(a) - centres.get(b) || rank.get(a) - rank.get(b));
+    }
+    stack();
   }
 }

@@ -69,10 +69,50 @@ function numberWidget(input, value, onChange) {
     onChange && onChange(normalised);
   });
   field.dataset.last = field.value;
+  const display = input.options.display;
+  if (input.widget === "INT" && display === "color") return withColourPicker(field, onChange);
+  if (display === "slider" && typeof min === "number" && typeof max === "number") return withSlider(input, field, onChange);
   return {
     element: field,
     setValue(v) { field.value = String(v ?? ""); field.dataset.last = field.value; },
     setDisabled(flag) { field.disabled = flag; },
+  };
+}
+
+// `display: "color"`: an INT holding 0xRRGGBB, shown as a colour swatch next to the number.
+function withColourPicker(field, onChange) {
+  const swatch = el("input", { type: "color", className: "widget-colour", title: "pick a colour" });
+  const show = () => { swatch.value = `#${(Number(field.value) >>> 0 & 0xffffff).toString(16).padStart(6, "0")}`; };
+  show();
+  field.addEventListener("change", show);
+  swatch.addEventListener("input", () => {
+    field.value = String(parseInt(swatch.value.slice(1), 16));
+    field.dataset.last = field.value;
+    onChange && onChange(Number(field.value));
+  });
+  return {
+    element: el("div", { className: "widget-number-group" }, [swatch, field]),
+    setValue(v) { field.value = String(v ?? ""); field.dataset.last = field.value; show(); },
+    setDisabled(flag) { field.disabled = flag; swatch.disabled = flag; },
+  };
+}
+
+// `display: "slider"`: a range slider kept in step with the number field.
+function withSlider(input, field, onChange) {
+  const { min, max, step } = input.options;
+  const slider = el("input", { type: "range", className: "widget-slider", min, max, step: step ?? (input.widget === "INT" ? 1 : "any") });
+  slider.value = field.value;
+  field.addEventListener("change", () => { slider.value = field.value; });
+  slider.addEventListener("input", () => {
+    const value = normaliseNumber(input, slider.value);
+    field.value = String(value);
+    field.dataset.last = field.value;
+    onChange && onChange(value);
+  });
+  return {
+    element: el("div", { className: "widget-number-group" }, [slider, field]),
+    setValue(v) { field.value = String(v ?? ""); field.dataset.last = field.value; slider.value = field.value; },
+    setDisabled(flag) { field.disabled = flag; slider.disabled = flag; },
   };
 }
 
