@@ -7,6 +7,9 @@ durable (WAL, `synchronous=FULL`), so after a restart, even after `kill -9` in t
 - the prompt that was running is queued again, first, and marked `resumed`; a prompt that was already
   resumed once and stopped the server again is recorded as an error instead of being retried forever.
 
+Queueing and finishing a prompt are fsynced before anyone is told; only the "now running" mark is not (a
+power loss then leaves the prompt queued, to run from the start).
+
 Order is ComfyUI's min-heap on `number` (a front prompt gets a negative number); ties run in queue order.
 Sensitive `extra_data` keys (service tokens) are kept in memory only, never written to disk or history.
 
@@ -145,8 +148,8 @@ class PromptQueue:
         return number
 
     # ------------------------------------------------------------------ plumbing
-    def _transaction(self) -> "_Transaction":
-        return _Transaction(self._db)
+    def _transaction(self, durable: bool = True) -> "_Transaction":
+        return _Transaction(self._db, durable)
 
     def _push(self, item: QueueItem) -> None:
         self._pending[item.prompt_id] = item
@@ -207,7 +210,9 @@ class PromptQueue:
                 self._cond.wait(remaining)
             else:
                 return None
-            with self._transaction():
+            # Not fsynced: kill -9 cannot lose it (it is in the OS cache), and if a power loss does, the prompt
+            # is simply still queued. The next FULL commit syncs it along with its own change.
+            with self._transaction(durable=False):
                 self._db.execute("UPDATE prompts SET status=?, attempts=attempts+1, started_at=? WHERE prompt_id=?",
                                  (RUNNING, time.time(), item.prompt_id))
             self._running[item.prompt_id] = item
@@ -382,14 +387,21 @@ class PromptQueue:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error) on an autocommit connection."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, durable: bool = True) -> None:
         self._db = db
+        self._durable = durable
 
     def __enter__(self) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            if not self._durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
 
 def _history_entry(row: sqlite3.Row) -> dict[str, Any]:

@@ -167,6 +167,8 @@ def test_database_uses_wal_and_full_sync(db_path):
         other = sqlite3.connect(db_path)
         assert other.execute("SELECT status FROM prompts WHERE prompt_id='a'").fetchone() == (QUEUED,)
         other.close()
+        queue.get(timeout=0)  # the "running" mark is committed without fsync...
+        assert queue._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # ...and FULL is restored after it
 
 
 def test_second_process_cannot_open_the_same_queue(db_path):

@@ -167,6 +167,17 @@ async def test_history_paging_delete_clear_and_duplicate_ids(client):
     assert await (await client.get("/history")).json() == {}
 
 
+async def test_deleting_history_keeps_output_files_unless_asked(client, tmp_path):
+    kept = await (await client.post("/prompt", json={"prompt": image_graph("kept")})).json()
+    gone = await (await client.post("/prompt", json={"prompt": image_graph("gone", color=1)})).json()
+    await wait_for_job(client, kept["prompt_id"]), await wait_for_job(client, gone["prompt_id"])
+    await client.post("/history", json={"delete": [kept["prompt_id"]]})
+    assert (tmp_path / "output" / "kept_00001_.png").is_file()
+    await client.post("/history", json={"delete": [gone["prompt_id"]], "delete_outputs": True})
+    assert not (tmp_path / "output" / "gone_00001_.png").exists()
+    assert (tmp_path / "output" / "kept_00001_.png").is_file()
+
+
 async def test_free_clears_the_output_cache(client):
     runtime = client.app[STATE].runtime
     body = await (await client.post("/prompt", json={"prompt": image_graph("free")})).json()

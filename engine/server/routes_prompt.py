@@ -169,12 +169,36 @@ async def post_history(request: web.Request) -> web.Response:
     if "clear" not in body and "delete" not in body:
         raise ApiError(400, "invalid_request", "Expected 'clear' or 'delete'",
                        'send {"clear": true} or {"delete": ["prompt_id", ...]}')
+    clear = expect_bool(body, "clear")
+    delete = expect_id_list(body, "delete") if "delete" in body else []
     loop = asyncio.get_running_loop()
-    if expect_bool(body, "clear"):
+    if expect_bool(body, "delete_outputs"):  # files go only when asked: history is not the only index
+        entries = await loop.run_in_executor(None, queue.history) if clear else {
+            pid: entry for pid in delete for pid, entry in queue.history(prompt_id=pid).items()}
+        await loop.run_in_executor(None, _delete_output_files, state_of(request), entries)
+    if clear:
         await loop.run_in_executor(None, queue.clear_history)
-    if "delete" in body:
-        await loop.run_in_executor(None, queue.delete_history, expect_id_list(body, "delete"))
+    if delete:
+        await loop.run_in_executor(None, queue.delete_history, delete)
     return web.Response(status=200)
+
+
+def _delete_output_files(state: ServerState, entries: dict[str, Any]) -> None:
+    """Remove the files listed in these history entries' outputs (inside output/ and temp/ only)."""
+    from engine.server.routes_files import resolve_user_file  # noqa: PLC0415
+
+    for entry in entries.values():
+        for ui in (entry.get("outputs") or {}).values():
+            for records in (ui or {}).values():
+                for record in records if isinstance(records, list) else []:
+                    if not isinstance(record, dict) or record.get("type") not in ("output", "temp"):
+                        continue
+                    try:
+                        path = resolve_user_file(state.runtime.folders, str(record.get("filename", "")),
+                                                 record["type"], str(record.get("subfolder") or ""))
+                    except ApiError:
+                        continue
+                    path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- /api/jobs

@@ -4,9 +4,10 @@ Routing follows ComfyUI (PROTOCOL.md §4.1): messages about a prompt go to the s
 `client_id`; for a prompt without one, the execution messages are dropped, while `progress`, previews,
 `execution_interrupted` and custom node messages are broadcast. Queue status goes to everyone.
 
-The worker thread calls `publish` from outside the event loop: events cross over with
-`call_soon_threadsafe`, and each socket has its own send queue and writer task, so messages arrive in the
-order they were published.
+The worker thread calls `publish` from outside the event loop. Events are appended to one hand-over list
+and the loop is woken (`call_soon_threadsafe`) only when that list was empty: a node chain that emits a
+hundred events in a burst costs a few wake-ups, not a hundred GIL ping-pongs between the threads. Each socket
+has its own send queue and writer task, so messages arrive in the order they were published.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import logging
 import struct
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -53,6 +55,9 @@ class EventHub:
         self.server_flags = server_flags
         self.bytes_sent = 0  # for the benchmark: websocket payload bytes since start
         self.messages_sent = 0
+        self._handover: list[tuple[Callable[..., None], tuple]] = []
+        self._handover_lock = threading.Lock()
+        self._drain_scheduled = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -61,15 +66,32 @@ class EventHub:
     def publish(self, event: str, data: dict[str, Any], client_id: str | None = None,
                 broadcast: bool = False) -> None:
         """Send a JSON message: to `client_id`, to everyone (`broadcast`), or by ComfyUI's routing rule."""
-        if self.loop is None or self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self._dispatch_json, event, data, client_id, broadcast)
+        self._hand_over(self._dispatch_json, (event, data, client_id, broadcast))
 
     def publish_preview(self, image_bytes: bytes, image_format: str, metadata: dict[str, Any],
                         client_id: str | None) -> None:
-        if self.loop is None or self.loop.is_closed():
+        self._hand_over(self._dispatch_preview, (image_bytes, image_format, metadata, client_id))
+
+    def _hand_over(self, dispatch: Callable[..., None], args: tuple) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
             return
-        self.loop.call_soon_threadsafe(self._dispatch_preview, image_bytes, image_format, metadata, client_id)
+        with self._handover_lock:
+            self._handover.append((dispatch, args))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop closed meanwhile (shutdown)
+            pass
+
+    def _drain(self) -> None:
+        with self._handover_lock:
+            batch, self._handover = self._handover, []
+            self._drain_scheduled = False
+        for dispatch, args in batch:
+            dispatch(*args)
 
     # ----- on the loop
     def _targets(self, event: str, client_id: str | None, broadcast: bool) -> list[Client]:
