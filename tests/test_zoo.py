@@ -66,6 +66,11 @@ def test_tiny_components_are_deterministic_and_variant_shaped() -> None:
     assert dev.transformer.config.joint_attention_dim == dev.text_encoder_2.config.d_model
     assert dev.transformer.config.pooled_projection_dim == dev.text_encoder.config.hidden_size
     assert dev.vae.config.latent_channels == 16 and dev.vae.config.scaling_factor == pytest.approx(0.3611)
+    model, encoders, vae = dev.handles()
+    assert (model.variant, model.guidance_embeds, encoders.t5_max_length) == ("dev", True, 512)
+    assert vae.vae is dev.vae and encoders.clip_tokenizer is dev.tokenizer
+    model, encoders, _ = schnell.handles()
+    assert (model.variant, model.sampling.use_dynamic_shifting, encoders.t5_max_length) == ("schnell", False, 256)
     with pytest.raises(ValueError, match="not one of"):
         tiny_components("pro")
 

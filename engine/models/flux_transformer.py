@@ -21,8 +21,7 @@ from typing import Any
 from engine.models.build import instantiate, load_folder_weights, model_subfolder, read_folder_config
 from engine.models.configs import load_config
 from engine.models.detect import Component, detect_components, detect_flux_variant, require_component
-from engine.models.flux_keys import (FluxKeyError, bfl_to_diffusers, infer_diffusers_config,
-                                     bfl_shapes_to_diffusers)
+from engine.models.flux_keys import FluxKeyError, bfl_to_diffusers, infer_diffusers_config
 from engine.models.handles import FluxModel
 from engine.models.safetensors_io import ModelFileError, SafetensorsFile, dequantize_scaled_fp8, open_safetensors
 from engine.models.variants import flux_model_handle, variant_info
@@ -179,4 +178,4 @@ def _store_blocks_in_fp8(model: Any, fp8: Any, compute: Any) -> None:
 
 
 __all__ = ["WEIGHT_DTYPES", "load_flux_transformer", "build_flux_model", "shipped_config_if_matching",
-           "bfl_shapes_to_diffusers"]
+           "transformer_state"]
