@@ -136,6 +136,21 @@ async def test_events_go_only_to_the_prompts_client_and_progress_is_broadcast_wi
     assert {m["data"]["prompt_id"] for m in eve_saw if m["type"] == "progress"} == {anonymous["prompt_id"]}
 
 
+async def test_interrupting_an_anonymous_prompt_is_broadcast(client):
+    watcher = await client.ws_connect("/ws?clientId=watcher")
+    await receive_json(watcher)
+    queued = await (await client.post("/prompt", json={"prompt": sleep_graph(4, seconds=5.0, steps=50)})).json()
+    await wait_for_job(client, queued["prompt_id"], statuses=("running",))
+    await client.post("/interrupt")
+    while True:
+        message = await receive_json(watcher)
+        if message["type"] == "execution_interrupted":
+            break
+        assert message["type"] in ("status", "progress")
+    assert message["data"]["prompt_id"] == queued["prompt_id"] and message["data"]["node_id"] == "1"
+    assert message["data"]["node_type"] == "TestSleep"
+
+
 async def test_feature_flags_and_binary_previews(client):
     plain = await client.ws_connect("/ws?clientId=plain")
     rich = await client.ws_connect("/ws?clientId=rich")

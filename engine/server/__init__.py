@@ -95,6 +95,9 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(args)
+    if config.exposed and not config.auth_token:
+        logging.getLogger("engine.server").warning(
+            "listening beyond loopback without --auth-token: anyone on the network can queue prompts")
     runtime = build_runtime(args.base_dir)
     app = create_app(runtime, config)
     hosts = config.bind_addresses
