@@ -376,6 +376,13 @@ def test_upload_an_image_into_load_image(page, server, tmp_path):
     preview = page.locator(f"{node_selector(node)} img.node-input-image")
     wait_until(lambda: preview.evaluate("img => img.complete && img.naturalWidth") == 12, what="preview")
     assert current_prompt(page)[str(node)]["inputs"]["image"] == "upload me.png"
+    # An image dropped on the node is uploaded into it too (not opened as a workflow).
+    dropped = tmp_path / "dropped.png"
+    Image.new("RGB", (7, 5), (0, 0, 250)).save(dropped)
+    drop_file(page, dropped.read_bytes(), "dropped.png", "image/png", target=f"{node_selector(node)} .node-title")
+    wait_until(lambda: page.locator(widget(node, "image")).input_value() == "dropped.png", what="drop upload")
+    wait_until(lambda: preview.evaluate("img => img.complete && img.naturalWidth") == 7, what="new preview")
+    assert page.locator(".node").count() == 1
 
 
 @browser
@@ -483,8 +490,9 @@ def editor_only_nodes_workflow() -> dict:
     links = [[1, 2, 0, 1, 0, "INT"], [2, 1, 0, 3, 0, "IMAGE"],
              {"id": 3, "origin_id": 3, "origin_slot": 0, "target_id": 4, "target_slot": 0, "type": "IMAGE"},
              [4, 4, 0, 5, 0, "IMAGE"]]
-    return {"last_node_id": 6, "last_link_id": 4, "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {}, "version": 0.4}
+    groups = [{"title": "Inputs", "bounding": [-340, -60, 620, 280], "color": "#3f789e", "font_size": 24}]
+    return {"last_node_id": 6, "last_link_id": 4, "nodes": nodes, "links": links, "groups": groups,
+            "config": {}, "extra": {}, "version": 0.4}
 
 
 @browser
@@ -508,3 +516,17 @@ def test_editor_only_nodes_queue_like_the_engine_converts_them(page):
     image = page.locator(f"{node_selector(5)} img.node-output-image")
     image.wait_for(timeout=15_000)
     wait_until(lambda: image.evaluate("img => img.complete && img.naturalWidth") == 20, what="image loaded")
+    # The group is drawn, and dragging its title moves the nodes inside it (not the others).
+    title = page.locator(".group .group-title")
+    assert title.inner_text() == "Inputs"
+    scale = page.evaluate("window.fluxgraph.canvas.scale")
+    box = title.bounding_box()
+    page.mouse.move(box["x"] + 20, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 120, box["y"] + 60, steps=4)
+    page.mouse.up()
+    positions = page.evaluate("[1, 2, 5].map(id => window.fluxgraph.graph.nodes.get(id).pos)")
+    assert positions[0] == [round(100 / scale), round(50 / scale)]
+    assert positions[1] == [-300 + round(100 / scale), round(50 / scale)]
+    assert positions[2] == [700, 0]
+    assert saved_workflow(page)["groups"][0]["bounding"][:2] == [-340 + round(100 / scale), -60 + round(50 / scale)]

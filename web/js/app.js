@@ -115,8 +115,9 @@ export class Editor {
       const unplaced = showNodeErrors(this.canvas, body.node_errors);
       if (!answer.ok) {
         const error = body.error || {};
-        const detail = error.details && !Object.keys(body.node_errors || {}).length ? ` (${error.details})` : "";
-        this.notify(`Prompt refused: ${error.message || `HTTP ${answer.status}`}${detail}${unplaced.length ? `; ${unplaced.join("; ")}` : ""}`, "error");
+        const problems = this.describeNodeErrors(body.node_errors).concat(unplaced);
+        const detail = problems.length ? `: ${problems.join("; ")}` : error.details ? ` (${error.details})` : "";
+        this.notify(`Prompt refused: ${error.message || `HTTP ${answer.status}`}${detail}`, "error");
         return false;
       }
       this.lastPromptId = body.prompt_id;
@@ -127,6 +128,18 @@ export class Editor {
     }
     this.panel.scheduleRefresh();
     return true;
+  }
+
+  // "Save Image: Required input is missing (images)", for the first few node errors.
+  describeNodeErrors(nodeErrors, limit = 3) {
+    const lines = [];
+    for (const [nodeId, entry] of Object.entries(nodeErrors || {})) {
+      const view = this.canvas.viewFor(nodeId);
+      for (const error of entry.errors || []) {
+        lines.push(`${view ? view.node.title : `node ${nodeId}`}: ${error.message}${error.details ? ` (${error.details})` : ""}`);
+      }
+    }
+    return lines.length > limit ? lines.slice(0, limit).concat(`${lines.length - limit} more`) : lines;
   }
 
   async interrupt() {
@@ -251,8 +264,29 @@ export class Editor {
       event.preventDefault();
       root.classList.remove("drop-target");
       const file = event.dataTransfer && event.dataTransfer.files[0];
-      if (file) await this.loadFile(file);
+      if (!file) return;
+      const nodeEl = event.target instanceof Element ? event.target.closest(".node") : null;
+      const node = nodeEl && this.graph.nodes.get(Number(nodeEl.dataset.nodeId));
+      if (node && node.def && file.type.startsWith("image/") && node.def.inputs.some((input) => input.upload)) {
+        await this.uploadInto(node, file);
+      } else {
+        await this.loadFile(file);
+      }
     });
+  }
+
+  // An image dropped on a load-image node goes to the input folder and becomes that node's choice.
+  async uploadInto(node, file) {
+    const input = node.def.inputs.find((candidate) => candidate.upload);
+    try {
+      const answer = await this.api.uploadImage(file);
+      const name = answer.subfolder ? `${answer.subfolder}/${answer.name}` : answer.name;
+      this.canvas.views.get(node.id).rememberUpload(name);
+      this.graph.setValue(node.id, input.name, name);
+      this.notify(`Uploaded ${name}`, "info");
+    } catch (error) {
+      this.notify(`Could not upload ${file.name}: ${error.message}`, "error");
+    }
   }
 
   connect() {

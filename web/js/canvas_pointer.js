@@ -19,6 +19,7 @@ export function attachPointerHandling(view) {
     else if (event.button !== 0) return;
     else if (target.closest(".socket")) gesture = linkGesture(view, event, target.closest(".socket"));
     else if (target.closest(".node-resize")) gesture = resizeGesture(view, event, nodeIdOf(target));
+    else if (target.closest(".group-title")) gesture = groupDragGesture(view, event, Number(target.closest(".group").dataset.groupIndex));
     else if (target.closest(".node")) {
       const nodeId = nodeIdOf(target);
       if (target.closest(".node-collapse")) { toggleCollapse(view, nodeId); return; }
@@ -121,6 +122,26 @@ function nodeDragGesture(view, event) {
       for (const [id, [ox, oy]] of origins) view.graph.moveNode(id, [Math.round(ox + x - start[0]), Math.round(oy + y - start[1])]);
     },
     up() {},
+  };
+}
+
+// Moves a group and the nodes whose top-left corner lies inside it.
+function groupDragGesture(view, event, index) {
+  const group = view.graph.groups[index];
+  const [gx, gy, gw, gh] = group.bounding;
+  const inside = [...view.graph.nodes.values()].filter((node) =>
+    node.pos[0] >= gx && node.pos[0] <= gx + gw && node.pos[1] >= gy && node.pos[1] <= gy + gh);
+  const origins = new Map(inside.map((node) => [node.id, [...node.pos]]));
+  const start = view.toWorld(event.clientX, event.clientY);
+  return {
+    move(e) {
+      const [x, y] = view.toWorld(e.clientX, e.clientY);
+      const [dx, dy] = [Math.round(x - start[0]), Math.round(y - start[1])];
+      group.bounding = [gx + dx, gy + dy, gw, gh];
+      for (const [id, [ox, oy]] of origins) view.graph.moveNode(id, [ox + dx, oy + dy]);
+      view.renderGroups();
+    },
+    up() { view.graph.emit("groups"); },
   };
 }
 

@@ -51,7 +51,7 @@ export class CanvasView {
       case "value": { const view = this.views.get(event.node.id); if (view) view.refreshValue(event.inputName); break; }
       case "mode":
       case "moved": { const view = this.views.get(event.node.id); if (view) view.refreshFrame(); this.scheduleLinks(); break; }
-      case "cleared": for (const id of [...this.views.keys()]) this.removeView(id); break;
+      case "cleared": for (const id of [...this.views.keys()]) this.removeView(id); this.renderGroups(); break;
       case "loaded": this.rerenderAll(); break;
       case "refresh": for (const id of event.nodeIds) this.views.get(id)?.render(); this.scheduleLinks(); break;
       default: break;
@@ -89,7 +89,22 @@ export class CanvasView {
     this.scheduleLinks();
   }
 
+  // Groups of a loaded workflow: titled boxes behind the nodes (dragging a title moves what it holds).
+  renderGroups() {
+    for (const old of this.world.querySelectorAll(".group")) old.remove();
+    this.graph.groups.forEach((group, index) => {
+      const [x, y, w, h] = group.bounding || [0, 0, 0, 0];
+      const title = el("div", { className: "group-title", text: group.title || "Group" });
+      if (group.font_size) title.style.fontSize = `${group.font_size}px`;
+      const box = el("div", { className: "group", "data-group-index": index }, [title]);
+      Object.assign(box.style, { left: `${x}px`, top: `${y}px`, width: `${w}px`, height: `${h}px` });
+      if (group.color) box.style.setProperty("--group-colour", group.color);
+      this.world.prepend(box);
+    });
+  }
+
   rerenderAll() {
+    this.renderGroups();
     for (const view of this.views.values()) view.render();
     const ds = this.graph.extra && this.graph.extra.ds;
     if (ds && typeof ds.scale === "number" && Array.isArray(ds.offset)) {
@@ -144,6 +159,9 @@ export class CanvasView {
       y0 = Math.min(y0, node.pos[1]);
       x1 = Math.max(x1, node.pos[0] + element.offsetWidth);
       y1 = Math.max(y1, node.pos[1] + element.offsetHeight);
+    }
+    for (const { bounding: [x, y, w, h] = [0, 0, 0, 0] } of this.graph.groups) {
+      [x0, y0, x1, y1] = [Math.min(x0, x), Math.min(y0, y), Math.max(x1, x + w), Math.max(y1, y + h)];
     }
     const rect = this.root.getBoundingClientRect();
     const scale = Math.min(1.25, (rect.width - 2 * margin) / Math.max(1, x1 - x0), (rect.height - 2 * margin) / Math.max(1, y1 - y0));

@@ -179,6 +179,8 @@ export class NodeView {
     if (!widget || widget.element.contains(document.activeElement)) return;
     widget.setValue(this.node.values.get(inputName));
     if (widget.control) widget.control.value = this.node.controls.get(inputName) || "fixed";
+    const def = this.node.inputDef(inputName);
+    if (def && def.upload) this.showInputImage();
   }
 
   setSelected(flag) {
