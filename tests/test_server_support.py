@@ -14,14 +14,12 @@ from engine.runtime import Runtime
 from engine.schema import Combo, Float, Int, NodeResult, Output, Socket, String, node
 from engine.server.config import ServerConfig
 
-REFERENCE = Path("/work/shared/comfy_reference")
-if not REFERENCE.is_dir():  # the captures also travel with the repository's shared/ folder
-    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "comfy_reference"
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "comfy_reference"  # captures of ComfyUI 0.8.0
 
 
 @node("TestSleep", inputs=[Int("value", 0, min=0, max=1000), Float("seconds", 0.01, min=0.0, max=60.0),
                            Int("steps", 2, min=1, max=1000)], outputs=[Output("INT")], category="test")
-def test_sleep(ctx, value, seconds, steps):
+def toy_sleep(ctx, value, seconds, steps):
     for step in range(steps):
         time.sleep(seconds / steps)
         ctx.progress(step + 1, steps)
@@ -29,17 +27,17 @@ def test_sleep(ctx, value, seconds, steps):
 
 
 @node("TestShowInt", inputs=[Socket("value", "INT")], outputs=[], output_node=True, category="test")
-def test_show_int(ctx, value):
+def toy_show_int(ctx, value):
     return NodeResult(ui={"text": [str(value)]})
 
 
 @node("TestFail", inputs=[Socket("value", "INT")], outputs=[Output("INT")], category="test")
-def test_fail(ctx, value):
+def toy_fail(ctx, value):
     raise RuntimeError(f"TestFail refuses {value}")
 
 
 @node("TestPreview", inputs=[Int("value", 0)], outputs=[Output("INT")], category="test")
-def test_preview(ctx, value):
+def toy_preview(ctx, value):
     from PIL import Image
 
     ctx.progress(1, 1, Image.new("RGB", (16, 8), (255, 0, 0)))
@@ -48,7 +46,7 @@ def test_preview(ctx, value):
 
 @node("TestPathString", inputs=[String("model_name", "x.safetensors")], outputs=[], output_node=True,
       category="test")
-def test_path_string(ctx, model_name):
+def toy_path_string(ctx, model_name):
     return NodeResult(ui={"text": [model_name]})
 
 
@@ -59,11 +57,11 @@ def _checkpoints(folders):
 # A loader whose own hook accepts any name, like ComfyUI's LoadImage: only the server's check protects it.
 @node("TestTrustingLoader", inputs=[Combo("ckpt_name", _checkpoints)], outputs=[], output_node=True,
       category="test", validate_inputs=lambda ckpt_name: True)
-def test_trusting_loader(ctx, ckpt_name):
+def toy_trusting_loader(ctx, ckpt_name):
     return NodeResult(ui={"text": [ckpt_name]})
 
 
-TOY_NODES = [test_sleep, test_show_int, test_fail, test_preview, test_path_string, test_trusting_loader]
+TOY_NODES = [toy_sleep, toy_show_int, toy_fail, toy_preview, toy_path_string, toy_trusting_loader]
 _CORE_REGISTRY: NodeRegistry | None = None
 
 
