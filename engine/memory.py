@@ -34,6 +34,11 @@ def module_device(module: Any) -> Any:
     return torch.device("cpu")
 
 
+def same_device(a: Any, b: Any) -> bool:
+    """Devices equal up to a missing index ("cuda" is "cuda:0" when that is the current device)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 class MemoryManager:
     def __init__(self, device: Any = None, dtype: Any = None, offload_device: Any = "cpu",
                  keep_loaded: bool = True) -> None:
@@ -53,7 +58,7 @@ class MemoryManager:
     def load(self, module: Any) -> Any:
         """Move `module` to the execution device, offloading other modules if the device is full."""
         with self._lock:
-            if module_device(module) != self.device:
+            if not same_device(module_device(module), self.device):
                 try:
                     module.to(self.device)
                 except Exception as exc:
@@ -66,7 +71,7 @@ class MemoryManager:
 
     def offload(self, module: Any) -> None:
         with self._lock:
-            if module_device(module) != self.offload_device:
+            if not same_device(module_device(module), self.offload_device):
                 module.to(self.offload_device)
             self._loaded.pop(id(module), None)
             self._empty_cache()
