@@ -290,6 +290,19 @@ class PromptQueue:
             self._heap.clear()
         self._changed()
 
+    def requeue(self, prompt_id: str) -> None:
+        """Put a running prompt back at the front, marked resumed (graceful shutdown in the middle of it)."""
+        with self._lock:
+            item = self._running.pop(prompt_id, None)
+            with self._transaction():
+                self._db.execute("UPDATE prompts SET status=?, resumed=1 WHERE prompt_id=? AND status=?",
+                                 (QUEUED, prompt_id, RUNNING))
+            if item is not None:
+                item.resumed = True
+                self._push(item)
+                self._cond.notify_all()
+        self._changed()
+
     def cancel_pending(self, prompt_id: str) -> bool:
         """Cancel a pending prompt by id: it leaves the queue and is recorded as interrupted (not deleted)."""
         with self._lock:

@@ -158,6 +158,18 @@ def test_restart_keeps_history_pending_and_resumes_the_running_prompt_once(db_pa
     queue.close()
 
 
+def test_requeue_puts_a_running_prompt_back_first(db_path):
+    with PromptQueue(db_path) as queue:
+        put(queue, "a")
+        put(queue, "b")
+        assert queue.get(timeout=0).prompt_id == "a"
+        queue.requeue("a")
+        assert queue.job("a")["status"] == QUEUED and queue.job("a")["resumed"] is True
+        assert [i.prompt_id for i in queue.pending()] == ["a", "b"]
+    with PromptQueue(db_path) as queue:  # and it stays so across a restart
+        assert queue.recovered == [] and [i.prompt_id for i in queue.pending()] == ["a", "b"]
+
+
 def test_database_uses_wal_and_full_sync(db_path):
     with PromptQueue(db_path) as queue:
         assert queue._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -148,6 +148,17 @@ def test_sigkill_mid_run_loses_nothing_and_resumes_the_running_prompt_once(tmp_p
         assert entry["status"]["resumed"] is True and entry["outputs"]["1"]["text"] == ["crash"]
         assert (base / "runs.txt").read_text().split() == ["done", "crash", "crash", "next1", "next2"]
         assert list(server.get("/history")) == ["done", "crash", "next1", "next2"]
+
+        # A graceful stop (SIGTERM) in the middle of a prompt puts it back: it runs again after the restart.
+        server.post("/prompt", slow_prompt("graceful", first=120.0, later=0.0))
+        server.wait_for("graceful", ("running",))
     finally:
         server.kill(signal.SIGTERM)
     assert server.process.returncode in (0, -signal.SIGTERM)
+    server = ServerProcess(base, packages, port)
+    try:
+        job = server.wait_for("graceful", ("success", "error", "interrupted"))
+        assert job["status"] == "success" and job["resumed"] is True
+        assert (base / "runs.txt").read_text().split()[-2:] == ["graceful", "graceful"]
+    finally:
+        server.kill(signal.SIGTERM)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CLIENT_ONLY_EVENTS = frozenset({"execution_start", "execution_cached", "executing", "executed",
                                 "execution_success", "execution_error", "progress_state"})
 PREVIEW_IMAGE = 1
+MAX_BACKLOG = 50_000  # messages queued for one socket before it is dropped
 PREVIEW_IMAGE_WITH_METADATA = 4
 _IMAGE_FORMAT_CODES = {"JPEG": 1, "PNG": 2}
 
@@ -109,7 +110,16 @@ class EventHub:
         if targets:
             text = dumps({"type": event, "data": data})
             for client in targets:
-                client.outbox.put_nowait(text)
+                self._enqueue(client, text)
+
+    def _enqueue(self, client: Client, message: str | bytes) -> None:
+        if client.outbox.qsize() >= MAX_BACKLOG:  # a client that stopped reading must not eat the memory
+            if self.clients.get(client.sid) is client:
+                log.warning("websocket %s is not reading; closing it", client.sid)
+                del self.clients[client.sid]
+                asyncio.ensure_future(client.ws.close(code=1008, message=b"too far behind"))
+            return
+        client.outbox.put_nowait(message)
 
     def _dispatch_preview(self, image_bytes: bytes, image_format: str, metadata: dict[str, Any],
                           client_id: str | None) -> None:
@@ -119,12 +129,12 @@ class EventHub:
                 if with_meta is None:
                     meta = json.dumps({**metadata, "image_type": f"image/{image_format.lower()}"}).encode()
                     with_meta = (struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + image_bytes)
-                client.outbox.put_nowait(with_meta)
+                self._enqueue(client, with_meta)
             else:
                 if plain is None:
                     code = _IMAGE_FORMAT_CODES.get(image_format.upper(), 1)
                     plain = struct.pack(">II", PREVIEW_IMAGE, code) + image_bytes
-                client.outbox.put_nowait(plain)
+                self._enqueue(client, plain)
 
     async def _write(self, client: Client) -> None:
         while True:

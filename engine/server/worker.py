@@ -114,6 +114,9 @@ class PromptWorker:
             result = self.runtime.executor.execute(item.prompt, item.prompt_id, item.outputs_to_execute,
                                                    on_event=on_event, extra_data=item.full_extra_data())
             status = _STATUS.get(result.status, ERROR)
+            if status == INTERRUPTED and self._stop.is_set() and item.prompt_id not in self._cancel:
+                self.queue.requeue(item.prompt_id)  # stopped by a shutdown, not by a user: run it next time
+                return
             self.queue.task_done(item.prompt_id, status, result.outputs, result.messages, result.meta,
                                  error=_error_summary(result.error) if result.error else None)
         except Exception as exc:  # an engine bug: record it and keep serving
