@@ -107,6 +107,23 @@ def _devices(ram_total: int, ram_free: int) -> list[dict[str, Any]]:
              "torch_vram_total": ram_total, "torch_vram_free": ram_free}]
 
 
+def _redacted_argv() -> list[str]:
+    """sys.argv without the auth token's value (it would be readable by anyone the CORS origin admits)."""
+    argv, hide_next = [], False
+    for arg in sys.argv:
+        if hide_next:
+            argv.append("***")
+            hide_next = False
+        elif arg == "--auth-token":
+            argv.append(arg)
+            hide_next = True
+        elif arg.startswith("--auth-token="):
+            argv.append("--auth-token=***")
+        else:
+            argv.append(arg)
+    return argv
+
+
 async def get_system_stats(request: web.Request) -> web.Response:
     ram_total, ram_free = _memory()
     system = {
@@ -121,7 +138,7 @@ async def get_system_stats(request: web.Request) -> web.Response:
         "python_version": sys.version,
         "pytorch_version": _package_version("torch"),
         "embedded_python": False,
-        "argv": sys.argv,
+        "argv": _redacted_argv(),
         "machine": platform.machine(),
     }
     return json_response({"system": system, "devices": _devices(ram_total, ram_free)})
