@@ -119,15 +119,24 @@ def server(tmp_path_factory):
     live.stop()
 
 
-@pytest.fixture
-def page(chromium, server):
+@pytest.fixture(scope="module")
+def browser_context(chromium, server):
+    """One browser context for the module (a new one costs ~0.5 s); every page starts with empty storage,
+    so no test sees another's autosaved canvas or clipboard."""
     context = chromium.new_context(viewport={"width": 1400, "height": 850}, accept_downloads=True)
-    opened = context.new_page()
+    context.add_init_script("window.localStorage.clear(); window.sessionStorage.clear();")
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(browser_context, server):
+    opened = browser_context.new_page()
     problems: list[str] = []
     opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     open_editor(opened, server.url)
     yield opened
-    context.close()
+    opened.close()
     assert not problems, problems
 
 
@@ -420,8 +429,16 @@ def test_reconnects_after_a_server_restart(chromium, tmp_path):
 
 
 @browser
-def test_workflows_menu_loads_a_shipped_workflow(page):
+def test_workflows_menu_loads_a_shipped_workflow(page, server):
     """The Workflows menu lists workflows/ through GET /api/workflows and loads one (API format, laid out)."""
+    import urllib.error
+
+    try:
+        listed = json.loads(urllib.request.urlopen(f"{server.url}/api/workflows").read())
+    except urllib.error.HTTPError as exc:
+        pytest.fail(f"the server answers {exc.code} to GET /api/workflows, the route the Workflows menu "
+                    "reads (docs/editor.md, 'Server routes the editor uses')")
+    assert "flux_schnell_txt2img.json" in listed
     page.click("#workflows-button")
     item = page.locator(".context-item[data-action='workflow:flux_schnell_txt2img.json']")
     item.wait_for(timeout=5_000)
