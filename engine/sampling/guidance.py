@@ -24,8 +24,12 @@ def transformer_widths(transformer: Any) -> tuple[int, int]:
 
 
 def module_dtype(module: Any) -> torch.dtype:
+    """The dtype a module computes in: fp8-stored weights (upcast per layer) do not count."""
+    dtype = getattr(module, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype.itemsize >= 2:
+        return dtype
     for param in module.parameters():
-        if param.is_floating_point():
+        if param.is_floating_point() and param.dtype.itemsize >= 2:
             return param.dtype
     return torch.float32
 
