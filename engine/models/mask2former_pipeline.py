@@ -51,8 +51,9 @@ def processed_size(height: int, width: int, prep: Preprocessing) -> tuple[int, i
     return (int(math.ceil(new_h / d) * d), int(math.ceil(new_w / d) * d)) if d > 0 else (new_h, new_w)
 
 
-def to_uint8_rgb(image: Any) -> np.ndarray:
-    """One IMAGE (H×W×C float 0..1) to H×W×3 uint8: gray repeated, alpha dropped, values rounded."""
+def to_uint8_rgb(image: Any) -> Any:
+    """One IMAGE (H×W×C float 0..1) to an H×W×3 uint8 tensor on the image's device: gray repeated, alpha
+    dropped, values rounded (the processor would truncate, turning 0.2·255 = 50.99998 into 50)."""
     import torch
 
     if image.ndim != 3:
@@ -64,17 +65,19 @@ def to_uint8_rgb(image: Any) -> np.ndarray:
         image = image[..., :3]
     elif channels != 3:
         raise ValueError(f"image has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
-    values = torch.clamp(image.detach().float() * 255.0, 0, 255).round().to(torch.uint8)
-    return values.cpu().numpy()
+    return torch.clamp(image.detach().float() * 255.0, 0, 255).round().to(torch.uint8)
 
 
-def resize_uint8(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_uint8(pixels: Any, size: tuple[int, int]) -> Any:
+    """H×W×3 uint8 (tensor or array) -> the processor's PIL bilinear resize, as a tensor (CPU when resized)."""
+    import torch
     from PIL import Image
 
     height, width = size
-    if pixels.shape[:2] == (height, width):
-        return pixels
-    return np.asarray(Image.fromarray(pixels).resize((width, height), resample=Image.BILINEAR))
+    if tuple(pixels.shape[:2]) == (height, width):
+        return pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.array(pixels))
+    array = pixels.cpu().numpy() if isinstance(pixels, torch.Tensor) else pixels
+    return torch.from_numpy(np.array(Image.fromarray(array).resize((width, height), resample=Image.BILINEAR)))
 
 
 def normalisation_table(prep: Preprocessing) -> np.ndarray:
@@ -85,11 +88,11 @@ def normalisation_table(prep: Preprocessing) -> np.ndarray:
     return ((rescaled[None, :] - mean) / std).astype(np.float32)
 
 
-def pixel_values(batch_uint8: np.ndarray, table: Any) -> Any:
-    """B×H×W×3 uint8 (numpy) -> B×3×H×W normalised float32 on the table's device."""
+def pixel_values(batch_uint8: Any, table: Any) -> Any:
+    """B×H×W×3 uint8 tensor -> B×3×H×W normalised float32 on the table's device."""
     import torch
 
-    indices = torch.from_numpy(np.array(batch_uint8, copy=True)).to(table.device).long()
+    indices = batch_uint8.to(table.device).long()
     channels = [table[c][indices[..., c]] for c in range(3)]
     return torch.stack(channels, dim=1)
 
@@ -178,7 +181,7 @@ class Segmentation:
 @dataclass(frozen=True)
 class _Item:
     order: int  # position in the flattened request
-    pixels: np.ndarray  # resized uint8, processed size
+    pixels: Any  # H×W×3 uint8 tensor at the processed size (on the device when no resize was needed)
     original: tuple[int, int]
 
 
@@ -187,12 +190,12 @@ def _run_batch(module: Any, items: Sequence[_Item], table: Any, dtype: Any, pad_
     import torch
 
     if pad_to is not None:
-        batch = np.zeros((len(items), pad_to[0], pad_to[1], 3), dtype=np.uint8)
+        batch = torch.zeros((len(items), pad_to[0], pad_to[1], 3), dtype=torch.uint8, device=table.device)
         for k, item in enumerate(items):
             h, w = item.pixels.shape[:2]
-            batch[k, :h, :w] = item.pixels
+            batch[k, :h, :w] = item.pixels.to(table.device)
     else:
-        batch = np.stack([item.pixels for item in items])
+        batch = torch.stack([item.pixels.to(table.device) for item in items])
     # Zero padding happens after normalisation in the processor: pad the normalised values, not the uint8s.
     values = pixel_values(batch, table)
     if pad_to is not None:
@@ -218,11 +221,12 @@ def _run_batch(module: Any, items: Sequence[_Item], table: Any, dtype: Any, pad_
 
 def segment(segmenter: Segmenter, images: Sequence[Any], *, resolution: int = 0, batch_size: int = 8,
             mode: str = "group", device: Any = "cpu", dtype: Any = None, channels_last: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> list[Segmentation]:
+            progress: Callable[[int, int], None] | None = None, module: Any = None) -> list[Segmentation]:
     """Segment a list of IMAGE tensors (each B×H×W×C; sizes may differ between tensors).
 
     Returns one Segmentation per input tensor. `mode` is "group" (exact: one batch per processed size) or "pad"
-    (pad a mixed batch to its largest size, crop each result to its own region)."""
+    (pad a mixed batch to its largest size, crop each result to its own region). `module` replaces the
+    segmenter's own device copy (e.g. a torch.compile'd one, for benchmarks)."""
     import torch
 
     if mode not in ("group", "pad"):
@@ -232,7 +236,8 @@ def segment(segmenter: Segmenter, images: Sequence[Any], *, resolution: int = 0,
     device = torch.device(device)
     dtype = dtype or torch.float32
     prep = segmenter.preprocessing.at_resolution(resolution)
-    module = segmenter.module_for(device, dtype, channels_last=channels_last)  # weights cast, no autocast
+    if module is None:
+        module = segmenter.module_for(device, dtype, channels_last=channels_last)  # weights cast, no autocast
     table = torch.from_numpy(normalisation_table(prep)).to(device)
 
     items: list[_Item] = []
@@ -242,9 +247,11 @@ def segment(segmenter: Segmenter, images: Sequence[Any], *, resolution: int = 0,
             raise ValueError(f"IMAGE must be B×H×W×C, got shape {tuple(tensor.shape)}")
         shapes.append((int(tensor.shape[0]), int(tensor.shape[1]), int(tensor.shape[2])))
         for image in tensor:
-            pixels = to_uint8_rgb(image)
-            size = processed_size(pixels.shape[0], pixels.shape[1], prep)
-            items.append(_Item(len(items), resize_uint8(pixels, size), pixels.shape[:2]))
+            original = (int(image.shape[0]), int(image.shape[1]))
+            size = processed_size(*original, prep)
+            # no resize: quantise on the device; a resize runs PIL on the CPU, exactly as the processor does
+            pixels = to_uint8_rgb(image.to(device) if size == original else image.cpu())
+            items.append(_Item(len(items), resize_uint8(pixels, size), original))
 
     batches = _plan_batches(items, batch_size, mode)
     outputs: dict[int, tuple[Any, Any]] = {}
@@ -272,7 +279,7 @@ def _plan_batches(items: Sequence[_Item], batch_size: int, mode: str) -> list[tu
     if mode == "group":
         groups: dict[tuple[int, int], list[_Item]] = {}
         for item in items:
-            groups.setdefault(item.pixels.shape[:2], []).append(item)
+            groups.setdefault(tuple(item.pixels.shape[:2]), []).append(item)
         return [(group[i:i + batch_size], None) for group in groups.values()
                 for i in range(0, len(group), batch_size)]
     # pad: sort by area so that each batch pads as little as possible
@@ -282,6 +289,6 @@ def _plan_batches(items: Sequence[_Item], batch_size: int, mode: str) -> list[tu
         batch = ordered[i:i + batch_size]
         height = max(it.pixels.shape[0] for it in batch)
         width = max(it.pixels.shape[1] for it in batch)
-        same = all(it.pixels.shape[:2] == (height, width) for it in batch)
+        same = all(tuple(it.pixels.shape[:2]) == (height, width) for it in batch)
         plans.append((batch, None if same else (height, width)))
     return plans
