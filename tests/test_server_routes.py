@@ -239,3 +239,16 @@ async def test_generate_writes_the_request_into_the_workflow():
     assert graph["31"]["inputs"]["seed"] == 9 and graph["31"]["inputs"]["steps"] == 2
     assert graph["26"]["inputs"]["guidance"] == 1.5 and ignored == ["filename_prefix"]
     assert workflow["6"]["inputs"]["text"] == "old"  # the shipped workflow is not modified
+
+
+async def test_shipped_workflows_are_listed_and_served(client, tmp_path):
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "flux_x_txt2img.json").write_text(json.dumps({"1": {"class_type": "EmptyImage"}}))
+    (tmp_path / "secret.json").write_text("{}")
+    assert await (await client.get("/api/workflows")).json() == ["flux_x_txt2img.json"]
+    assert await (await client.get("/api/workflows/flux_x_txt2img.json")).json() == {
+        "1": {"class_type": "EmptyImage"}}
+    assert (await client.get("/api/workflows/nope.json")).status == 404
+    for bad in ("..%2Fsecret.json", "..", "x.txt"):
+        response = await client.get(f"/api/workflows/{bad}")
+        assert response.status in (400, 404) and (await response.json())["error"]["message"]

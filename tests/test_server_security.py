@@ -125,6 +125,15 @@ async def test_view_channels_and_previews(client):
     assert not_image.status == 400
 
 
+async def test_static_files_stay_inside_the_web_folder(client, base):
+    os.symlink(base / "secret.png", base / "web" / "linked.png")
+    assert (await client.get("/index.html")).status == 200
+    for path in ("/linked.png", "/%2e%2e/secret.png", "/..%2fsecret.png", "/nothing.js"):
+        response = await client.get(path)
+        assert response.status == 404, path
+        assert (await response.json())["error"]["type"] == "not_found"
+
+
 # ----------------------------------------------------------------------------- uploads
 async def test_upload_sanitises_names_and_reuses_identical_content(client, base):
     data = png_bytes()

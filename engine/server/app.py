@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from engine.folders import UnsafePathError, contained_path
 from engine.queue import PromptQueue
 from engine.server import routes_files, routes_info, routes_prompt
 from engine.server.config import ServerConfig
@@ -83,9 +84,19 @@ def _add_static(app: web.Application, web_dir: Path) -> None:
                                  "editor (web/index.html) is not installed; the API is under /api.</p>",
                             content_type="text/html")
 
+    async def get_static(request: web.Request) -> web.StreamResponse:
+        """A file of the editor (aiohttp's static route answers a missing file with an empty 404)."""
+        relative = request.match_info["path"]
+        try:
+            path = contained_path(web_dir, relative)
+        except UnsafePathError as exc:
+            raise ApiError(404, "not_found", "Not found", str(exc)) from None
+        if not path.is_file():
+            raise ApiError(404, "not_found", "Not found", f"no route or file for GET {request.path[:200]}")
+        return web.FileResponse(path)
+
     app.router.add_get("/", get_index)
-    if web_dir.is_dir():
-        app.router.add_static("/", web_dir, follow_symlinks=False)
+    app.router.add_get("/{path:.+}", get_static)  # registered last: every API route wins
 
 
 def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQueue | None = None) -> web.Application:
@@ -102,9 +113,9 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
     app[STATE] = state
     app.on_response_prepare.append(_security_headers)
     _add_routes(app, routes_prompt.routes() + routes_info.routes() + routes_files.routes())
-    from engine.server.generate import routes as generate_routes  # noqa: PLC0415
+    from engine.server import generate, routes_workflows  # noqa: PLC0415
 
-    _add_routes(app, generate_routes())
+    _add_routes(app, generate.routes() + routes_workflows.routes())
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/api/ws", websocket_handler)
     _add_static(app, config.web_dir)
