@@ -246,3 +246,19 @@ def test_resolution_option_changes_the_processed_size():
     assert pipeline.processed_size(100, 130, prep) == (96, 128)
     assert pipeline.processed_size(100, 130, prep.at_resolution(192)) == (192, 256)
     assert pipeline.processed_size(40, 300, prep) == (32, 160)  # long side capped, then rounded up to /32
+
+
+# ----- CUDA paths (fp16/bf16 weights, channels-last, quantisation on the device)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_results_agree_with_the_cpu(segmenter, dtype):
+    images = [as_image_tensor(smooth_image(96, 128, seed=31)), as_image_tensor(smooth_image(100, 130, seed=32))]
+    cpu = pipeline.segment(segmenter, images)
+    gpu = pipeline.segment(segmenter, images, device="cuda", dtype=dtype, channels_last=True)
+    for a, b in zip(cpu, gpu):
+        assert b.label_map.device.type == "cpu" and b.class_logits.dtype == torch.float32
+        agreement = float((a.label_map == b.label_map).float().mean())
+        assert agreement >= (0.99 if dtype == torch.float32 else 0.8), (dtype, agreement)
+    assert segmenter.model.dtype == torch.float32  # the master copy was never cast
