@@ -71,6 +71,20 @@ def test_folder_and_single_file_load_the_same_weights(zoo, segmenter):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_single_file_with_hub_key_names_loads(zoo, segmenter, tmp_path):
+    """save_pretrained writes the hub's legacy Swin key names (attention.self.query, ...); transformers renames
+    them on load, and so must a single file holding them."""
+    from safetensors import safe_open
+
+    hub_style = tmp_path / "hub-style.safetensors"
+    shutil.copy(zoo["folder"] / "model.safetensors", hub_style)
+    with safe_open(str(hub_style), framework="pt") as handle:
+        assert any(".attention.self.query." in key for key in handle.keys())
+    shutil.copy(zoo["folder"] / "config.json", hub_style.with_suffix(".json"))
+    loaded = load_segmenter(hub_style).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in segmenter.model.state_dict().items())
+
+
 def test_swin_stages_have_two_blocks_so_windows_shift(segmenter):
     swin = segmenter.model.config.backbone_config
     assert swin.depths == [2, 2, 2, 2] and swin.window_size == 4

@@ -11,9 +11,9 @@ from engine.types import SEGMENTER
 def _segmenter_choices(folders: Any) -> list[str]:
     if folders is None:
         return []
-    from engine.models.mask2former import SINGLE_FILE_SUFFIXES
+    from engine.models.mask2former import list_segmenters  # stdlib-only module: /object_info stays fast
 
-    return folders.list_models("segmentation", extensions=SINGLE_FILE_SUFFIXES, include_dirs=True)
+    return list_segmenters(folders)
 
 
 @node("Mask2FormerLoader", category="segmentation", display_name="Load Mask2Former",
