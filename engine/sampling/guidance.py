@@ -8,6 +8,7 @@ result back to float32, so sampling state stays in float32 whatever the weights 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -34,26 +35,47 @@ def module_dtype(module: Any) -> torch.dtype:
     return torch.float32
 
 
+@dataclass
+class _DeviceCond:
+    """A conditioning entry's transformer inputs, moved to the device once (no copies inside the loop)."""
+
+    cond: FluxCond
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    guidance: torch.Tensor | None
+    txt_ids: torch.Tensor
+
+
 class FluxDenoiser:
     def __init__(self, model: Any, positive: list, negative: list | None, cfg: float, schedule: FlowSchedule,
                  device: torch.device, batch: int) -> None:
         self.model = model
         self.transformer = model.transformer
         joint_dim, pooled_dim = transformer_widths(self.transformer)
-        self.positive = parse_flux_conditioning(positive, "positive", joint_dim, pooled_dim)
         self.cfg = float(cfg)
         self.use_cfg = self.cfg != 1.0
         if self.use_cfg and negative is None:
             raise ValueError(f"cfg is {self.cfg} but no negative conditioning was given (cfg 1.0 needs none)")
-        self.negative = parse_flux_conditioning(negative, "negative", joint_dim, pooled_dim) if self.use_cfg else []
         self.schedule = schedule
         self.device = device
         self.batch = batch
         self.dtype = module_dtype(self.transformer)
         self.guidance_embeds = bool(getattr(self.transformer.config, "guidance_embeds", model.guidance_embeds))
+        self.positive = [self._to_device(c) for c in
+                         parse_flux_conditioning(positive, "positive", joint_dim, pooled_dim)]
+        self.negative = [self._to_device(c) for c in
+                         parse_flux_conditioning(negative, "negative", joint_dim, pooled_dim)] if self.use_cfg else []
         self._ids_cache: dict[tuple[int, int], torch.Tensor] = {}
-        # Model-level hooks other packs attach (e.g. reference latents), called as hook(cond, kwargs, x).
+        # Model-level hooks other packs attach (e.g. reference latents), called as hook(cond, kwargs, tokens).
         self.input_hooks: list[Callable[[FluxCond, dict, torch.Tensor], None]] = []
+
+    def _to_device(self, cond: FluxCond) -> _DeviceCond:
+        embeds = fit_batch(cond.embeds, self.batch, "text embedding").to(self.device, self.dtype)
+        pooled = fit_batch(cond.pooled, self.batch, "pooled embedding").to(self.device, self.dtype)
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full([self.batch], cond.guidance, device=self.device, dtype=torch.float32)
+        return _DeviceCond(cond, embeds, pooled, guidance, text_ids(embeds.shape[1], self.device, self.dtype))
 
     def _image_ids(self, height: int, width: int) -> torch.Tensor:
         key = (height, width)
@@ -61,48 +83,45 @@ class FluxDenoiser:
             self._ids_cache[key] = image_ids(height, width, device=self.device, dtype=self.dtype)
         return self._ids_cache[key]
 
-    def _active(self, conds: list[FluxCond], sigma: float) -> list[FluxCond]:
+    def _active(self, conds: list[_DeviceCond], sigma: float) -> list[_DeviceCond]:
         active = [c for c in conds
-                  if self.schedule.percent_to_sigma(c.end_percent) <= sigma
-                  <= self.schedule.percent_to_sigma(c.start_percent)]
+                  if self.schedule.percent_to_sigma(c.cond.end_percent) <= sigma
+                  <= self.schedule.percent_to_sigma(c.cond.start_percent)]
         return active or conds[:1]  # outside every range: fall back to the first entry rather than nothing
 
-    def velocity(self, cond: FluxCond, tokens: torch.Tensor, timestep: torch.Tensor,
+    def velocity(self, entry: _DeviceCond, tokens: torch.Tensor, timestep: torch.Tensor,
                  img_ids: torch.Tensor) -> torch.Tensor:
-        b = tokens.shape[0]
-        embeds = fit_batch(cond.embeds, b, "text embedding").to(self.device, self.dtype)
-        pooled = fit_batch(cond.pooled, b, "pooled embedding").to(self.device, self.dtype)
-        guidance = None
-        if self.guidance_embeds:
-            guidance = torch.full([b], cond.guidance, device=self.device, dtype=torch.float32)
-        kwargs = dict(hidden_states=tokens, timestep=timestep, guidance=guidance, pooled_projections=pooled,
-                      encoder_hidden_states=embeds, txt_ids=text_ids(embeds.shape[1], self.device, self.dtype),
+        kwargs = dict(hidden_states=tokens, timestep=timestep, guidance=entry.guidance,
+                      pooled_projections=entry.pooled, encoder_hidden_states=entry.embeds, txt_ids=entry.txt_ids,
                       img_ids=img_ids, return_dict=False)
         for hook in self.input_hooks:
-            hook(cond, kwargs, tokens)
+            hook(entry.cond, kwargs, tokens)
         out = self.transformer(**kwargs)[0]
         return out[:, : tokens.shape[1]].float()
 
-    def _combined_velocity(self, conds: list[FluxCond], tokens, timestep, img_ids, sigma: float) -> torch.Tensor:
+    def _combined_velocity(self, conds: list[_DeviceCond], tokens, timestep, img_ids, sigma: float) -> torch.Tensor:
         active = self._active(conds, sigma)
         if len(active) == 1:
             return self.velocity(active[0], tokens, timestep, img_ids)
-        total = sum(c.strength for c in active)
-        mixed = sum(c.strength * self.velocity(c, tokens, timestep, img_ids) for c in active)
+        total = sum(c.cond.strength for c in active)
+        mixed = sum(c.cond.strength * self.velocity(c, tokens, timestep, img_ids) for c in active)
         return mixed / total
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x0 estimate for latents `x` at noise level `sigma` (a CPU scalar: reading it never syncs a GPU)."""
         b, _, h, w = x.shape
+        if b != self.batch:
+            raise ValueError(f"denoiser prepared for batch {self.batch}, called with {b}")
         tokens = pack_latents(x).to(self.dtype)
-        # FluxPipeline passes (sigma * 1000) / 1000 in the latents' dtype; doing the same keeps parity exact.
-        sigma_t = sigma.reshape(1).to(device=self.device, dtype=torch.float32)
-        timestep = ((sigma_t * 1000).expand(b).to(self.dtype)) / 1000
-        img_ids = self._image_ids(h, w)
         s = float(sigma)
+        # FluxPipeline passes (sigma * 1000) / 1000 in the latents' dtype; the same float steps keep parity
+        # exact. The value is formed on the CPU and filled on the device: no host-device copy, no sync.
+        t_scaled = float((torch.tensor(s, dtype=torch.float32) * 1000).to(self.dtype))
+        timestep = torch.full([b], t_scaled, device=self.device, dtype=self.dtype) / 1000
+        img_ids = self._image_ids(h, w)
         velocity = self._combined_velocity(self.positive, tokens, timestep, img_ids, s)
         if self.use_cfg:
             negative = self._combined_velocity(self.negative, tokens, timestep, img_ids, s)
             velocity = negative + self.cfg * (velocity - negative)
-        velocity = unpack_latents(velocity, h, w)
-        return x - sigma_t.reshape(1, 1, 1, 1) * velocity
+        return x - s * unpack_latents(velocity, h, w)

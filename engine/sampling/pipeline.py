@@ -12,7 +12,7 @@ SamplerCustomAdvanced are three doors onto it:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -74,7 +74,6 @@ class SampleResult:
     samples: torch.Tensor  # raw latents, CPU float32
     denoised: torch.Tensor  # the last x0 estimate, raw latents
     steps_run: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def image_size_of(latent_samples: torch.Tensor) -> tuple[int, int]:
@@ -143,7 +142,8 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
             if progress is not None:
                 progress(i + 1, total)
 
-        out = run_sampler(denoise, x.to(device), sigmas.to(device), noise=step_noise, on_step=on_step,
+        # sigmas stay on the CPU: samplers read them as scalars, which must not wait for the GPU
+        out = run_sampler(denoise, x.to(device), sigmas, noise=step_noise, on_step=on_step,
                           **dict(sampler.options))
     if mask is not None:
         out = out * mask + (1.0 - mask) * padded_latent_in.to(out.device)
