@@ -304,6 +304,8 @@ def test_vae_rejects_latents_of_another_family(parts):
     _, _, vae = parts["dev"]
     with pytest.raises(ValueError, match="4 channels but this VAE decodes 16"):
         LT.vae_decode(NodeContext(), {"samples": torch.zeros(1, 4, 4, 4)}, vae)
+    with pytest.raises(ValueError, match="has no VAE; load one with VAELoader"):
+        LT.vae_decode(NodeContext(), {"samples": torch.zeros(1, 16, 4, 4)}, None)
 
 
 # ----- loaders, through the executor over the zoo files

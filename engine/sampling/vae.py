@@ -18,6 +18,8 @@ VAE_SCALE = 8
 
 
 def _check_vae(vae: Any) -> Any:
+    if vae is None:
+        raise ValueError("vae input is empty: the checkpoint it came from has no VAE; load one with VAELoader")
     module = getattr(vae, "vae", None)
     if module is None:
         raise TypeError(f"expected a VAE handle, got {type(vae).__name__}")
