@@ -146,6 +146,7 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
         out = run_sampler(denoise, x.to(device), sigmas, noise=step_noise, on_step=on_step,
                           **dict(sampler.options))
     if mask is not None:
+        mask = mask.to(out.device)
         out = out * mask + (1.0 - mask) * padded_latent_in.to(out.device)
     last_sigma = float(sigmas[-1])
     if last_sigma != 0.0:
