@@ -16,6 +16,7 @@ import pytest
 from engine.schema import NodeSchema
 from engine.ui_widgets import has_control_widget, upload_sentinel, widget_inputs
 from tests.web_helpers import (ALLOWED_URLS, CHROMIUM, CHROMIUM_MISSING, NO_EXTERNAL_URL, WEB_DIR, LiveServer,
+                               ServerProcess,
                                add_node_by_search, current_prompt, drag, drop_file, editor_input_kind,
                                editor_node_layout, editor_registry, input_socket, launch_chromium, link_count,
                                load_workflow, node_selector, open_editor, output_socket, saved_workflow,
@@ -353,6 +354,16 @@ def test_copy_paste_delete_and_seed_control(page, server):
     assert page.locator(widget(pasted, "width")).input_value() == "16"
     page.keyboard.press("Delete")
     wait_until(lambda: page.locator(".node[data-type='EmptyImage']").count() == 1, what="delete")
+    # The right-click menu: bypass the slow node (Save Image then takes the image straight from node 1).
+    page.click(f"{node_selector(2)} .node-title-text", button="right")
+    page.click(".context-menu .context-item[data-action='bypass']")
+    assert "node-bypassed" in page.locator(node_selector(2)).get_attribute("class")
+    prompt = current_prompt(page)
+    assert "2" not in prompt and prompt["3"]["inputs"]["images"] == ["1", 0]
+    page.click(f"{node_selector(2)} .node-title-text", button="right")
+    page.click(".context-menu .context-item[data-action='remove']")
+    wait_until(lambda: page.locator(node_selector(2)).count() == 0, what="removed")
+    assert link_count(page) == 0
 
 
 @browser
@@ -409,23 +420,30 @@ def test_interrupt_and_the_queue_panel(page):
 
 
 @browser
-def test_reconnects_after_a_server_restart(chromium, tmp_path):
-    live = LiveServer(tmp_path).start()
+def test_after_a_server_crash_the_editor_reconnects_and_follows_the_resumed_job(chromium, tmp_path):
+    """The server is killed (SIGKILL) while a prompt runs; the restarted server runs that prompt again, and
+    the editor reconnects by itself, shows the job running again and its image at the end."""
+    server = ServerProcess(tmp_path).start()
     context = chromium.new_context(viewport={"width": 1200, "height": 800})
     try:
         page = context.new_page()
-        open_editor(page, live.url)
-        load_workflow(page, steps_workflow(width=8, steps=1, seconds=0.0), "restart.json")
-        live.stop()
+        open_editor(page, server.url)
+        load_workflow(page, steps_workflow(width=8, steps=20, seconds=0.1), "crash.json")
+        page.click("#queue-button")
+        page.wait_for_selector(f"{node_selector(2)}.node-executing .node-progress.active", timeout=30_000)
+        server.kill()
         page.wait_for_selector("body.disconnected", timeout=10_000)
         assert page.locator("#connection").inner_text() == "reconnecting…"
-        live.start()
-        page.wait_for_function("document.getElementById('connection').textContent === 'connected'", timeout=15_000)
-        page.click("#queue-button")
-        page.locator(f"{node_selector(3)} img.node-output-image").wait_for(timeout=15_000)
+        watch_node(page, 2)
+        server.start()
+        page.wait_for_function("document.getElementById('connection').textContent === 'connected'", timeout=30_000)
+        page.locator(f"{node_selector(3)} img.node-output-image").wait_for(timeout=30_000)
+        resumed = node_states(page, 2)
+        assert any(state["executing"] for state in resumed), resumed  # highlighted again after the restart
+        assert page.locator(".node-executing").count() == 0
     finally:
         context.close()
-        live.stop()
+        server.stop()
 
 
 @browser

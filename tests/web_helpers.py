@@ -164,6 +164,64 @@ class LiveServer:
         self._thread = None
 
 
+class ServerProcess:
+    """`python -m engine.server` as a child process (with the test nodes as an extra node package), for tests
+    that kill it with SIGKILL mid-run: the restarted server resumes the prompt that was running."""
+
+    PACK = "from tests.web_helpers import web_test_fail, web_test_steps\n\nNODES = [web_test_steps, web_test_fail]\n"
+
+    def __init__(self, base_dir: Path, port: int | None = None) -> None:
+        self.base_dir = base_dir
+        self.port = port or free_port()
+        self.process: Any = None
+        packs = base_dir / "packs" / "webtestnodes"
+        (packs / "steps").mkdir(parents=True, exist_ok=True)
+        (packs / "__init__.py").write_text("")
+        (packs / "steps" / "__init__.py").write_text(self.PACK)
+        self.packs_dir = base_dir / "packs"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "ServerProcess":
+        import os  # noqa: PLC0415
+        import subprocess  # noqa: PLC0415
+        import sys  # noqa: PLC0415
+        import urllib.request  # noqa: PLC0415
+
+        env = {**os.environ, "PYTHONPATH": f"{self.packs_dir}{os.pathsep}{PROJECT_ROOT}",
+               "FLUXGRAPH_EXTRA_NODE_PACKAGES": "webtestnodes", "HF_HUB_OFFLINE": "1"}
+        log = open(self.base_dir / f"server-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 - the child writes it
+        self.process = subprocess.Popen([sys.executable, "-m", "engine.server", "--port", str(self.port),
+                                         "--base-dir", str(self.base_dir)], cwd=PROJECT_ROOT, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(f"{self.url}/api/prompt", timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"the server did not answer within {timeout} s; see {log.name}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except Exception:  # noqa: BLE001 - it must go, one way or the other
+                self.kill()
+
+
 # ---------------------------------------------------------------------------------------------- the page
 
 

@@ -85,7 +85,7 @@ export class ServerApi {
   }
 }
 
-// The websocket, reconnecting with a growing delay (0.25 s up to 4 s) while the server is away.
+// The websocket, reconnecting with a growing delay (0.25 s up to 2 s) while the server is away.
 export class EventSocket {
   constructor(api, clientId, { onMessage, onBinary, onConnection } = {}) {
     this.api = api;
@@ -125,7 +125,7 @@ export class EventSocket {
       this.onConnection({ connected: false });
       if (!this.closed) {
         setTimeout(() => this.connect(), this.delay);
-        this.delay = Math.min(this.delay * 2, 4000);
+        this.delay = Math.min(this.delay * 2, 2000);
       }
     });
   }

@@ -15,6 +15,7 @@ export function attachPointerHandling(view) {
   root.addEventListener("pointerdown", (event) => {
     if (gesture) return;
     const target = event.target;
+    if (target.closest(".search-menu, .context-menu")) return;
     if (event.button === 1) { gesture = panGesture(view, event); }
     else if (event.button !== 0) return;
     else if (target.closest(".socket")) gesture = linkGesture(view, event, target.closest(".socket"));

@@ -7,6 +7,8 @@ export class ContextMenu {
     this.host = host;
     this.element = el("div", { className: "context-menu", hidden: true });
     host.append(this.element);
+    // The menu lives on the canvas: its clicks must not start a canvas gesture (which captures the pointer).
+    this.element.addEventListener("pointerdown", (event) => event.stopPropagation());
     document.addEventListener("pointerdown", (event) => {
       if (!this.element.hidden && !this.element.contains(event.target)) this.close();
     }, true);
