@@ -36,7 +36,7 @@ export function graphToPrompt(graph, { random = Math.random, now = new Date() } 
   const prompt = {};
   for (const node of graph.nodes.values()) {
     if (node.isUiOnly || node.mode === 2 || node.mode === 4) continue;
-    const inputs = {};
+    const inputs = node.isMissing ? { ...node.missingLiterals } : {};
     const inputNames = node.def ? node.def.inputs.map((input) => input.name) : node.missingInputs.map((i) => i.name);
     for (const name of inputNames) {
       const link = graph.inputLink(node.id, name);

@@ -296,22 +296,23 @@ export class Editor {
       onConnection: ({ connected, reconnected }) => {
         document.body.classList.toggle("disconnected", !connected);
         this.$("connection").textContent = connected ? "connected" : "reconnecting…";
-        if (connected && reconnected) this.resume();
+        if (connected) this.resume({ reconnected });
       },
     });
     this.socket.connect();
   }
 
-  // After a reconnect: pick up the prompt still running, or show the outputs of ours that finished.
-  async resume() {
-    this.notify("Reconnected to the server", "info");
+  // On (re)connecting: pick up a prompt still running (after a page reload or a server restart), or show
+  // the outputs of ours that finished while we were away.
+  async resume({ reconnected = true } = {}) {
+    if (reconnected) this.notify("Reconnected to the server", "info");
     try {
       const queue = await this.api.getQueue();
       const running = (queue.queue_running || [])[0];
       if (running) {
         this.monitor.promptId = running[1];
         document.body.classList.add("running");
-        this.notify(`Running prompt ${String(running[1]).slice(0, 8)} (resumed)`, "info");
+        this.notify(`Running prompt ${String(running[1]).slice(0, 8)}${reconnected ? " (resumed)" : ""}`, "info");
       } else if (this.lastPromptId) {
         const history = await this.api.getHistoryEntry(this.lastPromptId);
         if (history[this.lastPromptId]) this.monitor.showOutputs(history[this.lastPromptId].outputs);

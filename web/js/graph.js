@@ -25,6 +25,7 @@ export class GraphNode {
     this.missingInputs = []; // [{name, type}] from the file, for a missing type
     this.missingOutputs = []; // [{name, type}]
     this.missingWidgetValues = null; // widgets_values of a missing type, written back unchanged
+    this.missingLiterals = {}; // literal inputs of a missing type loaded from an API prompt, queued unchanged
     for (const input of def ? def.widgetInputs : []) {
       this.values.set(input.name, input.default);
       if (input.control) this.controls.set(input.name, "randomize");

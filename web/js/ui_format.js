@@ -255,6 +255,7 @@ export function loadApiPrompt(graph, prompt, { columnWidth = 340, rowGap = 30 } 
       if (Array.isArray(value)) continue;
       const literal = value && typeof value === "object" && "__value__" in value ? value.__value__ : value;
       if (node.values.has(name)) node.values.set(name, literal);
+      else if (node.isMissing) node.missingLiterals[name] = value;
     }
     if (node.controls.size) for (const name of node.controls.keys()) node.controls.set(name, "fixed");
   }
