@@ -75,6 +75,8 @@ class FolderPaths:
     temp_dir: Path | None = None
     user_dir: Path | None = None
     extra_model_dirs: dict[str, list[Path]] = field(default_factory=dict)
+    # extra folders marked `is_default: true` in extra_model_paths.yaml: searched before models/
+    priority_model_dirs: dict[str, list[Path]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir).resolve()
@@ -109,12 +111,14 @@ class FolderPaths:
     def model_dirs(self, key: str) -> list[Path]:
         key = LEGACY_KEYS.get(key, key)
         dirs = [self.models_dir / sub for sub in DEFAULT_MODEL_FOLDERS.get(key, (key,))]
-        return dirs + list(self.extra_model_dirs.get(key, []))
+        return list(self.priority_model_dirs.get(key, [])) + dirs + list(self.extra_model_dirs.get(key, []))
 
     def add_model_dir(self, key: str, path: str | os.PathLike[str], first: bool = False) -> None:
         key = LEGACY_KEYS.get(key, key)
-        dirs = self.extra_model_dirs.setdefault(key, [])
-        dirs.insert(0, Path(path)) if first else dirs.append(Path(path))
+        if first:
+            self.priority_model_dirs.setdefault(key, []).insert(0, Path(path))
+        else:
+            self.extra_model_dirs.setdefault(key, []).append(Path(path))
 
     def list_models(self, key: str, extensions: Iterable[str] = MODEL_EXTENSIONS,
                     include_dirs: bool = False) -> list[str]:
