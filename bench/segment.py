@@ -158,8 +158,13 @@ def main() -> None:
     for name, model, resolution in cases:
         for precision in precisions:
             for batch in (1, 8):
-                report["results"].append(run_case(name, model, resolution, batch, precision, device, iterations,
-                                                  use_compile=gpu and not args.no_compile))
+                try:
+                    row = run_case(name, model, resolution, batch, precision, device, iterations,
+                                   use_compile=gpu and not args.no_compile)
+                except Exception as exc:  # e.g. an op without half-precision support: report it in the JSON
+                    row = {"model": name, "resolution": resolution, "batch": batch, "precision": precision,
+                           "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                report["results"].append(row)
                 print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2))
 
