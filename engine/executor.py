@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from engine.cache import OutputCache, node_signature
 from engine.context import InterruptFlag, Interrupted, NodeContext
-from engine.graph import PromptGraph, PromptNode, is_link, parse_prompt, unwrap_literal
+from engine.graph import DependencyCycleError, PromptGraph, PromptNode, is_link, parse_prompt, unwrap_literal
 from engine.registry import NodeRegistry
 from engine.schema import ExecutionBlocker, NodeResult, NodeSchema
 from engine.validate import hook_params
@@ -24,10 +24,6 @@ from engine.validate import hook_params
 EventCallback = Callable[[str, dict], None]
 HISTORY_MESSAGE_TYPES = ("execution_start", "execution_cached", "execution_success", "execution_error",
                          "execution_interrupted")
-
-
-class DependencyCycleError(RuntimeError):
-    pass
 
 
 class NodeFailed(Exception):

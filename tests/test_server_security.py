@@ -312,11 +312,24 @@ async def test_auth_token_guards_every_route(aiohttp_client, base):
     assert (await client.get("/object_info", headers={"Authorization": "Bearer wrong"})).status == 401
     assert (await client.get("/object_info", headers={"Authorization": "Bearer s3cret"})).status == 200
     assert (await client.get("/view", params={"filename": "ok.png", "token": "s3cret"})).status == 200
+    client.session.cookie_jar.clear()
     with pytest.raises(Exception):
         await client.ws_connect("/ws")
     ws = await client.ws_connect("/ws?token=s3cret")
     assert (await ws.receive_json())["type"] == "status"
     await ws.close()
+
+
+async def test_token_in_the_page_url_lets_the_editor_load_its_files(aiohttp_client, base):
+    client = await make_client(aiohttp_client, base, auth_token="s3cret")
+    client.session.cookie_jar.clear()
+    assert (await client.get("/object_info")).status == 401
+    page = await client.get("/?token=s3cret")
+    assert page.status == 200
+    cookie = page.cookies["fluxgraph_token"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert (await client.get("/object_info", cookies={"fluxgraph_token": "s3cret"})).status == 200
+    assert (await client.get("/object_info", cookies={"fluxgraph_token": "wrong"})).status == 401
 
 
 async def test_cors_headers_only_when_enabled(aiohttp_client, base, tmp_path):

@@ -94,9 +94,10 @@ def make_security_middleware(config: ServerConfig) -> Callable:
         if request.method == "OPTIONS" and cors_origin is not None:
             response: web.StreamResponse = web.Response(status=200)
         else:
-            if token is not None:
-                _check_token(request, token)
+            explicit_token = token is not None and _check_token(request, token)
             response = await handler(request)
+            if explicit_token and not response.prepared and request.cookies.get(TOKEN_COOKIE) != token:
+                response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
         if cors_origin is not None and not response.prepared:
             _add_cors_headers(response, cors_origin, origin)
         return response
@@ -124,16 +125,30 @@ def _check_origin(origin: str, cors_origin: str | None, host_name: str | None, h
                        "--enable-cors-header ORIGIN to allow one other origin")
 
 
-def _check_token(request: web.Request, token: str) -> None:
+TOKEN_COOKIE = "fluxgraph_token"
+
+
+def _check_token(request: web.Request, token: str) -> bool:
+    """Raises 401 unless the request carries the token; True when it came in the URL or a header.
+
+    A browser that opened `/?token=...` gets the token back as a SameSite=Strict, HttpOnly cookie, so the
+    editor's own style sheets, modules and API calls are let in; other sites cannot send that cookie, and
+    the Origin check refuses them anyway.
+    """
     given = ""
+    explicit = True
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         given = header[7:].strip()
     elif "token" in request.query:
         given = request.query.get("token", "")
+    else:
+        given = request.cookies.get(TOKEN_COOKIE, "")
+        explicit = False
     if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8")):
         raise ApiError(401, "unauthorized", "Missing or wrong auth token",
                        "send 'Authorization: Bearer <token>' or add '?token=<token>' to the URL")
+    return explicit
 
 
 def _add_cors_headers(response: web.StreamResponse, cors_origin: str, origin: str | None) -> None:
