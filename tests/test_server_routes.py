@@ -252,3 +252,17 @@ async def test_shipped_workflows_are_listed_and_served(client, tmp_path):
     for bad in ("..%2Fsecret.json", "..", "x.txt"):
         response = await client.get(f"/api/workflows/{bad}")
         assert response.status in (400, 404) and (await response.json())["error"]["message"]
+
+
+async def test_ui_workflows_with_subgraphs_convert_for_the_editor(client):
+    from pathlib import Path
+
+    workflow = json.loads((Path(__file__).parent / "fixtures" / "ui" / "core_invert_subgraph.json").read_text())
+    response = await client.post("/api/workflow/convert", json={"workflow": workflow})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["prompt"] and all("class_type" in node for node in body["prompt"].values())
+    assert any(":" in node_id for node_id in body["prompt"])  # subgraph ids are flattened as parent:child
+    bad = await client.post("/api/workflow/convert", json={"workflow": {"nodes": [{"id": 1, "type": "Nope"}],
+                                                                        "links": []}})
+    assert bad.status == 400 and (await bad.json())["error"]["type"]

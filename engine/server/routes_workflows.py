@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.folders import UnsafePathError, contained_path
-from engine.server.errors import ApiError, json_response
+from engine.server.errors import ApiError, json_response, read_json
 from engine.server.state import state_of
 
 
@@ -40,5 +40,19 @@ async def get_workflow(request: web.Request) -> web.Response:
         raise ApiError(500, "broken_workflow", "The shipped workflow is not valid JSON", str(exc)[:200]) from None
 
 
+async def convert_workflow(request: web.Request) -> web.Response:
+    """UI-format workflow (subgraphs, reroutes, primitives, bypass) -> API prompt, as the editor queues it.
+
+    Body `{"workflow": <UI workflow>}`; answers `{prompt, dropped, warnings, origins}` or a 400 in ComfyUI's
+    `{error, node_errors}` shape.
+    """
+    from engine.ui_workflow import convert_request
+
+    runtime = state_of(request).runtime
+    status, body = convert_request(await read_json(request), runtime.registry, runtime.folders)
+    return json_response(body, status=status)
+
+
 def routes() -> list[tuple[str, str, Any]]:
-    return [("GET", "/workflows", list_workflows), ("GET", "/workflows/{name}", get_workflow)]
+    return [("GET", "/workflows", list_workflows), ("GET", "/workflows/{name}", get_workflow),
+            ("POST", "/workflow/convert", convert_workflow)]
