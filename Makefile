@@ -41,6 +41,9 @@ test: install-test
 
 bench: install
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/server.py
+	$(PY) bench/flux_step.py
+	$(PY) bench/segment.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
