@@ -467,6 +467,17 @@ def test_workflows_menu_loads_a_shipped_workflow(page, server):
 
 
 @browser
+def test_first_visit_opens_the_default_workflow(page, server):
+    """Like ComfyUI, a first visit (nothing autosaved) opens a ready-to-run graph rather than an empty canvas."""
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready='true']", timeout=15_000)
+    shipped = json.loads((WORKFLOWS_DIR / "flux_schnell_txt2img.json").read_text())
+    page.wait_for_function(f"window.fluxgraph.graph.nodes.size === {len(shipped)}")
+    assert {k: v["class_type"] for k, v in current_prompt(page).items()} == {
+        k: v["class_type"] for k, v in shipped.items()}
+
+
+@browser
 @pytest.mark.slow
 def test_shipped_flux_workflow_runs_on_the_tiny_zoo(chromium, tmp_path):
     """Open the shipped FLUX schnell workflow, change widgets, queue it on the tiny zoo, watch the sampler's

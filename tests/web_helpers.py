@@ -229,7 +229,10 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
 
 
-def open_editor(page: Any, url: str, timeout_ms: int = 15_000) -> None:
+def open_editor(page: Any, url: str, timeout_ms: int = 15_000, blank: bool = True) -> None:
+    """Open the editor; `blank` skips the default workflow a first visit gets."""
+    if blank:
+        url += ("&" if "?" in url else "?") + "blank=1"
     page.goto(url)
     page.wait_for_selector("body[data-ready='true']", timeout=timeout_ms)
     page.wait_for_function("document.getElementById('connection').textContent === 'connected'", timeout=timeout_ms)

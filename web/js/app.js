@@ -190,6 +190,14 @@ export class Editor {
     }
   }
 
+  async openDefaultWorkflow() {
+    let names = [];
+    try { names = await this.api.listWorkflows(); } catch { return; }
+    const preferred = ["flux_schnell_txt2img.json", "flux_dev_txt2img.json"];
+    const name = preferred.find((candidate) => names.includes(candidate));
+    if (name) await this.openShippedWorkflow(name);
+  }
+
   async showWorkflowMenu(anchor) {
     let names;
     try {
@@ -342,6 +350,10 @@ export async function start() {
   const editor = new Editor(defs, api);
   window.fluxgraph = editor;
   editor.restoreAutosave();
+  // A first visit opens a ready-to-run graph, as ComfyUI does; `?blank` starts from an empty canvas.
+  if (!editor.graph.nodes.size && !new URLSearchParams(location.search).has("blank")) {
+    await editor.openDefaultWorkflow();
+  }
   editor.connect();
   editor.notify(`${defs.size} node types available`, "info");
   document.body.dataset.ready = "true";
