@@ -269,11 +269,13 @@ def test_missing_parts_give_clear_errors(monkeypatch, tmp_path, capsys):
 def test_ui_workflows_are_converted(monkeypatch, tmp_path, capsys):
     seen = {}
 
-    def ui_to_api(workflow, registry, **options):
+    def convert_ui_workflow(workflow, registry, **options):
         seen["workflow"] = workflow
-        return toy_workflow()
+        return types.SimpleNamespace(prompt=toy_workflow(), origins={}, dropped={}, warnings=[])
 
-    monkeypatch.setitem(sys.modules, "engine.ui_workflow", types.SimpleNamespace(ui_to_api=ui_to_api))
+    fake = types.SimpleNamespace(convert_ui_workflow=convert_ui_workflow,
+                                 annotate_node_errors=lambda errors, conversion: errors)
+    monkeypatch.setitem(sys.modules, "engine.ui_workflow", fake)
     ui = {"nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}
     path = write_json(tmp_path / "ui.json", ui)
     assert cli.main(["run", str(path), "--base-dir", str(tmp_path)]) == 0
@@ -310,3 +312,24 @@ def test_models_delegate_to_the_zoo_and_list(monkeypatch, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["models", "list", "--base-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines() == ["vae/ae.safetensors"]
+
+
+def test_ui_workflow_errors_name_the_editor_node_and_say_the_format(tmp_path):
+    """A UI-format workflow: the CLI says which format it read and names editor nodes in its errors."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    workflow = json.loads((Path(__file__).parent / "fixtures" / "ui" / "core_invert_subgraph.json").read_text())
+    for node in workflow["nodes"]:
+        if node["id"] == 1:
+            node["widgets_values"][1] = -5  # height below its minimum
+            node["title"] = "Red canvas"
+    path = tmp_path / "ui.json"
+    path.write_text(json.dumps(workflow))
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "validate", str(path), "--base-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "UI format (editor save)" in done.stderr
+    assert "editor node #1 'Red canvas'" in done.stderr and "height" in done.stderr

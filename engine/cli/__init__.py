@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from engine.cli.errors import (EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
                                CliError)
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
-from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow
+from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow, load_workflow_source
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "CliError",
            "ProgressPrinter", "apply_overrides", "build_parser", "format_validation_errors", "is_ui_workflow",
@@ -38,9 +38,17 @@ def _runtime(args: argparse.Namespace) -> Any:
 
 
 def _prepare(args: argparse.Namespace, runtime: Any) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    prompt, extra_data = load_workflow(Path(args.workflow), runtime.registry, runtime.folders)
-    prompt = apply_overrides(prompt, args.set or [], runtime.registry)
-    return prompt, extra_data, runtime.validate(prompt)
+    loaded = load_workflow_source(Path(args.workflow), runtime.registry, runtime.folders)
+    print(f"{args.workflow}: {loaded.source_format}, {len(loaded.prompt)} node(s)", file=sys.stderr)
+    if loaded.conversion is not None:
+        for prompt_id, why in loaded.conversion.dropped.items():
+            print(f"note: node {prompt_id} left out: {why}", file=sys.stderr)
+        for warning in loaded.conversion.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    prompt = apply_overrides(loaded.prompt, args.set or [], runtime.registry)
+    result = runtime.validate(prompt)
+    result.node_errors = loaded.annotate(result.node_errors)
+    return prompt, loaded.extra_data, result
 
 
 def _report_invalid(result: Any) -> int:

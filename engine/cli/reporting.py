@@ -18,6 +18,9 @@ def format_validation_errors(result: Any) -> list[str]:
         for err in entry.get("errors", []):
             extra = err.get("extra_info") or {}
             where = f"node {node_id} ({entry.get('class_type')})"
+            ui_node = extra.get("ui_node")
+            if isinstance(ui_node, dict) and ui_node.get("description"):
+                where += f" = editor node {ui_node['description']}"
             if extra.get("input_name"):
                 where += f", input '{extra['input_name']}'"
             line = f"error: {where}: {err.get('message')}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,32 +37,56 @@ def _parse_json(text: str, where: str) -> Any:
         raise CliError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
 
 
+@dataclass
+class LoadedWorkflow:
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    source_format: str  # what the file held, said to the user: "API format", "UI format (editor save)", ...
+    conversion: Any = None  # engine.ui_workflow.UiConversion for UI-format workflows
+
+    def annotate(self, node_errors: dict[str, Any]) -> dict[str, Any]:
+        """Validation errors naming the editor's node id and title, not only the generated prompt id."""
+        if self.conversion is None:
+            return node_errors
+        from engine.ui_workflow import annotate_node_errors
+
+        return annotate_node_errors(node_errors, self.conversion)
+
+
 def load_workflow(path: Path, registry: Any, folders: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(API-format prompt, extra_data) from a workflow JSON (API or UI format, or a POST /prompt body) or
-    from a PNG that a SaveImage node wrote (its `prompt` chunk; its `workflow` chunk is carried along)."""
+    loaded = load_workflow_source(path, registry, folders)
+    return loaded.prompt, loaded.extra_data
+
+
+def load_workflow_source(path: Path, registry: Any, folders: Any = None) -> LoadedWorkflow:
+    """The API-format prompt and extra_data of a workflow JSON (API or UI format, or a POST /prompt body)
+    or of a PNG that a SaveImage node wrote (its `prompt` chunk; its `workflow` chunk is carried along)."""
     if not path.is_file():
         raise CliError(f"{path}: no such file")
     if path.suffix.lower() == ".png":
         chunks = read_png_chunks(path)
         workflow = _parse_json(chunks["workflow"], f"{path} (workflow chunk)") if "workflow" in chunks else None
+        extra = {"extra_pnginfo": {"workflow": workflow}} if workflow else {}
         if "prompt" in chunks:
             prompt = _parse_json(chunks["prompt"], f"{path} (prompt chunk)")
-        elif workflow is not None:
-            prompt = convert_ui_workflow(workflow, registry, folders)
-        else:
-            raise CliError(f"{path}: this PNG has no embedded workflow (no 'prompt' or 'workflow' text chunk)")
-        return _check_api_prompt(prompt, path), ({"extra_pnginfo": {"workflow": workflow}} if workflow else {})
+            return LoadedWorkflow(_check_api_prompt(prompt, path), extra, "PNG with an API-format prompt")
+        if workflow is not None:
+            conversion = convert_ui_workflow(workflow, registry, folders)
+            return LoadedWorkflow(_check_api_prompt(conversion.prompt, path), extra,
+                                  "PNG with a UI-format workflow", conversion)
+        raise CliError(f"{path}: this PNG has no embedded workflow (no 'prompt' or 'workflow' text chunk)")
     try:
         data = _parse_json(path.read_text(encoding="utf-8"), str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"{path}: cannot read it ({exc})") from exc
     if is_ui_workflow(data):
-        prompt = convert_ui_workflow(data, registry, folders)
-        return _check_api_prompt(prompt, path), {"extra_pnginfo": {"workflow": data}}
+        conversion = convert_ui_workflow(data, registry, folders)
+        return LoadedWorkflow(_check_api_prompt(conversion.prompt, path), {"extra_pnginfo": {"workflow": data}},
+                              "UI format (editor save)", conversion)
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a saved POST /prompt body
         extra = data.get("extra_data") if isinstance(data.get("extra_data"), dict) else {}
-        return _check_api_prompt(data["prompt"], path), extra
-    return _check_api_prompt(data, path), {}
+        return LoadedWorkflow(_check_api_prompt(data["prompt"], path), extra, "a POST /prompt body")
+    return LoadedWorkflow(_check_api_prompt(data, path), {}, "API format")
 
 
 def _check_api_prompt(prompt: Any, path: Path) -> dict[str, Any]:
@@ -70,15 +96,16 @@ def _check_api_prompt(prompt: Any, path: Path) -> dict[str, Any]:
     return prompt
 
 
-def convert_ui_workflow(workflow: Any, registry: Any, folders: Any = None) -> dict[str, Any]:
-    """API prompt of an editor-saved workflow; `folders` fills combos that have no saved value."""
+def convert_ui_workflow(workflow: Any, registry: Any, folders: Any = None) -> Any:
+    """The conversion (API prompt and where each node came from) of an editor-saved workflow; `folders`
+    fills combos that have no saved value."""
     try:
-        from engine.ui_workflow import ui_to_api
+        from engine.ui_workflow import convert_ui_workflow as convert
     except ImportError as exc:
         raise CliError("this is a UI-format workflow (the editor's save format) and this build cannot convert "
                        f"it: engine.ui_workflow is unavailable ({exc}); export it in API format instead") from exc
     try:
-        return ui_to_api(workflow, registry, choice_env=folders)
+        return convert(workflow, registry, choice_env=folders)
     except ValueError as exc:  # engine.ui_format.WorkflowFormatError carries ComfyUI-shaped errors
         if not hasattr(exc, "node_errors"):
             raise CliError(f"cannot convert the UI-format workflow: {exc}", EXIT_INVALID) from exc
