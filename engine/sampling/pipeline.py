@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.memory import manager_from
+from engine.models.lora_patch import apply_patches, patches_for
+from engine.sampling.fill import step_mask_function
 from engine.sampling.guidance import FluxDenoiser
+from engine.sampling.model_inputs import add_model_inputs
 from engine.sampling.latents import fit_latent_channels, latent_format_for, pad_to_patch
 from engine.sampling.noise import StepNoise, initial_noise, item_seeds
 from engine.sampling.samplers import get_sampler
@@ -129,12 +132,16 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
     total = len(sigmas) - 1
     last_x0: list[torch.Tensor] = []
 
-    with memory.use(model.transformer):
+    patches = patches_for(getattr(model, "patches", ()), "transformer")  # LoRAs: patched, restored exactly
+    with memory.use(model.transformer), apply_patches(model.transformer, patches):
         denoiser = FluxDenoiser(model, guider.positive, guider.negative, guider.cfg, schedule, device,
                                 raw.shape[0])
+        add_model_inputs(denoiser)  # Fill channels, reference latents, Redux attention bias
         denoise: Callable = denoiser
+        mask_at = step_mask_function(model, mask.to(device) if mask is not None else None, sigmas,
+                                     schedule.sigma_min)  # DifferentialDiffusion varies it per step
         if mask is not None:
-            denoise = _masked(denoiser, mask.to(device), padded_latent_in.to(device), padded_noise.to(device))
+            denoise = _masked(denoiser, mask_at, padded_latent_in.to(device), padded_noise.to(device))
             x = x * mask + (1.0 - mask) * (sigma0 * padded_noise + (1.0 - sigma0) * padded_latent_in)
 
         def on_step(i: int, _x: torch.Tensor, x0: torch.Tensor) -> None:
@@ -146,7 +153,7 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
         out = run_sampler(denoise, x.to(device), sigmas, noise=step_noise, on_step=on_step,
                           **dict(sampler.options))
     if mask is not None:
-        mask = mask.to(out.device)
+        mask = mask_at(float(sigmas[-2])).to(out.device)  # the mask of the last step
         out = out * mask + (1.0 - mask) * padded_latent_in.to(out.device)
     last_sigma = float(sigmas[-1])
     if last_sigma != 0.0:
@@ -156,11 +163,12 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
     return SampleResult(samples=fmt.process_out(out), denoised=fmt.process_out(denoised), steps_run=total)
 
 
-def _masked(denoiser: Callable, mask: torch.Tensor, latent_in: torch.Tensor, noise: torch.Tensor) -> Callable:
+def _masked(denoiser: Callable, mask_at: Callable, latent_in: torch.Tensor, noise: torch.Tensor) -> Callable:
     """Inpainting: outside the mask the model sees the input latent noised to the current sigma."""
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = sigma.to(torch.float32)
+        mask = mask_at(float(sigma))
         keep = s * noise + (1.0 - s) * latent_in
         x = x * mask + (1.0 - mask) * keep
         return denoiser(x, sigma) * mask + latent_in * (1.0 - mask)

@@ -4,6 +4,6 @@ Node declarations import no torch; the functions load it when they run, so disco
 serving `/object_info` stay fast.
 """
 
-from . import image_io, image_ops, mask_ops, primitives
+from . import image_io, image_ops, image_stitch, mask_ops, primitives
 
-NODES = [*image_io.NODES, *image_ops.NODES, *mask_ops.NODES, *primitives.NODES]
+NODES = [*image_io.NODES, *image_ops.NODES, *image_stitch.NODES, *mask_ops.NODES, *primitives.NODES]

@@ -1,0 +1,24 @@
+"""Extra transformer inputs from CONDITIONING: installs the input hooks a sampling run needs.
+
+Order matters: the Fill channels widen the sampled image tokens first; reference tokens (Kontext) come
+after the sampled ones; the Redux attention bias is built last, over the final token layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def add_model_inputs(denoiser: Any) -> None:
+    """Attach the Fill, reference-latent and Redux attention-bias hooks to a FluxDenoiser."""
+    from engine.sampling.fill import fill_hook
+    from engine.sampling.redux import ReduxAttentionBias
+    from engine.sampling.reference import ReferenceInputs
+
+    if getattr(denoiser.model, "family", "flux1") != "flux1":
+        return  # FLUX.2 reads reference latents in its own denoiser
+    fill = fill_hook(denoiser.transformer)
+    if fill is not None:
+        denoiser.input_hooks.append(fill)
+    denoiser.input_hooks.append(ReferenceInputs())
+    denoiser.input_hooks.append(ReduxAttentionBias())
