@@ -102,6 +102,14 @@ async def post_prompt(request: web.Request) -> web.Response:
 
 
 # ----------------------------------------------------------------------------- /queue
+def _clear_or_delete(body: dict) -> tuple[bool, list[str]]:
+    """The `{"clear": true}` / `{"delete": [ids]}` body shared by POST /queue and POST /history."""
+    if "clear" not in body and "delete" not in body:
+        raise ApiError(400, "invalid_request", "Expected 'clear' or 'delete'",
+                       'send {"clear": true} or {"delete": ["prompt_id", ...]}')
+    return expect_bool(body, "clear"), (expect_id_list(body, "delete") if "delete" in body else [])
+
+
 async def get_queue(request: web.Request) -> web.Response:
     queue = state_of(request).queue
     return json_response({"queue_running": [i.as_list() for i in queue.running()],
@@ -111,11 +119,7 @@ async def get_queue(request: web.Request) -> web.Response:
 async def post_queue(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     queue = state_of(request).queue
-    if "clear" not in body and "delete" not in body:
-        raise ApiError(400, "invalid_request", "Expected 'clear' or 'delete'",
-                       'send {"clear": true} or {"delete": ["prompt_id", ...]}')
-    clear = expect_bool(body, "clear")
-    delete = expect_id_list(body, "delete") if "delete" in body else []
+    clear, delete = _clear_or_delete(body)
     loop = asyncio.get_running_loop()
     if clear:
         await loop.run_in_executor(None, queue.wipe_queue)
@@ -166,11 +170,7 @@ async def get_history_item(request: web.Request) -> web.Response:
 async def post_history(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     queue = state_of(request).queue
-    if "clear" not in body and "delete" not in body:
-        raise ApiError(400, "invalid_request", "Expected 'clear' or 'delete'",
-                       'send {"clear": true} or {"delete": ["prompt_id", ...]}')
-    clear = expect_bool(body, "clear")
-    delete = expect_id_list(body, "delete") if "delete" in body else []
+    clear, delete = _clear_or_delete(body)
     loop = asyncio.get_running_loop()
     if expect_bool(body, "delete_outputs"):  # files go only when asked: history is not the only index
         entries = await loop.run_in_executor(None, queue.history) if clear else {
