@@ -93,7 +93,7 @@ def test_file_combos_list_the_zoo_files():
     info = registry.object_info(FolderPaths(zoo_base()))
     assert "flux1-dev-tiny.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0]
     assert "t5xxl-tiny.safetensors" in info["DualCLIPLoader"]["input"]["required"]["clip_name1"][0]
-    assert info["VAELoader"]["input"]["required"]["vae_name"][0] == ["ae-tiny.safetensors"]
+    assert "ae-tiny.safetensors" in info["VAELoader"]["input"]["required"]["vae_name"][0]
     assert "flux1-schnell-tiny-aio.safetensors" in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
 
 

@@ -162,3 +162,24 @@ def require_family_part(path: str | Path, kinds: tuple[str, ...], expected: str)
     elif family == {"flux2"}:
         hint = "; it belongs to FLUX.2, this input wants FLUX.1"
     raise ModelFileError(path, f"expected {expected}, but it holds {describe_parts(parts)}{hint}")
+
+
+def model_choice_problem(folders: object, key: str, input_name: str, name: object, kinds: tuple[str, ...],
+                         expected: str) -> str | None:
+    """For a loader's validate_inputs hook: why the model `name` (folder key `key`) cannot be used where
+    `expected` is wanted, or None. Being the hook's input, the name's presence is checked here too."""
+    if folders is None or not isinstance(name, str):
+        return None
+    listing = folders.list_models(key, include_dirs=True)  # type: ignore[attr-defined]
+    if name not in listing:
+        return f"{input_name}: '{name}' not in the {key} folder ({len(listing)} models listed)"
+    path = folders.model_path(key, name)  # type: ignore[attr-defined]
+    try:
+        parts = model_parts(path)
+    except ModelFileError as exc:
+        return f"{input_name}: {exc}"
+    if any(kind in parts for kind in kinds):
+        return None
+    families = {part.family for part in parts.values()}
+    which = " (a FLUX.2 model)" if families == {"flux2"} else " (a FLUX.1 model)" if families == {"flux1"} else ""
+    return f"{input_name}: {path} holds {describe_parts(parts)}{which}; expected {expected}"

@@ -130,7 +130,11 @@ def build_language_model(state: dict[str, Any], architecture: str, source: str |
     init = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version",
                                                          "dtype", "torch_dtype")}
     cfg = config_cls(**init)
-    return instantiate(lambda: model_cls(cfg), state, source, dtype=dtype)
+
+    def rebuild_rotary(model: Any) -> None:  # its frequency buffers are not in files: recompute them
+        model.rotary_emb = type(model.rotary_emb)(config=cfg)
+
+    return instantiate(lambda: model_cls(cfg), state, source, dtype=dtype, after_load=rebuild_rotary)
 
 
 def load_flux2_text_encoder(path: str | Path, tokenizer_roots: Iterable[Path] = (), dtype: Any = None

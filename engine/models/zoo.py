@@ -26,7 +26,7 @@ from typing import Any
 
 from engine.models.tiny import TinyComponents, tiny_components, tiny_shared_parts, tiny_transformer
 
-ZOO_VERSION = "2"  # 2: conditioning models (zoo_conditioning)
+ZOO_VERSION = "3"  # 2: conditioning models (zoo_conditioning); 3: FLUX.2 (zoo_flux2)
 MANIFEST = ".tiny-zoo.json"
 MODEL_SUFFIXES = frozenset({".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl", ".gguf"})
 # folders whose contents decide whether real FLUX weights are present
@@ -95,6 +95,9 @@ def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
     from engine.models.zoo_conditioning import write_conditioning_zoo  # Fill, Kontext, SigLIP/Redux, LoRAs
 
     written += write_conditioning_zoo(models_dir, seed, meta)
+    from engine.models.zoo_flux2 import write_flux2_zoo  # FLUX.2 klein (base, distilled) and dev
+
+    written += write_flux2_zoo(models_dir, seed, meta)
     hashes = {p.relative_to(models_dir).as_posix(): _sha256(p) for p in sorted(written)}
     manifest = {"version": ZOO_VERSION, "seed": seed, "files": hashes}
     (models_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -19,11 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.memory import manager_from
+from engine.sampling.flux2_latents import fit_latent_to_model, is_flux2, model_latent_format
+from engine.sampling.flux2_latents import image_size as family_image_size
 from engine.models.lora_patch import apply_patches, patches_for
 from engine.sampling.fill import step_mask_function
 from engine.sampling.guidance import FluxDenoiser
 from engine.sampling.model_inputs import add_model_inputs
-from engine.sampling.latents import fit_latent_channels, latent_format_for, pad_to_patch
+from engine.sampling.latents import pad_to_patch
 from engine.sampling.noise import StepNoise, initial_noise, item_seeds
 from engine.sampling.samplers import get_sampler
 from engine.sampling.schedules import FlowSchedule, flow_schedule
@@ -79,13 +81,13 @@ class SampleResult:
     steps_run: int = 0
 
 
-def image_size_of(latent_samples: torch.Tensor) -> tuple[int, int]:
-    """(width, height) in pixels of a latent [B, C, H, W]."""
-    return latent_samples.shape[-1] * 8, latent_samples.shape[-2] * 8
+def schedule_for(model: Any, latent_samples: torch.Tensor | None, steps: int | None = None) -> FlowSchedule:
+    """The model's sigma schedule for a latent (FLUX.2's shift also depends on the step count)."""
+    size = family_image_size(latent_samples, model) if latent_samples is not None else None
+    if is_flux2(model):
+        from engine.sampling.flux2_schedule import flux2_model_schedule
 
-
-def schedule_for(model: Any, latent_samples: torch.Tensor | None) -> FlowSchedule:
-    size = image_size_of(latent_samples) if latent_samples is not None else None
+        return flux2_model_schedule(model.sampling, size, steps)
     return flow_schedule(model.sampling, size)
 
 
@@ -101,11 +103,11 @@ def _prepare_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent: dict, noise: Any, *,
            memory: Any = None, progress: Progress | None = None) -> SampleResult:
     model = guider.model
-    fmt = latent_format_for(model)
+    fmt = model_latent_format(model)
     raw = latent["samples"]
     if not isinstance(raw, torch.Tensor) or raw.ndim != 4:
         raise ValueError("latent_image must be a LATENT with 'samples' [batch, channels, height, width]")
-    raw = fit_latent_channels(raw.detach().cpu().float(), fmt)
+    raw = fit_latent_to_model(raw.detach().cpu().float(), model)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
     if len(sigmas) <= 1:  # nothing to do (denoise 0, or a start step past the end)
         return SampleResult(samples=raw.clone(), denoised=raw.clone())
@@ -120,13 +122,14 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
     mask = latent.get("noise_mask")
     mask = _prepare_mask(mask, latent_in.shape) if isinstance(mask, torch.Tensor) else None
 
-    x, (height, width) = pad_to_patch(x)
-    padded_latent_in, _ = pad_to_patch(latent_in)
-    padded_noise, _ = pad_to_patch(noise_tensor)
+    pad = _no_padding if is_flux2(model) else pad_to_patch  # FLUX.2 latents are already one token per pixel
+    x, (height, width) = pad(x)
+    padded_latent_in, _ = pad(latent_in)
+    padded_noise, _ = pad(noise_tensor)
     if mask is not None:
-        mask, _ = pad_to_patch(mask)
+        mask, _ = pad(mask)
 
-    schedule = schedule_for(model, raw)
+    schedule = schedule_for(model, raw, len(sigmas) - 1)
     step_noise = StepNoise(item_seeds(noise.seed, raw.shape[0], latent.get("batch_index")))
     run_sampler = get_sampler(sampler.name)
     total = len(sigmas) - 1
@@ -134,8 +137,10 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
 
     patches = patches_for(getattr(model, "patches", ()), "transformer")  # LoRAs: patched, restored exactly
     with memory.use(model.transformer), apply_patches(model.transformer, patches):
-        denoiser = FluxDenoiser(model, guider.positive, guider.negative, guider.cfg, schedule, device,
-                                raw.shape[0])
+        denoiser_cls = FluxDenoiser
+        if is_flux2(model):
+            from engine.sampling.flux2_denoiser import Flux2Denoiser as denoiser_cls
+        denoiser = denoiser_cls(model, guider.positive, guider.negative, guider.cfg, schedule, device, raw.shape[0])
         add_model_inputs(denoiser)  # Fill channels, reference latents, Redux attention bias
         denoise: Callable = denoiser
         mask_at = step_mask_function(model, mask.to(device) if mask is not None else None, sigmas,
@@ -161,6 +166,10 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
     out = out[..., :height, :width].float().cpu()
     denoised = last_x0[0][..., :height, :width].float().cpu() if last_x0 else out
     return SampleResult(samples=fmt.process_out(out), denoised=fmt.process_out(denoised), steps_run=total)
+
+
+def _no_padding(latents: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    return latents, (latents.shape[-2], latents.shape[-1])
 
 
 def _masked(denoiser: Callable, mask_at: Callable, latent_in: torch.Tensor, noise: torch.Tensor) -> Callable:

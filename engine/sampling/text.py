@@ -56,9 +56,15 @@ def encode_t5(encoders: Any, text: str, memory: Any) -> torch.Tensor:
     return out.float().cpu()
 
 
-def encode_flux_prompt(encoders: Any, clip_text: str, t5_text: str, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T5 embeddings [1, seq, dim], CLIP pooled [1, dim]), CPU float32."""
+def encode_flux_prompt(encoders: Any, clip_text: str, t5_text: str,
+                       memory: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(T5 embeddings [1, seq, dim], CLIP pooled [1, dim]), CPU float32. A FLUX.2 encoder gives its stacked
+    hidden states of `t5_text` (the prompt) and no pooled embedding."""
     kind = getattr(encoders, "kind", "flux")
+    if kind == "flux2":
+        from engine.sampling.flux2_text import encode_flux2_prompt
+
+        return encode_flux2_prompt(encoders, t5_text, memory), None
     if kind != "flux":
         raise ValueError(f"this CLIP is of kind {kind!r}; FLUX.1 prompts need kind 'flux' (clip_l + t5xxl)")
     pooled = encode_clip_pooled(encoders, clip_text, memory)

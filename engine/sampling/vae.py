@@ -26,6 +26,11 @@ def _check_vae(vae: Any) -> Any:
     return module
 
 
+def spatial_scale(module: Any) -> int:
+    """Pixels per latent pixel: 8 for FLUX.1's VAE, 16 for FLUX.2's (whose handle patchifies)."""
+    return int(getattr(module, "spatial_scale", VAE_SCALE))
+
+
 def _decode(module: Any, latents: torch.Tensor, device: torch.device) -> torch.Tensor:
     out = module.decode(latents.to(device=device, dtype=module_dtype(module)), return_dict=False)[0]
     return out.float()
@@ -81,23 +86,24 @@ def decode_tiled(vae: Any, samples: torch.Tensor, memory: Any, tile_size: int = 
     module = _check_vae(vae) if decode_tile is None else None
     if module is not None:
         _check_latent(module, samples)
-    tile = max(tile_size // VAE_SCALE, 1)
-    lap = min(max(overlap // VAE_SCALE, 0), tile // 2)
+    scale = spatial_scale(module) if module is not None else VAE_SCALE
+    tile = max(tile_size // scale, 1)
+    lap = min(max(overlap // scale, 0), tile // 2)
     b, _, h, w = samples.shape
     with memory.use(module):
         run = decode_tile or (lambda z: _decode(module, z, memory.device))
         out = None
-        weight = torch.zeros(1, 1, h * VAE_SCALE, w * VAE_SCALE)
+        weight = torch.zeros(1, 1, h * scale, w * scale)
         for y in _tile_starts(h, tile, lap):
             for x in _tile_starts(w, tile, lap):
                 piece = run(samples[:, :, y:y + tile, x:x + tile]).cpu()
                 if out is None:
-                    out = torch.zeros(b, piece.shape[1], h * VAE_SCALE, w * VAE_SCALE)
+                    out = torch.zeros(b, piece.shape[1], h * scale, w * scale)
                 th, tw = piece.shape[-2:]
-                wy = _ramp(th, lap * VAE_SCALE, y == 0, y + tile >= h)
-                wx = _ramp(tw, lap * VAE_SCALE, x == 0, x + tile >= w)
+                wy = _ramp(th, lap * scale, y == 0, y + tile >= h)
+                wx = _ramp(tw, lap * scale, x == 0, x + tile >= w)
                 mask = wy[:, None] * wx[None, :]
-                ys, xs = y * VAE_SCALE, x * VAE_SCALE
+                ys, xs = y * scale, x * scale
                 out[:, :, ys:ys + th, xs:xs + tw] += piece * mask
                 weight[:, :, ys:ys + th, xs:xs + tw] += mask
     return to_image(out / weight)
@@ -119,7 +125,7 @@ def encode(vae: Any, pixels: torch.Tensor, memory: Any) -> torch.Tensor:
     module = _check_vae(vae)
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
         raise ValueError("pixels must be an IMAGE [batch, height, width, channels]")
-    pixels = crop_to_multiple(pixels[..., :3])
+    pixels = crop_to_multiple(pixels[..., :3], spatial_scale(module))
     x = pixels.permute(0, 3, 1, 2).float() * 2.0 - 1.0
     with memory.use(module):
         dist = module.encode(x.to(device=memory.device, dtype=module_dtype(module))).latent_dist

@@ -1,5 +1,9 @@
 """Model loaders: UNETLoader, DualCLIPLoader, CLIPLoader, VAELoader, CheckpointLoaderSimple.
 
+UNETLoader and VAELoader load FLUX.1 or FLUX.2, whichever the weights are; CLIPLoader's `type` says which
+text encoder is expected ("flux": FLUX.1's clip_l + t5xxl, "flux2": FLUX.2's Qwen3 / Mistral), and a file of
+the other family fails validation with a message naming the file and what it holds.
+
 Thin adapters over engine.models: each resolves the chosen name inside the ComfyUI folder layout and
 calls the matching `load_*` function. Combo lists are computed from the files really present (and, for
 the folder-capable loaders, diffusers/transformers folders). Weights stay on the CPU until the memory
@@ -18,7 +22,11 @@ CLIP_DEVICES = ("default", "cpu")
 # Only the FLUX.1 text encoder pair is implemented; ComfyUI's other types (sdxl, sd3, ...) are left out
 # so that a workflow asking for them fails validation with the list of what is supported.
 DUAL_CLIP_TYPES = ("flux",)
-SINGLE_CLIP_TYPES = ("flux",)
+SINGLE_CLIP_TYPES = ("flux", "flux2")
+FLUX1_TEXT = (("clip_l", "t5xxl"), "a FLUX.1 text encoder (clip_l / t5xxl) for type 'flux'; a Qwen3 or Mistral "
+                                   "encoder is FLUX.2's: use CLIPLoader with type 'flux2'")
+FLUX2_TEXT = (("qwen3", "mistral"), "a FLUX.2 text encoder for type 'flux2' (Qwen3 for klein, Mistral for dev); "
+                                    "clip_l / t5xxl are FLUX.1's: use type 'flux' or DualCLIPLoader")
 
 
 def _lister(key: str, include_dirs: bool = False):
@@ -48,6 +56,24 @@ def _compute_dtype(ctx: Any) -> Any:
     return memory(ctx).dtype
 
 
+def _text_encoder_problem(folders: Any, input_name: str, name: Any, expected: tuple) -> str | None:
+    from engine.models.flux2_detect import model_choice_problem
+
+    return model_choice_problem(folders, "text_encoders", input_name, name, *expected)
+
+
+def _validate_clip(clip_name: Any = None, type: Any = None, folders: Any = None) -> bool | str:
+    if type not in SINGLE_CLIP_TYPES:
+        return f"type: '{type}' not in {list(SINGLE_CLIP_TYPES)}"
+    expected = FLUX2_TEXT if type == "flux2" else FLUX1_TEXT
+    return _text_encoder_problem(folders, "clip_name", clip_name, expected) or True
+
+
+def _validate_dual_clip(clip_name1: Any = None, clip_name2: Any = None, folders: Any = None) -> bool | str:
+    return (_text_encoder_problem(folders, "clip_name1", clip_name1, FLUX1_TEXT)
+            or _text_encoder_problem(folders, "clip_name2", clip_name2, FLUX1_TEXT) or True)
+
+
 def _with_device(encoders: Any, device: str) -> Any:
     """DualCLIPLoader's device 'cpu': the handle asks the text encoding to stay on the CPU."""
     if device != "cpu":
@@ -63,13 +89,13 @@ def _with_device(encoders: Any, device: str) -> Any:
       inputs=[Combo("unet_name", _lister("diffusion_models", include_dirs=True)),
               Combo("weight_dtype", WEIGHT_DTYPES)],
       outputs=[MODEL],
-      description="Loads a FLUX.1 transformer (BFL, ComfyUI or diffusers layout); variant detected from the "
-                  "weights.")
+      description="Loads a FLUX.1 or FLUX.2 transformer (BFL, ComfyUI or diffusers layout); family and variant "
+                  "detected from the weights.")
 def unet_loader(ctx: Any, unet_name: str, weight_dtype: str):
-    from engine.models.flux_transformer import load_flux_transformer
+    from engine.models.flux2_transformer import load_diffusion_model
 
     path = _folders(ctx).model_path("diffusion_models", unet_name)
-    return (load_flux_transformer(path, weight_dtype=weight_dtype, compute_dtype=_compute_dtype(ctx)),)
+    return (load_diffusion_model(path, weight_dtype=weight_dtype, compute_dtype=_compute_dtype(ctx)),)
 
 
 @node("DualCLIPLoader", category="advanced/loaders",
@@ -77,7 +103,7 @@ def unet_loader(ctx: Any, unet_name: str, weight_dtype: str):
               Combo("clip_name2", _lister("text_encoders", include_dirs=True)),
               Combo("type", DUAL_CLIP_TYPES),
               Combo("device", CLIP_DEVICES, optional=True, extra={"advanced": True})],
-      outputs=[CLIP],
+      outputs=[CLIP], validate_inputs=_validate_dual_clip,
       description="Loads FLUX.1's clip_l and t5xxl text encoders (either order) with offline tokenizers.")
 def dual_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, type: str, device: str = "default"):
     from engine.models.text_encoders import load_flux_text_encoders
@@ -91,15 +117,19 @@ def dual_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, type: str, devi
 @node("CLIPLoader", category="advanced/loaders", display_name="Load CLIP",
       inputs=[Combo("clip_name", _lister("text_encoders", include_dirs=True)), Combo("type", SINGLE_CLIP_TYPES),
               Combo("device", CLIP_DEVICES, optional=True, extra={"advanced": True})],
-      outputs=[CLIP],
-      description="Loads the text encoders of one file or diffusers pipeline folder (a FLUX.1 prompt needs "
-                  "both clip_l and t5xxl).")
+      outputs=[CLIP], validate_inputs=_validate_clip,
+      description="Loads the text encoders of one file or diffusers pipeline folder: type 'flux' for FLUX.1 "
+                  "(a prompt needs both clip_l and t5xxl), 'flux2' for FLUX.2 (Qwen3 for klein, Mistral for dev).")
 def clip_loader(ctx: Any, clip_name: str, type: str, device: str = "default"):
     from engine.models.text_encoders import load_flux_text_encoders, load_text_encoders_folder
 
     folders = _folders(ctx)
     path = folders.model_path("text_encoders", clip_name)
-    if path.is_dir():
+    if type == "flux2":
+        from engine.models.flux2_text_encoders import load_flux2_text_encoder
+
+        encoders = load_flux2_text_encoder(path, _tokenizer_roots(folders), dtype=_compute_dtype(ctx))
+    elif path.is_dir():
         encoders = load_text_encoders_folder(path, _compute_dtype(ctx), _tokenizer_roots(folders))
     else:
         encoders = load_flux_text_encoders([path], _tokenizer_roots(folders), dtype=_compute_dtype(ctx))
@@ -108,11 +138,14 @@ def clip_loader(ctx: Any, clip_name: str, type: str, device: str = "default"):
 
 @node("VAELoader", category="loaders", display_name="Load VAE",
       inputs=[Combo("vae_name", _lister("vae", include_dirs=True))], outputs=[VAE],
-      description="Loads the FLUX.1 autoencoder (BFL ae.safetensors or a diffusers folder).")
+      description="Loads the FLUX.1 or FLUX.2 autoencoder (BFL / ComfyUI file or a diffusers folder).")
 def vae_loader(ctx: Any, vae_name: str):
+    from engine.models.flux2_detect import model_parts
+    from engine.models.flux2_vae import load_flux2_vae
     from engine.models.vae import load_flux_vae
 
-    return (load_flux_vae(_folders(ctx).model_path("vae", vae_name)),)
+    path = _folders(ctx).model_path("vae", vae_name)
+    return ((load_flux2_vae if "flux2-vae" in model_parts(path) else load_flux_vae)(path),)
 
 
 @node("CheckpointLoaderSimple", category="loaders", display_name="Load Checkpoint",

@@ -48,7 +48,7 @@ def ksampler(ctx: Any, model: Any, seed: int, steps: int, cfg: float, sampler_na
     from engine.sampling.schedules import denoise_sigmas
 
     model = _require_model(model)
-    sigmas = denoise_sigmas(scheduler, schedule_for(model, latent_image["samples"]), steps, denoise)
+    sigmas = denoise_sigmas(scheduler, schedule_for(model, latent_image["samples"], steps), steps, denoise)
     result = _run(ctx, Guider(model, positive, negative, cfg), sampler_name, sigmas, latent_image,
                   RandomNoise(seed))
     return (_with_samples(latent_image, result.samples),)
@@ -69,7 +69,7 @@ def ksampler_advanced(ctx: Any, model: Any, add_noise: str, noise_seed: int, ste
     from engine.sampling.schedules import scheduler_sigmas, step_range_sigmas
 
     model = _require_model(model)
-    sigmas = scheduler_sigmas(scheduler, schedule_for(model, latent_image["samples"]), steps)
+    sigmas = scheduler_sigmas(scheduler, schedule_for(model, latent_image["samples"], steps), steps)
     sigmas = step_range_sigmas(sigmas, start_at_step, end_at_step,
                                force_full_denoise=return_with_leftover_noise != "enable")
     noise = RandomNoise(noise_seed) if add_noise != "disable" else DisabledNoise(noise_seed)
@@ -144,7 +144,7 @@ def basic_scheduler(ctx: Any, model: Any, scheduler: str, steps: int, denoise: f
     from engine.sampling.pipeline import schedule_for
     from engine.sampling.schedules import denoise_sigmas
 
-    return (denoise_sigmas(scheduler, schedule_for(_require_model(model), None), steps, denoise),)
+    return (denoise_sigmas(scheduler, schedule_for(_require_model(model), None, steps), steps, denoise),)
 
 
 @node("ModelSamplingFlux", category="advanced/model",
