@@ -66,6 +66,7 @@ class FluxTextEncoders:
     kind: str = "flux"  # "flux" (clip_l + t5xxl), "flux2" (Qwen3 / Mistral), ...
     extra: tuple[tuple[str, Any], ...] = ()
     source: str = ""
+    patches: tuple[Any, ...] = ()  # LoRA patches of the text encoders (engine.models.lora_patch)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,12 @@ def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -
     if clip is None:
         raise ValueError("clip input is None: the CLIP loader produced no text encoder (a checkpoint "
                          "without text encoders?)")
-    embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, _text_memory(ctx, clip))
+    from engine.models.lora_patch import apply_patches, patches_for
+
+    patches = getattr(clip, "patches", ())  # LoraLoader's text-encoder deltas, patched and restored exactly
+    with apply_patches(getattr(clip, "clip", None), patches_for(patches, "clip")), \
+            apply_patches(getattr(clip, "t5", None), patches_for(patches, "t5")):
+        embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, _text_memory(ctx, clip))
     return make_conditioning(embeds, pooled, **options)
 
 
