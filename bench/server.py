@@ -142,9 +142,9 @@ async def chain_runs(base_url: str, sizes: list[int], runs: int, pid: int) -> di
 # ----------------------------------------------------------------------------- in process
 def validation_time(runs: int) -> list[float]:
     from engine.runtime import Runtime
-    from engine.server import LazyMemoryManager
+    from engine.memory import MemoryManager
 
-    runtime = Runtime.create(base_dir=tempfile.mkdtemp(prefix="fg-bench-"), models=LazyMemoryManager())
+    runtime = Runtime.create(base_dir=tempfile.mkdtemp(prefix="fg-bench-"), models=MemoryManager())
     graph = chain(100)
     samples = []
     for _ in range(runs + 2):
@@ -162,10 +162,10 @@ def ws_latency(events: int) -> list[float]:
     from engine.server.app import create_app
     from engine.server.state import STATE
     from engine.runtime import Runtime
-    from engine.server import LazyMemoryManager
+    from engine.memory import MemoryManager
 
     base = tempfile.mkdtemp(prefix="fg-bench-ws-")
-    app = create_app(Runtime.create(base_dir=base, models=LazyMemoryManager()))
+    app = create_app(Runtime.create(base_dir=base, models=MemoryManager()))
     hub = app[STATE].hub
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)

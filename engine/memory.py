@@ -1,20 +1,36 @@
-"""Where models run: the execution device and moving modules onto it (minimal version).
+"""The memory manager: owns where every model's weights live, under a byte budget.
 
-Nodes never call `.to(device)` themselves; they wrap the work in `with manager.use(module):`, which puts the
-module on the execution device for the duration. This minimal manager keeps used modules resident on the
-device (FLUX.1 dev, its text encoders and VAE fit an 80 GB GPU together) and, when moving one there runs
-out of memory, offloads the others to the CPU and tries again. Byte budgets, partial loading and pinned
-streaming come later (issue 6) behind the same `use` interface.
+Nodes never call `.to(device)`; they run a model inside `with manager.use(module):`. The manager keeps a
+registry of the models it has seen (sizes, parts, what is resident, streamed or off the device), decides
+with `engine.vram.plan` what must leave the device (least recently used models first) and how much of the
+model about to run stays resident, and has a backend carry that out: `engine.vram.torch_backend` for real
+modules, `engine.vram.accounting` (a simulated device) in tests. A model larger than the budget runs with
+the rest of its blocks streamed through a two-block window, prefetched one block ahead.
 
-torch is imported lazily so that importing this module stays cheap for the engine core.
+Out of memory while loading or running: caches are freed, other models evicted and more blocks streamed,
+then the call is retried once; if it fails again an `OutOfMemoryError` says how much was needed and which
+flag helps. Weight patches (LoRA) given to `use(..., patches=...)` are applied as weights reach the device
+through `patch_weight(patches, key, weight)` (see docs/memory.md), never written into the loaded weights.
+
+Importing this module and constructing a manager import no torch (server start-up stays fast); torch
+loads when a model is first used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import sys
 import threading
+import traceback
 import weakref
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from engine.vram.budget import MemorySettings, estimate_activation_bytes, format_bytes
+from engine.vram.errors import DeviceMemoryError, ModelFileChangedError, NotEnoughMemoryError, OutOfMemoryError
+from engine.vram.plan import ModelEntry, Plan, plan_shrink, plan_use
+
+KEEP_PLACEMENT_SLACK = 0.05  # re-placing a partial model for a gain under 5% of it is not worth the copies
 
 
 def default_device() -> Any:
@@ -39,82 +55,401 @@ def same_device(a: Any, b: Any) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def default_patch_weight(patches: tuple, key: str, weight: Any) -> Any:
+    """Apply each patch's `patch_weight(key, weight)` in order (the LoRA pack's patch objects provide it)."""
+    for patch in patches:
+        apply = getattr(patch, "patch_weight", None)
+        if apply is None:
+            raise TypeError(f"weight patch {type(patch).__name__} has no patch_weight(key, weight) method")
+        weight = apply(key, weight)
+    return weight
+
+
+class ExternalPatches:
+    """Patches applied to modules outside the manager, by `engine.models.lora_patch.apply_patches`.
+
+    Its patched weights are swapped into the parameters; before the manager moves weights it restores the
+    originals (that module re-applies its patches at its next `apply_patches`), so a patch is never lost
+    silently nor left pointing at memory the manager freed."""
+
+    def _lora(self) -> Any:
+        try:
+            from engine.models import lora_patch
+        except ImportError:
+            return None
+        return lora_patch
+
+    def applied(self, module: Any) -> bool:
+        lora = self._lora()
+        return bool(lora is not None and lora.applied_patches(module))
+
+    def restore(self, module: Any) -> None:
+        lora = self._lora()
+        if lora is not None:
+            lora.restore_weights(module)
+
+
 class MemoryManager:
     def __init__(self, device: Any = None, dtype: Any = None, offload_device: Any = "cpu",
-                 keep_loaded: bool = True) -> None:
+                 keep_loaded: bool = True, *, settings: MemorySettings | None = None, backend: Any = None,
+                 patch_weight: Callable[[tuple, str, Any], Any] = default_patch_weight,
+                 external_patches: Any = None) -> None:
+        self.settings = settings or MemorySettings()
+        self._device_spec = device if device is not None else self.settings.device
+        self.dtype = dtype  # preferred compute dtype for loaders (None: keep the weights' dtype)
+        self._offload_spec = offload_device
+        self.keep_loaded = keep_loaded and self.settings.keep_loaded
+        self.patch_weight = patch_weight
+        self.external_patches = external_patches if external_patches is not None else ExternalPatches()
+        self._backend = backend
+        self._device: Any = None
+        self._lock = threading.RLock()
+        self._entries: dict[int, ModelEntry] = {}
+        self._refs: dict[int, weakref.ref] = {}
+        self._estimates: dict[int, int] = {}  # activation bytes learned per model (inputs, out-of-memory)
+        self._depth: dict[int, int] = {}  # nested wrapped calls per model (only the outer one retries)
+        self._tick = itertools.count(1)
+        self.events: list[tuple] = []  # ("evict"|"place"|"offload"|"retry", label, ...) for tests and logs
+
+    @classmethod
+    def from_settings(cls, settings: MemorySettings, **kwargs: Any) -> "MemoryManager":
+        return cls(settings=settings, **kwargs)
+
+    # ----- device and backend (torch loads here, on first use)
+    @property
+    def device(self) -> Any:
+        if self._device is None:
+            if self._backend is not None and hasattr(self._backend, "device"):
+                self._device = self._backend.device
+            else:
+                import torch
+
+                self._device = torch.device(self._device_spec) if self._device_spec is not None else default_device()
+        return self._device
+
+    @property
+    def offload_device(self) -> Any:
         import torch
 
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype  # preferred compute dtype for loaders (None: keep the weights' dtype)
-        self.offload_device = torch.device(offload_device)
-        self.keep_loaded = keep_loaded
-        self._lock = threading.RLock()
-        self._loaded: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+        return torch.device(self._offload_spec)
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            from engine.vram.torch_backend import TorchBackend
+
+            self._backend = TorchBackend(self.device, offload_device=self._offload_spec,
+                                         patch_weight=self.patch_weight)
+        return self._backend
 
     @property
     def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
+        return getattr(self.device, "type", None) == "cuda"
 
-    def load(self, module: Any) -> Any:
-        """Move `module` to the execution device, offloading other modules if the device is full."""
-        with self._lock:
-            if not same_device(module_device(module), self.device):
-                try:
-                    module.to(self.device)
-                except Exception as exc:
-                    if not (self.is_cuda and _is_out_of_memory(exc)):
-                        raise
-                    self.offload_all(except_module=module)
-                    module.to(self.device)
-            self._loaded[id(module)] = module
-            return module
+    @property
+    def device_type(self) -> str:
+        return str(getattr(self.device, "type", self.device))
 
-    def offload(self, module: Any) -> None:
-        with self._lock:
-            if not same_device(module_device(module), self.offload_device):
-                module.to(self.offload_device)
-            self._loaded.pop(id(module), None)
-            self._empty_cache()
-
-    def offload_all(self, except_module: Any = None) -> None:
-        with self._lock:
-            for module in list(self._loaded.values()):
-                if module is not except_module:
-                    self.offload(module)
-            self._empty_cache()
-
+    # ----- the interface nodes use
     @contextlib.contextmanager
-    def use(self, module: Any) -> Iterator[Any]:
-        """`with manager.use(module) as m:` runs `m` on the execution device."""
+    def use(self, module: Any, *, patches: tuple = (), activation_bytes: int | None = None) -> Iterator[Any]:
+        """`with manager.use(module) as m:` runs `m` on the execution device (partially, if it must)."""
         if module is None:
             yield None
             return
-        self.load(module)
+        entry = self._acquire(module, tuple(patches), activation_bytes)
+        error: BaseException | None = None
         try:
             yield module
+        except Exception as exc:
+            if not self._is_oom(exc):
+                raise
+            error = self._out_of_memory(entry, exc, retried=False)
+            _drop_frames(exc)
         finally:
-            if not self.keep_loaded and self.device != self.offload_device:
-                self.offload(module)
+            self._release(entry)
+        if error is not None:
+            self.backend.empty_cache()
+            raise error
 
-    def _empty_cache(self) -> None:
-        if self.is_cuda:
-            import torch
+    def load(self, module: Any, *, patches: tuple = ()) -> Any:
+        """Place `module` for running now, without holding it in use (it may be evicted for another)."""
+        entry = self._acquire(module, tuple(patches), None)
+        self._release(entry, offload=False)
+        return module
 
-            torch.cuda.empty_cache()
+    def offload(self, module: Any) -> None:
+        with self._lock:
+            entry = self._entries.get(id(module))
+            if entry is not None and self._refs[entry.key]() is module:
+                self._offload_entry(entry)
+            else:
+                self.backend.offload(module)
+            self.backend.empty_cache()
+
+    def offload_all(self, except_module: Any = None) -> None:
+        """Every model not in use off the device (POST /free); file-backed weights leave RAM too."""
+        with self._lock:
+            if not self._entries:
+                return
+            for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
+                if entry.in_use == 0 and self._refs[entry.key]() is not except_module:
+                    self._offload_entry(entry)
+            self.backend.empty_cache()
+
+    free = offload_all
 
     def peak_memory_bytes(self) -> int | None:
         """Peak allocated bytes on a CUDA device since the last reset (None on the CPU)."""
-        if not self.is_cuda:
+        if self._backend is None and "torch" not in sys.modules:
             return None
-        import torch
+        return self.backend.peak_bytes()
 
-        return int(torch.cuda.max_memory_allocated(self.device))
+    # ----- placement
+    def _register(self, module: Any) -> ModelEntry:
+        key = id(module)
+        entry = self._entries.get(key)
+        if entry is not None and self._refs[key]() is module:
+            return entry
+        parts, label, source = self.backend.describe(module)
+        entry = ModelEntry(key=key, label=label, parts=parts, source=source)
+        self._entries[key] = entry
+        self._refs[key] = weakref.ref(module, lambda _ref, k=key: self._forget(k))
+        self.backend.wrap(module, lambda name, original: self._guarded(key, name, original))
+        return entry
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._refs.pop(key, None)
+            self._estimates.pop(key, None)
+
+    def _acquire(self, module: Any, patches: tuple, activation_bytes: int | None) -> ModelEntry:
+        with self._lock:
+            entry = self._register(module)
+            changed = self.backend.changed_files(module)
+            if changed:
+                raise ModelFileChangedError(entry.label, changed)
+            entry.in_use += 1
+            entry.last_used = next(self._tick)
+            if activation_bytes is not None:
+                self._estimates[entry.key] = activation_bytes
+            try:
+                self._place_with_recovery(entry, module, patches)
+            except BaseException:
+                entry.in_use -= 1
+                raise
+            return entry
+
+    def _release(self, entry: ModelEntry, offload: bool = True) -> None:
+        with self._lock:
+            entry.in_use = max(entry.in_use - 1, 0)
+            module = self._refs.get(entry.key, lambda: None)()
+            if offload and entry.in_use == 0 and not self.keep_loaded and module is not None:
+                self._offload_entry(entry)
+
+    def _place_with_recovery(self, entry: ModelEntry, module: Any, patches: tuple) -> None:
+        try:
+            self._place(entry, module, patches)
+            return
+        except Exception as exc:
+            if not self._is_oom(exc):
+                raise
+            _drop_frames(exc)
+        self.events.append(("retry", entry.label, "load"))
+        self._offload_entry(entry)  # from a clean slate: the failed attempt may have moved some parts
+        self._evict_others(entry)
+        self.backend.empty_cache()
+        _total, free = self.backend.device_memory()
+        try:
+            self._place(entry, module, patches, cap=free)
+        except Exception as exc:
+            if not self._is_oom(exc):
+                raise
+            error = self._out_of_memory(entry, exc, retried=True)
+            _drop_frames(exc)
+            self.backend.empty_cache()
+            raise error from None
+
+    def _place(self, entry: ModelEntry, module: Any, patches: tuple, cap: int | None = None) -> None:
+        budget = self.weights_budget(entry)
+        if cap is not None:
+            budget = cap if budget is None else min(budget, cap)
+        plan = plan_use(self._entries, entry.key, budget, stream_all=self.settings.stream_all,
+                        allow_partial=self.settings.allow_partial)
+        if not plan.fits and self.settings.allow_partial:
+            raise NotEnoughMemoryError(entry.label, plan.needed_bytes, budget or 0, self.settings.mode,
+                                       self.device_type)
+        if self._unchanged(entry, plan, patches) or self._keep_current(entry, plan, patches):
+            return
+        for key in plan.evict:
+            self._offload_entry(self._entries[key])
+        self._before_move(module)
+        self.backend.apply(module, plan.resident, plan.streamed, patches)
+        entry.resident, entry.streamed, entry.window_bytes = set(plan.resident), plan.streamed, plan.window_bytes
+        entry.patches = patches
+        self.events.append(("place", entry.label, len(plan.resident), len(plan.streamed)))
+
+    def _is_oom(self, exc: BaseException) -> bool:
+        return not isinstance(exc, DeviceMemoryError) and self.backend.is_out_of_memory(exc)
+
+    def _unchanged(self, entry: ModelEntry, plan: Plan, patches: tuple) -> bool:
+        placed = bool(entry.resident or entry.streamed)
+        return (placed and not plan.evict and entry.resident == set(plan.resident)
+                and entry.streamed == plan.streamed and entry.patches == patches)
+
+    def _before_move(self, module: Any) -> None:
+        if self.external_patches.applied(module):
+            self.external_patches.restore(module)
+
+    def _keep_current(self, entry: ModelEntry, plan: Plan, patches: tuple) -> bool:
+        """A measured budget moves a little from call to call: keep a partial placement that still fits."""
+        if not entry.streamed or not plan.streamed or plan.evict or entry.patches != patches:
+            return False
+        if entry.device_bytes > plan.needed_bytes:
+            return False
+        return plan.needed_bytes - entry.device_bytes < KEEP_PLACEMENT_SLACK * entry.total_bytes
+
+    def weights_budget(self, entry: ModelEntry | None = None) -> int | None:
+        """Device bytes the weights may use now: the set or measured total minus the activation reserve."""
+        estimate = self._estimates.get(entry.key) if entry is not None else None
+        reserve = self.settings.activation_reserve(self.device_type, estimate)
+        if self.settings.budget_bytes is not None:
+            return self.settings.budget_bytes - reserve
+        total, free = self.backend.device_memory()
+        if free is None:
+            return None
+        ours = sum(e.device_bytes for e in self._entries.values()) if self.device_type != "cpu" else 0
+        return free + ours - reserve
+
+    def _offload_entry(self, entry: ModelEntry) -> None:
+        module = self._refs[entry.key]()
+        if module is None:
+            return
+        if entry.resident or entry.streamed:
+            self.events.append(("evict" if entry.in_use == 0 else "offload", entry.label))
+        self._before_move(module)
+        self.backend.offload(module)
+        entry.resident, entry.streamed, entry.window_bytes = set(), (), 0
+
+    def _evict_others(self, entry: ModelEntry) -> None:
+        for other in sorted(self._entries.values(), key=lambda e: e.last_used):
+            if other.key != entry.key and other.in_use == 0 and (other.resident or other.streamed):
+                self._offload_entry(other)
+
+    # ----- running: activation estimates and out-of-memory retry around the model's entry points
+    def _guarded(self, key: int, name: str, original: Callable) -> Callable:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            entry = self._entries.get(key)
+            if entry is None or entry.in_use == 0 or self._depth.get(key, 0) > 0:
+                return original(*args, **kwargs)
+            self._depth[key] = 1
+            try:
+                return self._call_with_retry(entry, name, original, args, kwargs)
+            finally:
+                self._depth[key] = 0
+
+        call.__wrapped__ = original  # type: ignore[attr-defined]
+        return call
+
+    def _call_with_retry(self, entry: ModelEntry, name: str, original: Callable, args: tuple, kwargs: dict) -> Any:
+        module = self._refs[entry.key]()
+        patched_outside = self.external_patches.applied(module)  # then weights must not move mid-call
+        estimate = estimate_activation_bytes(module, args, kwargs) if name == "forward" else None
+        if estimate is not None and estimate > self._estimates.get(entry.key, 0) and not patched_outside:
+            with self._lock:
+                self._estimates[entry.key] = estimate
+                self._place_with_recovery(entry, module, entry.patches)
+        try:
+            return original(*args, **kwargs)
+        except Exception as exc:
+            if not self._is_oom(exc):
+                raise
+            from engine.vram.torch_backend import requested_bytes
+
+            requested = requested_bytes(exc) or max(entry.total_bytes // 10, 1)
+            _drop_frames(exc)
+        self._shrink_for(entry, module, requested, move_own=not patched_outside)
+        try:
+            return original(*args, **kwargs)
+        except Exception as exc:
+            if not self._is_oom(exc):
+                raise
+            error = self._out_of_memory(entry, exc, retried=True)
+            _drop_frames(exc)
+        self.backend.empty_cache()
+        raise error
+
+    def _shrink_for(self, entry: ModelEntry, module: Any, requested: int, move_own: bool = True) -> None:
+        """Out-of-memory recovery: evict others, free caches, and stream enough more blocks for `requested`
+        (not when patches applied outside the manager pin this model's weights for the call)."""
+        with self._lock:
+            self.events.append(("retry", entry.label, requested))
+            self._evict_others(entry)
+            self.backend.empty_cache()
+            self._estimates[entry.key] = self._estimates.get(entry.key, 0) + requested
+            _, free = self.backend.device_memory()
+            shortfall = requested * 5 // 4 - (free or 0)
+            if shortfall <= 0 or not move_own:
+                return  # freeing caches and other models made room (or is all that may be done)
+            plan = plan_shrink(entry, shortfall)
+            if not plan.fits:
+                return  # nothing more can be streamed: the retry shows whether freeing caches was enough
+            self.backend.apply(module, plan.resident, plan.streamed, entry.patches)
+            entry.resident, entry.streamed, entry.window_bytes = set(plan.resident), plan.streamed, plan.window_bytes
+
+    def _out_of_memory(self, entry: ModelEntry, exc: BaseException, retried: bool) -> OutOfMemoryError:
+        from engine.vram.torch_backend import requested_bytes
+
+        total, free = self.backend.device_memory()
+        streamed = sum(entry.part(n).nbytes for n in entry.streamed)
+        return OutOfMemoryError(entry.label, self.device_type, self.settings.mode, requested_bytes(exc), free,
+                                total, entry.resident_bytes, streamed, retried, self.settings.budget_bytes)
+
+    # ----- reporting
+    def stats(self) -> dict[str, Any]:
+        """What is loaded where, for /system_stats (no torch import when nothing was loaded). Never waits
+        long for a model being loaded: the figures may then be a moment old."""
+        locked = self._lock.acquire(timeout=0.05)
+        try:
+            return self._stats()
+        finally:
+            if locked:
+                self._lock.release()
+
+    def _stats(self) -> dict[str, Any]:
+        models = []
+        for entry in sorted(list(self._entries.values()), key=lambda e: -e.last_used):
+            ref = self._refs.get(entry.key)
+            module = ref() if ref is not None else None
+            if module is None:
+                continue
+            streamed = sum(entry.part(n).nbytes for n in entry.streamed)
+            models.append({
+                "name": entry.label, "source": entry.source, "total_bytes": entry.total_bytes,
+                "device_bytes": entry.device_bytes, "resident_bytes": entry.resident_bytes,
+                "streamed_bytes": streamed, "window_bytes": entry.window_bytes if entry.streamed else 0,
+                "host_bytes": self.backend.host_bytes(module), "parts": len(entry.parts),
+                "resident_parts": len(entry.resident), "streamed_parts": len(entry.streamed),
+                "in_use": entry.in_use > 0,
+            })
+        device = str(self._device) if self._device is not None else (self._device_spec or "auto")
+        budget = self.weights_budget(None) if self._backend is not None else None
+        return {"mode": self.settings.mode, "device": str(device), "budget_bytes": self.settings.budget_bytes,
+                "weights_budget_bytes": budget, "weights_on_device_bytes": sum(m["device_bytes"] for m in models),
+                "models": models}
+
+    def describe(self) -> str:
+        lines = [f"memory: {self.settings.describe()}"]
+        for model in self.stats()["models"]:
+            lines.append(f"  {model['name']}: {format_bytes(model['resident_bytes'])} resident, "
+                         f"{format_bytes(model['streamed_bytes'])} streamed")
+        return "\n".join(lines)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+def _drop_frames(exc: BaseException) -> None:
+    """Free the activations held by the frames of a failed call (their tensors would pin device memory)."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 def manager_from(models: Any) -> MemoryManager:
@@ -122,3 +457,7 @@ def manager_from(models: Any) -> MemoryManager:
     if models is not None:
         return models
     return MemoryManager(device="cpu")
+
+
+__all__ = ["MemoryManager", "MemorySettings", "default_device", "module_device", "same_device", "manager_from",
+           "default_patch_weight"]

@@ -55,9 +55,7 @@ def _extra_model_path_files(base: Path, explicit: list[str] | None) -> list[Path
 
 
 def _default_memory_manager() -> Any:
-    """The memory manager is created lazily by model nodes when torch is not loaded yet."""
-    try:
-        from engine.memory import MemoryManager  # noqa: PLC0415 - imports torch; only at start-up
-    except ImportError:
-        return None
+    """A manager with the default settings (constructing it imports no torch)."""
+    from engine.memory import MemoryManager  # noqa: PLC0415
+
     return MemoryManager()

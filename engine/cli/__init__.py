@@ -24,6 +24,7 @@ from engine.cli.errors import (EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVAL
                                CliError)
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
 from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow, load_workflow_source
+from engine.vram.budget import add_memory_arguments
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "CliError",
            "ProgressPrinter", "apply_overrides", "build_parser", "format_validation_errors", "is_ui_workflow",
@@ -31,10 +32,16 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_U
 
 
 def _runtime(args: argparse.Namespace) -> Any:
+    from engine.memory import MemoryManager
     from engine.runtime import Runtime
+    from engine.vram.budget import settings_from_args
 
+    try:
+        memory = settings_from_args(args)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return Runtime.create(args.base_dir, output_dir=getattr(args, "output_dir", None),
-                          input_dir=getattr(args, "input_dir", None))
+                          input_dir=getattr(args, "input_dir", None), models=MemoryManager.from_settings(memory))
 
 
 def _prepare(args: argparse.Namespace, runtime: Any) -> tuple[dict[str, Any], dict[str, Any], Any]:
@@ -195,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a workflow and save its outputs", epilog=EPILOG)
     _add_workflow_arguments(run)
     run.add_argument("--output-dir", help="where SaveImage writes (default: BASE/output)")
+    add_memory_arguments(run)
     run.set_defaults(handler=cmd_run)
 
     validate = commands.add_parser("validate", help="check a workflow without running it", epilog=EPILOG)

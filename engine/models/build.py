@@ -33,9 +33,7 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
     for key, value in state.items():
         if key in expected:
             _check_shape(module, key, value, source)
-    filtered = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-                for k, v in state.items() if k in expected}
-    module.load_state_dict(filtered, strict=False, assign=True)
+    module.load_state_dict(_converted(state, expected, dtype), strict=False, assign=True)
     _materialise_buffers(module)
     if after_load is not None:
         after_load(module)
@@ -43,6 +41,23 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
     if leftover:
         raise ModelFileError(source, f"tensors left unset after loading: {leftover[:5]}")
     return module.eval().requires_grad_(False)
+
+
+def _converted(state: dict[str, Any], expected: set[str], dtype: Any) -> dict[str, Any]:
+    """The tensors to assign, cast to `dtype` one at a time. A memory-mapped source gives its pages back
+    right after its cast, so loading holds the converted model plus one tensor, never two copies."""
+    from engine.vram.mapped import release_pages
+
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key not in expected:
+            continue
+        if dtype is not None and value.is_floating_point() and value.dtype != dtype:
+            converted = value.to(dtype)
+            release_pages([value])
+            value = converted
+        out[key] = value
+    return out
 
 
 def _check_shape(module: Any, key: str, value: Any, source: str | Path) -> None:

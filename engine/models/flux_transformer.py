@@ -162,11 +162,15 @@ def _store_blocks_in_fp8(model: Any, fp8: Any, compute: Any) -> None:
     """Block Linear weights -> fp8 (upcast on use); every other tensor -> compute dtype."""
     from torch import nn
 
+    from engine.vram.mapped import release_pages
+
     fp8_params: set[int] = set()
     fp8_linear_cls: dict[type, type] = {}
     for name, module in model.named_modules():
         if name.startswith(("transformer_blocks.", "single_transformer_blocks.")) and isinstance(module, nn.Linear):
+            source = module.weight.data
             module.weight = nn.Parameter(module.weight.to(fp8), requires_grad=False)
+            release_pages([source])  # a mapped source's pages go back at once (one tensor at a time)
             fp8_params.add(id(module.weight))
             cls = type(module)
             if cls not in fp8_linear_cls:
@@ -174,7 +178,9 @@ def _store_blocks_in_fp8(model: Any, fp8: Any, compute: Any) -> None:
             module.__class__ = fp8_linear_cls[cls]
     for param in model.parameters():
         if id(param) not in fp8_params and param.dtype != compute:
+            source = param.data
             param.data = param.data.to(compute)
+            release_pages([source])
 
 
 __all__ = ["WEIGHT_DTYPES", "load_flux_transformer", "build_flux_model", "shipped_config_if_matching",

@@ -46,6 +46,7 @@ class SafetensorsFile:
     path: Path
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
+    data_start: int = 0  # byte offset of the data section (8 + header length); 0: unknown
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -64,18 +65,27 @@ class SafetensorsFile:
         return any(k.startswith(prefix) for k in self.tensors)
 
     def load(self, prefix: str = "", strip: bool = True, keys: Iterable[str] | None = None) -> dict[str, Any]:
-        """Tensors under `prefix` as a state dict on CPU (memory-mapped reads, no pickle)."""
-        from safetensors import SafetensorError, safe_open
+        """Tensors under `prefix` as a state dict on CPU: zero-copy views of the memory-mapped file.
+
+        Nothing is read until a tensor is used, and no RAM is taken for weights the memory manager keeps
+        on disk (engine.vram.mapped); converting or copying one is the first real read."""
+        from engine.vram.mapped import MappedFile
 
         wanted = [k for k in (keys if keys is not None else self.tensors) if k.startswith(prefix)]
         out: dict[str, Any] = {}
         try:
-            with safe_open(str(self.path), framework="pt", device="cpu") as handle:
-                for key in wanted:
-                    out[key[len(prefix):] if strip else key] = handle.get_tensor(key)
-        except (SafetensorError, OSError, RuntimeError) as exc:
+            mapped = MappedFile(self.path, self.data_start or self._data_start())
+            for key in wanted:
+                info = self.tensors[key]
+                out[key[len(prefix):] if strip else key] = mapped.tensor(info.dtype, info.shape, info.offsets)
+        except (OSError, ValueError, TypeError) as exc:
             raise ModelFileError(self.path, f"could not read tensors: {exc}") from exc
         return out
+
+    def _data_start(self) -> int:
+        with open(self.path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+        return 8 + header_len
 
 
 def refuse_pickle(path: Path) -> None:
@@ -117,7 +127,8 @@ def open_safetensors(path: str | os.PathLike[str]) -> SafetensorsFile:
     if end > data_len:
         raise ModelFileError(path, f"truncated: tensors need {end} data bytes but the file holds {data_len} "
                                    "(incomplete download or copy?)")
-    return SafetensorsFile(path=path, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsFile(path=path, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()},
+                           data_start=8 + header_len)
 
 
 def _parse_table(path: Path, header: dict[str, Any]) -> dict[str, TensorInfo]:
@@ -191,11 +202,18 @@ def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str],
         offset += raw.numel()
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(encoded)))
-        fh.write(encoded)
-        for raw in blobs:
-            fh.write(raw.numpy().tobytes())
+    # A new file renamed over the old one: models loaded from the old file keep reading its (memory-mapped)
+    # bytes instead of seeing them change or vanish under them.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as fh:
+            fh.write(struct.pack("<Q", len(encoded)))
+            fh.write(encoded)
+            for raw in blobs:
+                fh.write(raw.numpy().tobytes())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -32,6 +32,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest accepted upload or request body in MB (default 50)")
     parser.add_argument("--max-history", type=int, default=10_000, metavar="N",
                         help="finished prompts kept in history (default 10000)")
+    from engine.vram.budget import add_memory_arguments  # noqa: PLC0415 - stdlib only
+
+    add_memory_arguments(parser)
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -42,45 +45,25 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.max_history < 1:
         raise SystemExit("--max-history must be at least 1")
     listen = [a.strip() for a in args.listen.split(",") if a.strip()] if args.listen else []
+    from engine.vram.budget import settings_from_args  # noqa: PLC0415
+
+    try:
+        memory = settings_from_args(args)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     return ServerConfig(host=args.host, port=args.port, listen=listen, auth_token=args.auth_token or None,
                         cors_origin=args.enable_cors_header, allowed_hosts=list(args.allow_host),
-                        max_upload_bytes=int(args.max_upload_size * MB), max_history=args.max_history)
+                        max_upload_bytes=int(args.max_upload_size * MB), max_history=args.max_history,
+                        memory=memory)
 
 
-class LazyMemoryManager:
-    """Creates the real memory manager (which imports torch, ~2 s) on first use, not at start-up.
-
-    Attribute access is forwarded, so nodes use it exactly like `engine.memory.MemoryManager`.
-    """
-
-    def __init__(self) -> None:
-        import threading  # noqa: PLC0415
-
-        self._lock = threading.Lock()
-        self._manager: Any = None
-
-    def _get(self) -> Any:
-        with self._lock:
-            if self._manager is None:
-                from engine.memory import MemoryManager  # noqa: PLC0415
-
-                self._manager = MemoryManager()
-            return self._manager
-
-    @property
-    def loaded(self) -> bool:
-        return self._manager is not None
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._get(), name)
-
-
-def build_runtime(base_dir: str | None) -> Any:
+def build_runtime(base_dir: str | None, memory: Any = None) -> Any:
+    """The runtime, with a memory manager built from `memory` (MemorySettings; default settings if None)."""
+    from engine.memory import MemoryManager  # noqa: PLC0415 - no torch: it loads on first model use
     from engine.runtime import Runtime  # noqa: PLC0415
 
-    runtime = Runtime.create(base_dir=base_dir, models=LazyMemoryManager())
+    models = MemoryManager.from_settings(memory) if memory is not None else MemoryManager()
+    runtime = Runtime.create(base_dir=base_dir, models=models)
     for package in filter(None, (p.strip() for p in os.environ.get(EXTRA_PACKAGES_ENV, "").split(","))):
         runtime.registry.discover(package)
     return runtime
@@ -98,7 +81,7 @@ def serve(args: argparse.Namespace) -> None:
     if config.exposed and not config.auth_token:
         logging.getLogger("engine.server").warning(
             "listening beyond loopback without --auth-token: anyone on the network can queue prompts")
-    runtime = build_runtime(args.base_dir)
+    runtime = build_runtime(args.base_dir, config.memory)
     app = create_app(runtime, config)
     hosts = config.bind_addresses
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{config.port}" for h in hosts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
@@ -27,6 +28,7 @@ class ServerConfig:
     web_dir: Path = PROJECT_ROOT / "web"
     workflows_dir: Path = PROJECT_ROOT / "workflows"
     preview_size: int = 512
+    memory: Any = None  # engine.vram.budget.MemorySettings from --vram-budget/--lowvram/...; None: defaults
 
     @property
     def bind_addresses(self) -> list[str]:

@@ -141,7 +141,11 @@ async def get_system_stats(request: web.Request) -> web.Response:
         "argv": _redacted_argv(),
         "machine": platform.machine(),
     }
-    return json_response({"system": system, "devices": _devices(ram_total, ram_free)})
+    body = {"system": system, "devices": _devices(ram_total, ram_free)}
+    models = getattr(state_of(request).runtime, "models", None)
+    if hasattr(models, "stats"):
+        body["memory"] = models.stats()  # mode, budget and each loaded model's placement (docs/memory.md)
+    return json_response(body)
 
 
 def routes() -> list[tuple[str, str, Any]]:
