@@ -4,9 +4,10 @@ Search order for an encoder whose embedding table has V rows:
 1. the pipeline's `tokenizer/` folder (or the transformers folder itself) when loading a folder;
 2. `models/tokenizers/qwen3/` or `models/tokenizers/mistral3/`, then `<kind>-*/` siblings (the tiny zoo's
    `qwen3-tiny/`), under every directory registered for the `tokenizers` folder key.
-A folder is used when it holds `tokenizer.json` and its vocabulary fits the weights (V - 1024 < tokens <= V:
-Qwen3 pads 151669 tokens to 151936 rows) and it has a chat template (tokenizer_config.json,
-chat_template.jinja or chat_template.json): FLUX.2 formats every prompt as a conversation.
+A folder is used when it holds `tokenizer.json`, its vocabulary fits the weights (V - 1024 < tokens <= V:
+Qwen3 pads 151669 tokens to 151936 rows), it is of the right family (Qwen's `<|im_start|>`, Mistral's
+`[INST]` control token) and it has a chat template (tokenizer_config.json, chat_template.jinja or
+chat_template.json): FLUX.2 formats every prompt as a conversation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ TOKENIZER_HELP = {
                "in the `tokenizer/` folder of black-forest-labs/FLUX.2-dev",
 }
 VOCAB_SLACK = 1024
+FAMILY_TOKENS = {"qwen3": "<|im_start|>", "mistral": "[INST]"}
 
 
 def _candidates(roots: Iterable[Path], name: str) -> list[Path]:
@@ -84,6 +86,8 @@ def find_flux2_tokenizer(architecture: str, vocab_rows: int, weights: str | Path
         size = len(tokenizer)
         if not vocab_rows - VOCAB_SLACK < size <= vocab_rows:
             rejected.append(f"{folder} ({size} tokens)")
+        elif FAMILY_TOKENS[architecture] not in tokenizer.get_vocab():
+            rejected.append(f"{folder} (not a {architecture} tokenizer: no {FAMILY_TOKENS[architecture]} token)")
         elif not tokenizer.chat_template:
             rejected.append(f"{folder} (no chat template)")
         else:
