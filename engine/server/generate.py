@@ -1,9 +1,11 @@
 """POST /api/generate: a plain request (prompt, model variant, size, steps, seed, guidance) -> a queued graph.
 
-The graph is a shipped workflow, `workflows/flux_<variant>_txt2img.json` (API format), with the request's
-values written into the nodes that hold them (found by class and input name, so any equivalent wiring works).
-A variant is *installed* when its workflow exists and every file it names is present (its graph passes
-validation); an unknown or missing variant gets a 400 that lists the installed ones.
+The graph is a shipped workflow (API format; which file per variant: `engine.server.variants`), with the
+request's values written into the nodes that hold them (found by class and input name, so any equivalent
+wiring works). A variant is *installed* when its workflow exists and every file it names is present (its
+graph passes validation); an unknown or missing variant gets a 400 that lists the installed ones. FLUX.2
+variants also take `images`: reference images (files in input/, e.g. from /upload/image).
+GET /api/variants lists every variant with its defaults.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from aiohttp import web
 from engine.server.errors import ApiError, dumps, json_response, json_type, read_json_object
 from engine.server.routes_prompt import submit_prompt
 from engine.server.state import ServerState, state_of
+from engine.server.variants import (MAX_REFERENCE_IMAGES, add_reference_images, describe_variant, known_variants,
+                                    workflow_file)
 
 SEED_MAX = 2**64 - 1
 MAX_PROMPT_CHARS = 20_000
@@ -34,23 +38,13 @@ TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
               ("Flux2Scheduler", "steps")),
     "seed": (("KSampler", "seed"), ("KSamplerAdvanced", "noise_seed"), ("RandomNoise", "noise_seed")),
     "guidance": (("FluxGuidance", "guidance"), ("CLIPTextEncodeFlux", "guidance")),
+    "cfg": (("CFGGuider", "cfg"), ("KSampler", "cfg"), ("KSamplerAdvanced", "cfg")),
     "batch_size": (("EmptySD3LatentImage", "batch_size"), ("EmptyLatentImage", "batch_size"),
                    ("EmptyFlux2LatentImage", "batch_size")),
     "filename_prefix": (("SaveImage", "filename_prefix"),),
 }
 # Inputs through which a positive text conditioning reaches the sampler.
 POSITIVE_INPUTS = {"positive", "conditioning"}
-
-
-def workflow_file(workflows_dir: Path, variant: str) -> Path:
-    return workflows_dir / f"{variant.replace('-', '_')}_txt2img.json"
-
-
-def known_variants(workflows_dir: Path) -> list[str]:
-    if not workflows_dir.is_dir():
-        return []
-    return sorted(p.name[: -len("_txt2img.json")].replace("_", "-")
-                  for p in workflows_dir.glob("flux_*_txt2img.json"))
 
 
 def load_workflow(path: Path) -> dict[str, Any]:
@@ -103,12 +97,13 @@ def parse_request(body: dict[str, Any]) -> dict[str, Any]:
         "steps": _int_field(body, "steps", 1, 10000), "seed": _int_field(body, "seed", 0, SEED_MAX),
         "batch_size": _int_field(body, "batch_size", 1, 64),
     }
-    guidance = body.get("guidance")
-    if guidance is not None:
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 100:
-            raise ApiError(400, "invalid_request", "'guidance' must be a number between 0 and 100",
-                           f"got {dumps(guidance)[:50]}")
-        values["guidance"] = float(guidance)
+    for key in ("guidance", "cfg"):
+        number = body.get(key)
+        if number is not None:
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= 100:
+                raise ApiError(400, "invalid_request", f"'{key}' must be a number between 0 and 100",
+                               f"got {dumps(number)[:50]}")
+            values[key] = float(number)
     prefix = body.get("filename_prefix")
     if prefix is not None and not isinstance(prefix, str):
         raise ApiError(400, "invalid_request", "'filename_prefix' must be a string", f"got a JSON {json_type(prefix)}")
@@ -118,7 +113,19 @@ def parse_request(body: dict[str, Any]) -> dict[str, Any]:
     client_id = body.get("client_id")
     if client_id is not None and not isinstance(client_id, str):
         raise ApiError(400, "invalid_request", "'client_id' must be a string", f"got a JSON {json_type(client_id)}")
-    return {"text": text, "variant": variant, "values": values, "client_id": client_id}
+    return {"text": text, "variant": variant, "values": values, "client_id": client_id,
+            "images": _reference_images(body)}
+
+
+def _reference_images(body: dict[str, Any]) -> list[str]:
+    images = body.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
+        raise ApiError(400, "invalid_request", "'images' must be a list of image file names (in input/)",
+                       f"got {dumps(images)[:100]}")
+    if len(images) > MAX_REFERENCE_IMAGES:
+        raise ApiError(400, "invalid_request", f"at most {MAX_REFERENCE_IMAGES} reference images",
+                       f"got {len(images)}")
+    return images
 
 
 def positive_encoders(workflow: dict[str, Any]) -> list[str]:
@@ -178,6 +185,11 @@ async def post_generate(request: web.Request) -> web.Response:
                        f"installed variants: {', '.join(installed) or 'none'}", installed=list(installed),
                        known=known)
     graph, ignored = build_graph(installed[req["variant"]], req["text"], req["values"])
+    if req["images"]:
+        if not describe_variant(req["variant"], graph, True)["reference_images"]:
+            raise ApiError(400, "invalid_request", f"Model variant {req['variant']!r} takes no reference images",
+                           "reference images work with the FLUX.2 variants")
+        graph = add_reference_images(graph, req["images"])
     body = {"prompt": graph, "extra_data": {"fluxgraph_generate": {"variant": req["variant"]}}}
     if req["client_id"]:
         body["client_id"] = req["client_id"]
@@ -192,5 +204,20 @@ async def get_generate_variants(request: web.Request) -> web.Response:
     return json_response({"installed": list(installed), "known": known_variants(state.config.workflows_dir)})
 
 
+async def get_variants(request: web.Request) -> web.Response:
+    """Every known variant: installed or not, family, defaults (steps, guidance, cfg, size), reference images."""
+    state = state_of(request)
+    installed = await asyncio.get_running_loop().run_in_executor(None, installed_variants, state)
+    variants = []
+    for name in known_variants(state.config.workflows_dir):
+        try:
+            workflow = installed.get(name) or load_workflow(workflow_file(state.config.workflows_dir, name))
+        except (OSError, ValueError):
+            continue
+        variants.append(describe_variant(name, workflow, name in installed))
+    return json_response({"variants": variants, "installed": list(installed)})
+
+
 def routes() -> list[tuple[str, str, Any]]:
-    return [("POST", "/generate", post_generate), ("GET", "/generate/variants", get_generate_variants)]
+    return [("POST", "/generate", post_generate), ("GET", "/generate/variants", get_generate_variants),
+            ("GET", "/variants", get_variants)]
