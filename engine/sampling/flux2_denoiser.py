@@ -16,7 +16,7 @@ as the reference pipeline requires.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,6 +66,7 @@ class _Flux2DeviceCond:
     txt_ids: torch.Tensor
     ref_tokens: torch.Tensor | None  # [B, N_ref, C]
     ref_ids: torch.Tensor | None  # [N_ref, 4]
+    joined_ids: dict[int, torch.Tensor] = field(default_factory=dict)  # image + reference ids, per image size
 
 
 def parse_flux2_conditioning(conditioning: Any, what: str, joint_dim: int, guidance_embeds: bool) -> list[FluxCond]:
@@ -154,7 +155,9 @@ class Flux2Denoiser(FluxDenoiser):
         hidden, ids = tokens, img_ids
         if entry.ref_tokens is not None:
             hidden = torch.cat([tokens, entry.ref_tokens], dim=1)
-            ids = torch.cat([img_ids, entry.ref_ids], dim=0)
+            ids = entry.joined_ids.get(tokens.shape[1])
+            if ids is None:  # built once per image size, not at every step
+                ids = entry.joined_ids[tokens.shape[1]] = torch.cat([img_ids, entry.ref_ids], dim=0)
         out = self.transformer(hidden_states=hidden, encoder_hidden_states=entry.embeds, timestep=timestep,
                                img_ids=ids, txt_ids=entry.txt_ids, guidance=entry.guidance, return_dict=False)[0]
         return out[:, : tokens.shape[1]].float()
