@@ -194,12 +194,17 @@ class PromptQueue:
             return self._db.execute("SELECT 1 FROM prompts WHERE prompt_id=?", (prompt_id,)).fetchone() is not None
 
     # ------------------------------------------------------------------ consuming (worker thread)
-    def get(self, timeout: float | None = None) -> QueueItem | None:
-        """Take the next prompt (smallest number) and mark it running; None on timeout, close or a flag."""
+    def get(self, timeout: float | None = None,
+            choose: Callable[[list[QueueItem]], QueueItem | None] | None = None) -> QueueItem | None:
+        """Take the next prompt (smallest number) and mark it running; None on timeout, close or a flag.
+
+        `choose(pending in run order)` may pick another pending prompt instead (per-client fairness when
+        several workers serve one queue); it runs under the queue's lock, so it must be quick.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while not self._closed:
-                item = self._pop_pending()
+                item = self._pop_pending() if choose is None else self._pop_chosen(choose)
                 if item is not None:
                     break
                 if self._flags:
@@ -226,6 +231,13 @@ class PromptQueue:
             if item is not None:  # deleted items stay in the heap until popped
                 return item
         return None
+
+    def _pop_chosen(self, choose: Callable[[list[QueueItem]], QueueItem | None]) -> QueueItem | None:
+        if not self._pending:
+            return None
+        chosen = choose(sorted(self._pending.values(), key=QueueItem._heap_key))
+        # Its heap entry stays behind and is skipped when popped, like a deleted item's.
+        return self._pending.pop(chosen.prompt_id, None) if chosen is not None else None
 
     def task_done(self, prompt_id: str, status: str, outputs: dict[str, Any] | None = None,
                   messages: list[Any] | None = None, meta: dict[str, Any] | None = None,
@@ -290,15 +302,16 @@ class PromptQueue:
             self._heap.clear()
         self._changed()
 
-    def requeue(self, prompt_id: str) -> None:
-        """Put a running prompt back at the front, marked resumed (graceful shutdown in the middle of it)."""
+    def requeue(self, prompt_id: str, resumed: bool = True) -> None:
+        """Put a running prompt back at the front, marked resumed (graceful shutdown in the middle of it, a
+        lost worker). With `resumed=False` it goes back as it was (it never started)."""
         with self._lock:
             item = self._running.pop(prompt_id, None)
             with self._transaction():
-                self._db.execute("UPDATE prompts SET status=?, resumed=1 WHERE prompt_id=? AND status=?",
-                                 (QUEUED, prompt_id, RUNNING))
+                self._db.execute("UPDATE prompts SET status=?, resumed=MAX(resumed, ?) WHERE prompt_id=? AND "
+                                 "status=?", (QUEUED, int(resumed), prompt_id, RUNNING))
             if item is not None:
-                item.resumed = True
+                item.resumed = item.resumed or resumed
                 self._push(item)
                 self._cond.notify_all()
         self._changed()

@@ -32,6 +32,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest accepted upload or request body in MB (default 50)")
     parser.add_argument("--max-history", type=int, default=10_000, metavar="N",
                         help="finished prompts kept in history (default 10000)")
+    parser.add_argument("--executor", choices=("inprocess", "ray"), default="inprocess",
+                        help="where prompts run: in this process (default) or on Ray workers, one per device "
+                             "(needs the 'ray' extra; see docs/scaleout.md)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="with --executor ray: join this Ray cluster (HOST:PORT, or 'auto') instead of "
+                             "starting a local instance on loopback")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="with --executor ray: number of workers (default: one per GPU, or 1 without GPUs)")
+    parser.add_argument("--ray-shared-storage", action="store_true",
+                        help="with --executor ray: workers read inputs and write outputs directly in this "
+                             "server's folders (mounted at the same path on every machine) instead of "
+                             "receiving and sending the files")
     from engine.vram.budget import add_memory_arguments  # noqa: PLC0415 - stdlib only
 
     add_memory_arguments(parser)
@@ -44,6 +56,15 @@ def build_config(args: argparse.Namespace) -> Any:
         raise SystemExit("--max-upload-size must be positive")
     if args.max_history < 1:
         raise SystemExit("--max-history must be at least 1")
+    executor = getattr(args, "executor", "inprocess")
+    if executor != "ray":
+        for flag, value in (("--ray-address", getattr(args, "ray_address", None)),
+                            ("--workers", getattr(args, "workers", None)),
+                            ("--ray-shared-storage", getattr(args, "ray_shared_storage", False))):
+            if value:
+                raise SystemExit(f"{flag} needs --executor ray")
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
     listen = [a.strip() for a in args.listen.split(",") if a.strip()] if args.listen else []
     from engine.vram.budget import settings_from_args  # noqa: PLC0415
 
@@ -54,7 +75,9 @@ def build_config(args: argparse.Namespace) -> Any:
     return ServerConfig(host=args.host, port=args.port, listen=listen, auth_token=args.auth_token or None,
                         cors_origin=args.enable_cors_header, allowed_hosts=list(args.allow_host),
                         max_upload_bytes=int(args.max_upload_size * MB), max_history=args.max_history,
-                        memory=memory)
+                        memory=memory, executor=executor, ray_address=getattr(args, "ray_address", None),
+                        workers=getattr(args, "workers", None),
+                        ray_shared_storage=bool(getattr(args, "ray_shared_storage", False)))
 
 
 def build_runtime(base_dir: str | None, memory: Any = None) -> Any:
@@ -82,7 +105,16 @@ def serve(args: argparse.Namespace) -> None:
         logging.getLogger("engine.server").warning(
             "listening beyond loopback without --auth-token: anyone on the network can queue prompts")
     runtime = build_runtime(args.base_dir, config.memory)
-    app = create_app(runtime, config)
+    backend = None
+    if config.executor != "inprocess":  # connect now: a bad --ray-address stops here with a clear message
+        from engine.executor_backend import make_backend  # noqa: PLC0415
+
+        backend = make_backend(runtime, config)
+        try:
+            backend.start()
+        except (RuntimeError, ValueError) as exc:
+            raise SystemExit(f"fluxgraph serve: {exc}") from None
+    app = create_app(runtime, config, backend=backend)
     hosts = config.bind_addresses
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{config.port}" for h in hosts)
     print(f"fluxgraph serving on {shown}", flush=True)

@@ -99,12 +99,18 @@ def _add_static(app: web.Application, web_dir: Path) -> None:
     app.router.add_get("/{path:.+}", get_static)  # registered last: every API route wins
 
 
-def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQueue | None = None) -> web.Application:
+def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQueue | None = None,
+               backend: Any = None) -> web.Application:
+    """`backend`: an executor backend (engine.executor_backend); by default the one `config.executor` names."""
     config = config or ServerConfig()
     queue = queue or PromptQueue(queue_path(runtime), max_history=config.max_history)
     state_holder: dict[str, ServerState] = {}
     hub = EventHub(lambda: state_holder["state"].feature_flags())
-    worker = PromptWorker(runtime, queue, hub, preview_size=config.preview_size)
+    if backend is None:
+        from engine.executor_backend import make_backend  # noqa: PLC0415
+
+        backend = make_backend(runtime, config)
+    worker = PromptWorker(runtime, queue, hub, preview_size=config.preview_size, backend=backend)
     state = ServerState(runtime=runtime, queue=queue, hub=hub, worker=worker, config=config)
     state_holder["state"] = state
 
