@@ -67,8 +67,8 @@ def apply_lora(path: str | Path, model: Any, clip: Any, strength_model: float, s
     path = Path(path)
     if strength_model == 0 and (clip is None or strength_clip == 0):
         return LoraResult(model, clip, [])
-    if model is not None and getattr(model, "family", "flux1") != "flux1":
-        raise ModelFileError(path, f"LoRAs for {model.family} models are not supported here (FLUX.1 only)")
+    if model is not None and getattr(model, "family", "flux1") not in ("flux1", "flux2"):
+        raise ModelFileError(path, f"LoRAs for {model.family} models are not supported here (FLUX.1, FLUX.2)")
     models = {"transformer": getattr(model, "transformer", None)}
     if clip is not None:
         models.update(clip=getattr(clip, "clip", None), t5=getattr(clip, "t5", None))

@@ -122,9 +122,12 @@ def bfl_routes(transformer: Any) -> dict[str, list[tuple[str, Any]]]:
 def _bfl_routes_for_shapes(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, list[tuple[str, Any]]]:
     import torch
 
-    from engine.models.flux_keys import FluxKeyError, bfl_to_diffusers, diffusers_to_bfl
-
     table = dict(shapes)
+    if "single_stream_modulation.linear.weight" in table:  # FLUX.2: its own BFL layout (flux2_keys)
+        from engine.models.flux2_keys import Flux2KeyError as FluxKeyError
+        from engine.models.flux2_keys import bfl_to_diffusers, diffusers_to_bfl
+    else:
+        from engine.models.flux_keys import FluxKeyError, bfl_to_diffusers, diffusers_to_bfl
     try:
         bfl = diffusers_to_bfl({k: torch.empty(s, device="meta") for k, s in table.items()})
     except FluxKeyError:
