@@ -242,3 +242,39 @@ def test_the_zoo_manifest_lists_the_flux2_files():
                 "vae/flux2-vae-tiny.safetensors", "diffusers/flux2-dev-tiny/model_index.json",
                 "tokenizers/mistral3-tiny/tokenizer.json"):
         assert rel in manifest["files"], rel
+
+
+# ----- the graph-level family check (for validation: a node's hook cannot see the rest of the graph)
+
+@pytest.mark.parametrize("change,blamed,says", [
+    ({"1": {"unet_name": "flux1-dev-tiny.safetensors"}}, "1",
+     "flux1-dev-tiny.safetensors (a FLUX.1 diffusion transformer) is FLUX.1, but the graph's other models are "
+     "FLUX.2"),
+    ({"3": {"vae_name": "ae-tiny.safetensors"}}, "3",
+     "ae-tiny.safetensors (a FLUX.1 VAE) is FLUX.1, but the diffusion model it is used with is FLUX.2"),
+    ({}, None, ""),
+])
+def test_family_check_blames_the_odd_loader_naming_its_file(change, blamed, says):
+    from engine.models.flux2_family_check import family_errors
+    from tests.test_flux2_support import flux2_graph
+
+    graph = flux2_graph("klein")
+    for node_id, inputs in change.items():
+        graph[node_id]["inputs"].update(inputs)
+    errors = family_errors(graph, make_runtime().folders)
+    if blamed is None:
+        assert errors == {}
+    else:
+        assert list(errors) == [blamed] and says in errors[blamed], errors
+
+
+def test_family_check_passes_the_shipped_workflows():
+    from pathlib import Path
+
+    from engine.models.flux2_family_check import family_errors
+
+    folders = make_runtime().folders
+    root = Path(__file__).resolve().parents[1] / "workflows"
+    for name in ("flux_dev_txt2img.json", "flux2_klein_txt2img.json", "flux2_dev_txt2img.json",
+                 "flux2_klein_edit.json"):
+        assert family_errors(json.loads((root / name).read_text()), folders) == {}, name
