@@ -71,6 +71,7 @@ class InProcessRun:
 class InProcessBackend:
     """The server's own executor: one prompt at a time, run in the calling (dispatcher) thread."""
 
+    name = "inprocess"
     concurrent = False
 
     def __init__(self, runtime: Any, preview_size: int = 512) -> None:

@@ -6,6 +6,7 @@ already loaded (a prompt with models ran), so these answer in milliseconds right
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import sys
@@ -142,6 +143,9 @@ async def get_system_stats(request: web.Request) -> web.Response:
         "machine": platform.machine(),
     }
     body = {"system": system, "devices": _devices(ram_total, ram_free)}
+    backend = state_of(request).worker.backend
+    if backend.name != "inprocess":  # each worker with its device and memory (docs/scaleout.md)
+        body["workers"] = await asyncio.get_running_loop().run_in_executor(None, backend.workers_info)
     models = getattr(state_of(request).runtime, "models", None)
     if hasattr(models, "stats"):
         body["memory"] = models.stats()  # mode, budget and each loaded model's placement (docs/memory.md)

@@ -111,9 +111,14 @@ def _clear_or_delete(body: dict) -> tuple[bool, list[str]]:
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    queue = state_of(request).queue
-    return json_response({"queue_running": [i.as_list() for i in queue.running()],
-                          "queue_pending": [i.as_list() for i in queue.pending()]})
+    state = state_of(request)
+    queue = state.queue
+    body: dict[str, Any] = {"queue_running": [i.as_list() for i in queue.running()],
+                            "queue_pending": [i.as_list() for i in queue.pending()]}
+    backend = state.worker.backend
+    if backend.name != "inprocess":  # which worker runs each running prompt (docs/scaleout.md)
+        body["running_on"] = backend.placements()
+    return json_response(body)
 
 
 async def post_queue(request: web.Request) -> web.Response:
@@ -204,9 +209,13 @@ def _delete_output_files(state: ServerState, entries: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- /api/jobs
 async def get_job(request: web.Request) -> web.Response:
     prompt_id = request.match_info["prompt_id"]
-    job = state_of(request).queue.job(prompt_id)
+    state = state_of(request)
+    job = state.queue.job(prompt_id)
     if job is None:
         raise ApiError(404, "unknown_prompt_id", "No job with this prompt_id", prompt_id)
+    placement = state.worker.backend.placement(prompt_id)
+    if placement is not None:
+        job["worker"] = placement  # the (last) worker that ran it, with --executor ray
     return json_response(job)
 
 

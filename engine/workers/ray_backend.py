@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -39,6 +40,7 @@ class WorkerCrash(RuntimeError):
 
 
 class RayBackend:
+    name = "ray"
     concurrent = True
 
     def __init__(self, runtime: Any, options: RayOptions | None = None, preview_size: int = 512) -> None:
@@ -123,7 +125,7 @@ class RayBackend:
             return
         with self._cond:
             if slot.state == "starting":
-                slot.info, slot.state = info, "idle"
+                slot.info, slot.state, slot.idle_since = info, "idle", time.monotonic()
                 log.info("%s ready on %s (%s)", slot.name, info.get("node"), info["device"]["name"])
             self._cond.notify_all()
 
@@ -171,6 +173,7 @@ class RayBackend:
             if slot.state == "busy":
                 slot.state, slot.prompt_id = "idle", None
                 slot.runs += 1
+                slot.idle_since = time.monotonic()
                 slot.hold(models)
             self._cond.notify_all()
 

@@ -7,7 +7,8 @@ queues a hundred prompts delays another client's single prompt by at most one pr
 
 Affinity: a prompt goes to an idle worker that already holds the most of its models (identified by content,
 not by name: the same file under two names is one model, and two machines' files with one name are told
-apart), otherwise to the least loaded idle worker (fewest models held, then fewest prompts run).
+apart), otherwise to the least loaded idle worker (fewest models held, then idle the longest, so that
+prompts without models take turns).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class WorkerSlot:
     prompt_id: str | None = None
     models: OrderedDict = field(default_factory=OrderedDict)  # model identity -> None, most recent last
     runs: int = 0
+    idle_since: float = 0.0  # time.monotonic() when it last became idle
     info: dict[str, Any] = field(default_factory=dict)  # device, memory, node (from the worker)
 
     def hold(self, models: Iterable[str]) -> None:
@@ -87,7 +89,7 @@ class Scheduler:
     def pick_worker(idle: list[WorkerSlot], models: frozenset[str]) -> WorkerSlot | None:
         if not idle:
             return None
-        return min(idle, key=lambda w: (-len(models.intersection(w.models)), len(w.models), w.runs, w.name))
+        return min(idle, key=lambda w: (-len(models.intersection(w.models)), len(w.models), w.idle_since, w.name))
 
 
 class ModelIdentities:
