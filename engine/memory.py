@@ -102,6 +102,8 @@ class MemoryManager:
         self.patch_weight = patch_weight
         self.external_patches = external_patches if external_patches is not None else ExternalPatches()
         self._backend = backend
+        if backend is not None and getattr(backend, "patch_weight", False) is None:
+            backend.patch_weight = patch_weight  # a backend built by the caller applies our patch hook
         self._device: Any = None
         self._lock = threading.RLock()
         self._entries: dict[int, ModelEntry] = {}
@@ -213,6 +215,7 @@ class MemoryManager:
             return entry
         parts, label, source = self.backend.describe(module)
         entry = ModelEntry(key=key, label=label, parts=parts, source=source)
+        entry.resident = entry.fixed  # owned memory on a CPU device: there from the start
         self._entries[key] = entry
         self._refs[key] = weakref.ref(module, lambda _ref, k=key: self._forget(k))
         self.backend.wrap(module, lambda name, original: self._guarded(key, name, original))
@@ -287,15 +290,14 @@ class MemoryManager:
         self._before_move(module)
         self.backend.apply(module, plan.resident, plan.streamed, patches)
         entry.resident, entry.streamed, entry.window_bytes = set(plan.resident), plan.streamed, plan.window_bytes
-        entry.patches = patches
+        entry.patches, entry.placed = patches, True
         self.events.append(("place", entry.label, len(plan.resident), len(plan.streamed)))
 
     def _is_oom(self, exc: BaseException) -> bool:
         return not isinstance(exc, DeviceMemoryError) and self.backend.is_out_of_memory(exc)
 
     def _unchanged(self, entry: ModelEntry, plan: Plan, patches: tuple) -> bool:
-        placed = bool(entry.resident or entry.streamed)
-        return (placed and not plan.evict and entry.resident == set(plan.resident)
+        return (entry.placed and not plan.evict and entry.resident == set(plan.resident)
                 and entry.streamed == plan.streamed and entry.patches == patches)
 
     def _before_move(self, module: Any) -> None:
@@ -326,15 +328,15 @@ class MemoryManager:
         module = self._refs[entry.key]()
         if module is None:
             return
-        if entry.resident or entry.streamed:
+        if entry.on_device:
             self.events.append(("evict" if entry.in_use == 0 else "offload", entry.label))
         self._before_move(module)
         self.backend.offload(module)
-        entry.resident, entry.streamed, entry.window_bytes = set(), (), 0
+        entry.resident, entry.streamed, entry.window_bytes, entry.placed = entry.fixed, (), 0, False
 
     def _evict_others(self, entry: ModelEntry) -> None:
         for other in sorted(self._entries.values(), key=lambda e: e.last_used):
-            if other.key != entry.key and other.in_use == 0 and (other.resident or other.streamed):
+            if other.key != entry.key and other.in_use == 0 and other.on_device:
                 self._offload_entry(other)
 
     # ----- running: activation estimates and out-of-memory retry around the model's entry points

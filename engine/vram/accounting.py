@@ -89,12 +89,10 @@ class AccountingBackend:
         self.tiers: dict[str, set[tuple[str, str]]] = {t: set() for t in TIERS}
         self.log: list[tuple] = []
         self._placed: dict[str, _Placed] = {}
-        self._models: dict[str, SimModel] = {}
 
     # ----- backend interface used by MemoryManager
     def describe(self, model: SimModel) -> tuple[tuple[PartSpec, ...], str, str]:
-        if model.name not in self._models:
-            self._models[model.name] = model
+        if model.backend is not self:
             model.backend = self
             self._placed[model.name] = _Placed()
             for part in model.parts:

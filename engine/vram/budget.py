@@ -160,4 +160,8 @@ def format_bytes(nbytes: int | None) -> str:
         return "unknown"
     if abs(nbytes) >= GIB:
         return f"{nbytes / GIB:.2f} GiB"
-    return f"{nbytes / MIB:.1f} MiB"
+    if abs(nbytes) >= MIB:
+        return f"{nbytes / MIB:.1f} MiB"
+    if abs(nbytes) >= 1024:
+        return f"{nbytes / 1024:.2f} KiB"
+    return f"{nbytes} bytes"

@@ -60,7 +60,8 @@ def same_tensor(a: Any, b: Any) -> bool:
 class Part:
     name: str
     block: bool
-    module: Any  # the block's module (hooks go there); the root for the base
+    module: Any  # the block's module (hooks go there); None for the base (no reference to the root, which
+    # would keep a model alive through the manager's weak registry)
     params: list[ParamSlot] = field(default_factory=list)
 
     @property
@@ -86,7 +87,7 @@ def split_module(module: Any) -> list[Part]:
             for param in child.parameters():
                 key = id(param)
                 owner[key] = BASE if key in owner and owner[key] != name else name
-    base = Part(name=BASE, block=False, module=module)
+    base = Part(name=BASE, block=False, module=None)
     by_name = {p.name: p for p in blocks}
     for qualified, param in module.named_parameters():
         mapped = is_mapped(param.data)

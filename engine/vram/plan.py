@@ -36,6 +36,12 @@ class ModelEntry:
     in_use: int = 0
     source: str = ""
     patches: tuple = ()  # the weight patches the device copy was made with
+    placed: bool = False  # the backend holds this model as `resident`/`streamed` say
+
+    @property
+    def on_device(self) -> bool:
+        """Whether evicting it would free anything."""
+        return bool(self.resident - self.fixed or self.streamed)
 
     @property
     def total_bytes(self) -> int:
@@ -52,8 +58,12 @@ class ModelEntry:
 
     @property
     def fixed_bytes(self) -> int:
-        """Bytes that cannot leave the device whatever is decided."""
+        """Bytes that cannot leave the device whatever is decided (always counted as resident)."""
         return sum(p.nbytes for p in self.parts if not p.movable)
+
+    @property
+    def fixed(self) -> set[str]:
+        return {p.name for p in self.parts if not p.movable}
 
     def part(self, name: str) -> PartSpec:
         for part in self.parts:
@@ -128,10 +138,12 @@ def _partial(target: ModelEntry, room: int, evict: tuple[int, ...], stream_all: 
     base_bytes = sum(p.nbytes for p in target.parts if p.name in base)
     window = window_for(movable_blocks)
     capacity = room - base_bytes - window
-    if capacity < 0 or not movable_blocks:
-        needed = base_bytes + window
+    if not movable_blocks:  # nothing to stream: whole, or not at all (unless nothing can move anyway)
+        immovable = all(not p.movable for p in target.parts)
+        return Plan(evict, base, (), 0, immovable or base_bytes <= room, base_bytes)
+    if capacity < 0:
         streamed = tuple(p.name for p in movable_blocks)
-        return Plan(evict, base, streamed, window, False, needed)
+        return Plan(evict, base, streamed, window, False, base_bytes + window)
     chosen = set() if stream_all else spread_resident(movable_blocks, capacity)
     streamed = tuple(p.name for p in movable_blocks if p.name not in chosen)
     window = window_for(p for p in movable_blocks if p.name in streamed)
