@@ -115,6 +115,8 @@ class RayBackend:
         try:
             info = ray.get(slot.handle.ready.remote(), timeout=self.options.start_timeout_s)
         except Exception as exc:  # not replaced: a worker that cannot start would fail again the same way
+            if self._closed:
+                return  # stopped while starting
             message = f"{slot.name} did not start: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             log.error("%s", message)
             with self._cond:
