@@ -13,10 +13,12 @@ their templates use, and templates that render conversations the way the real on
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from engine.models.tiny_tokenizers import _merge, tokenizer_corpus
 
+MAX_MERGES = 360
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
                     "[IMG]")
@@ -48,6 +50,19 @@ def train_byte_bpe(num_merges: int) -> tuple[dict[str, int], list[tuple[str, str
     """Byte-level BPE vocab (byte symbols, then merges) learnt from the fixed corpus, deterministically."""
     from tokenizers import pre_tokenizers
 
+    if num_merges > MAX_MERGES:
+        raise ValueError(f"at most {MAX_MERGES} merges are learnt, asked for {num_merges}")
+    merges = _learn_merges(MAX_MERGES)[:num_merges]  # greedy: the first k merges of a longer run are a k-run
+    vocab: dict[str, int] = {}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in merges]:
+        vocab.setdefault(symbol, len(vocab))
+    return vocab, merges
+
+
+@functools.lru_cache(maxsize=1)
+def _learn_merges(num_merges: int) -> list[tuple[str, str]]:
+    from tokenizers import pre_tokenizers
+
     splitter = pre_tokenizers.ByteLevel(add_prefix_space=False)
     counts: dict[str, int] = {}
     for line in tokenizer_corpus():
@@ -67,10 +82,7 @@ def train_byte_bpe(num_merges: int) -> tuple[dict[str, int], list[tuple[str, str
             break
         merges.append(best)
         words = [(_merge(symbols, best), count) for symbols, count in words]
-    vocab: dict[str, int] = {}
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in merges]:
-        vocab.setdefault(symbol, len(vocab))
-    return vocab, merges
+    return merges
 
 
 def _byte_level_tokenizer(specials: tuple[str, ...], num_merges: int, specials_first: bool) -> Any:

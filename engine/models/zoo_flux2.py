@@ -36,7 +36,7 @@ def write_flux2_zoo(models_dir: str | Path, seed: int = 0, meta: dict[str, str] 
     """Write the tiny FLUX.2 files under `models_dir`; returns the paths written."""
     from engine.models.flux2_keys import diffusers_to_bfl
     from engine.models.flux2_vae import diffusers_to_bfl_flux2_vae
-    from engine.models.safetensors_io import save_safetensors
+    from engine.models.safetensors_io import open_safetensors, save_safetensors
 
     models_dir = Path(models_dir)
     meta = dict(meta or {})
@@ -44,7 +44,6 @@ def write_flux2_zoo(models_dir: str | Path, seed: int = 0, meta: dict[str, str] 
     dev = tiny_flux2_shared(seed, "dev")
     written = [
         save_safetensors(klein.text_encoder.state_dict(), models_dir / "text_encoders" / QWEN3_FILE, meta),
-        save_safetensors(_saved_state(dev.text_encoder), models_dir / "text_encoders" / MISTRAL_FILE, meta),
         save_safetensors(diffusers_to_bfl_flux2_vae(klein.vae.state_dict()), models_dir / "vae" / VAE_FILE, meta),
     ]
     written += _save_tokenizer(klein.tokenizer, models_dir / "tokenizers" / "qwen3-tiny")
@@ -61,18 +60,10 @@ def write_flux2_zoo(models_dir: str | Path, seed: int = 0, meta: dict[str, str] 
             parts = TinyFlux2(variant=variant, transformer=transformer, vae=klein.vae,
                               text_encoder=shared.text_encoder, tokenizer=shared.tokenizer)
             written += _save_pipeline(parts, models_dir / "diffusers" / PIPELINE_FOLDERS[variant])
+    # Mistral3 as transformers saves it (its checkpoint key names), taken from the dev pipeline folder just written
+    saved = open_safetensors(models_dir / "diffusers" / PIPELINE_FOLDERS["dev"] / "text_encoder" / "model.safetensors")
+    written.append(save_safetensors(saved.load(), models_dir / "text_encoders" / MISTRAL_FILE, meta))
     return written
-
-
-def _saved_state(model: Any) -> dict[str, Any]:
-    """A transformers model's tensors under the names `save_pretrained` writes (its checkpoint key mapping)."""
-    import tempfile
-
-    from engine.models.safetensors_io import open_safetensors
-
-    with tempfile.TemporaryDirectory() as tmp:
-        _quiet(lambda: model.save_pretrained(tmp, safe_serialization=True))
-        return open_safetensors(Path(tmp) / "model.safetensors").load()
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path) -> list[Path]:
