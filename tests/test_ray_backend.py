@@ -143,6 +143,7 @@ class Listener:
     def __init__(self, http, client_id: str) -> None:
         self.http, self.client_id = http, client_id
         self.messages: list[dict] = []
+        self.previews: list[bytes] = []  # binary frames: event type, image format, JPEG bytes
         self.changed = asyncio.Event()
 
     async def __aenter__(self) -> "Listener":
@@ -155,6 +156,8 @@ class Listener:
             if message.type == aiohttp.WSMsgType.TEXT:
                 self.messages.append(json.loads(message.data))
                 self.changed.set()
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                self.previews.append(message.data)
 
     async def __aexit__(self, *exc: Any) -> None:
         self.task.cancel()
@@ -185,6 +188,12 @@ def flux_prompt(variant: str, seed: int) -> dict:
             if key in inputs:
                 inputs[key] = seed
     return prompt
+
+
+def progress_and_preview_prompt(value: int) -> dict:
+    return {**sleep_graph(value, 0.05, steps=3),
+            "3": {"class_type": "TestPreview", "inputs": {"value": value}},
+            "4": {"class_type": "TestShowInt", "inputs": {"value": ["3", 0]}}}
 
 
 def invert_prompt(image: str, prefix: str) -> dict:
@@ -243,7 +252,7 @@ async def test_twenty_prompts_from_three_clients_complete_in_order_and_take_fair
         for index in range(7):
             queued["bob"].append(await queue_prompt(http, invert_prompt(uploaded, "bob"), "bob"))
         for index in range(6):
-            queued["carol"].append(await queue_prompt(http, sleep_graph(index, 0.05, steps=3), "carol"))
+            queued["carol"].append(await queue_prompt(http, progress_and_preview_prompt(index), "carol"))
         running = await get_json(http, "/queue")
         assert set(running["running_on"]) == set(blockers) and len(running["queue_pending"]) == 20
         for listener in (alice, bob, carol):
@@ -276,7 +285,11 @@ async def test_twenty_prompts_from_three_clients_complete_in_order_and_take_fair
                         alice_files.add(record["filename"])
                         assert image.shape == (64, 64, 3)
             if listener.client_id == "carol":
-                assert any(m["type"] == "progress" for m in messages)
+                assert sorted(m["data"]["node"] for m in messages if m["type"] == "progress") == ["1", "1", "1", "3"]
+    assert len(carol.previews) == 6  # one preview image per prompt, sent by the worker
+    for frame in carol.previews:
+        assert frame[:8] == bytes([0, 0, 0, 1, 0, 0, 0, 1])  # PREVIEW_IMAGE, JPEG
+        assert Image.open(io.BytesIO(frame[8:])).size == (16, 8)
     assert len(alice_files) == 7  # both workers counted from 00001: the server stored each image under its own name
 
 

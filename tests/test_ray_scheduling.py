@@ -196,6 +196,29 @@ def test_actor_writes_inputs_inside_its_folders_and_refuses_escapes(actor):
     assert actor.info()["running"] is None  # a refused run leaves the worker free
 
 
+def test_actor_streams_previews_as_encoded_images(actor):
+    prompt = {"1": {"class_type": "TestPreview", "inputs": {"value": 5}},
+              "2": {"class_type": "TestShowInt", "inputs": {"value": ["1", 0]}}}
+    _, messages = run_messages(actor, "preview", prompt)
+    kind, image_bytes, image_format, node_id = next(m for m in messages if m[0] == "preview")
+    assert (image_format, node_id) == ("JPEG", "1")
+    assert Image.open(io.BytesIO(image_bytes)).size == (16, 8)
+    assert actor._channel is None  # a preview after the run has nowhere to go
+
+
+def test_a_worker_on_shared_storage_writes_straight_into_the_servers_folders(tmp_path):
+    from engine.workers.actor import PromptActor
+
+    server = FolderPaths(tmp_path / "server")
+    folders = {"base_dir": str(server.base_dir), "input_dir": str(server.input_dir),
+               "output_dir": str(server.output_dir), "temp_dir": str(server.temp_dir)}
+    worker = PromptActor("worker-s", {"node_packages": ["nodes"], "shared": True, "folders": folders})
+    _, messages = run_messages(worker, "shared", image_graph("direct"))
+    assert not any(m[0] in ("file", "file_ref") for m in messages)
+    assert Image.open(server.output_dir / "direct_00001_.png").size == (8, 8)
+    assert worker.private_dir is None
+
+
 def test_actor_interrupt_before_the_prompt_starts_still_stops_it(actor):
     assert actor.interrupt("early") is False  # not running yet: remembered
     started = time.monotonic()
