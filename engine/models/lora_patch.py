@@ -54,6 +54,20 @@ class LoraPatch:
     def key(self) -> tuple:
         return (self.identity, self.strength)
 
+    def patch_weight(self, key: str, weight: Any) -> Any:
+        """`weight` (the parameter `key`, e.g. "transformer_blocks.0.attn.to_q.weight") with this patch's
+        deltas added, as a new tensor; for a memory manager that patches weights as it places them."""
+        deltas = [d for d in self.deltas if f"{d.module}.weight" == key]
+        if not deltas or self.strength == 0.0:
+            return weight
+        import torch
+
+        total = weight.float()
+        for delta in deltas:
+            total = total.addmm(delta.up.to(weight.device, torch.float32), delta.down.to(weight.device, torch.float32),
+                                alpha=self.strength * delta.scale)
+        return total.to(weight.dtype)
+
 
 def patches_for(patches: Iterable[Any], part: str) -> tuple[LoraPatch, ...]:
     return tuple(p for p in patches if isinstance(p, LoraPatch) and p.part == part)

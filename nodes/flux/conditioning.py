@@ -23,12 +23,18 @@ def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -
     if clip is None:
         raise ValueError("clip input is None: the CLIP loader produced no text encoder (a checkpoint "
                          "without text encoders?)")
+    import contextlib
+
     from engine.models.lora_patch import apply_patches, patches_for
 
-    patches = getattr(clip, "patches", ())  # LoraLoader's text-encoder deltas, patched and restored exactly
-    with apply_patches(getattr(clip, "clip", None), patches_for(patches, "clip")), \
-            apply_patches(getattr(clip, "t5", None), patches_for(patches, "t5")):
-        embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, _text_memory(ctx, clip))
+    text_memory = _text_memory(ctx, clip)
+    with contextlib.ExitStack() as stack:
+        for part in ("clip", "t5"):  # LoraLoader's text-encoder deltas, patched once placed, restored exactly
+            module, patches = getattr(clip, part, None), patches_for(getattr(clip, "patches", ()), part)
+            if module is not None and patches:
+                stack.enter_context(text_memory.use(module))  # place first: placing restores the originals
+                stack.enter_context(apply_patches(module, patches))
+        embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, text_memory)
     return make_conditioning(embeds, pooled, **options)
 
 
