@@ -185,3 +185,23 @@ def test_kontext_edit_workflow_runs_with_two_references(runtime):
     workflow["10"]["inputs"]["steps"] = 3
     _, result = run_graph(runtime, workflow, key="kontext")
     assert saved_png(runtime, result, "12").shape[:2] == (64, 64)
+
+
+# ----- declarations of every conditioning node equal ComfyUI's
+
+CONDITIONING_NODES = [
+    "ReferenceLatent", "FluxKontextImageScale", "FluxKontextMultiReferenceLatentMethod", "ImageStitch",
+    "InpaintModelConditioning", "SetLatentNoiseMask", "VAEEncodeForInpaint", "DifferentialDiffusion",
+    "CLIPVisionLoader", "CLIPVisionEncode", "StyleModelLoader", "StyleModelApply", "LoraLoader",
+    "LoraLoaderModelOnly",
+]
+
+
+@pytest.mark.parametrize("name", CONDITIONING_NODES)
+def test_conditioning_node_declarations_match_comfyui(name, tmp_path):
+    from engine.folders import FolderPaths
+    from engine.registry import NodeRegistry
+    from tests.test_object_info_core import _reference, normalise
+
+    ours = NodeRegistry().discover("nodes").object_info(FolderPaths(tmp_path))  # no model files: empty combos
+    assert normalise(ours[name]) == normalise(_reference()[name])
