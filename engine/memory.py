@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import deque
 import sys
 import threading
-import traceback
 import weakref
 from typing import Any, Callable, Iterator
 
-from engine.vram.budget import MemorySettings, estimate_activation_bytes, format_bytes
-from engine.vram.errors import DeviceMemoryError, ModelFileChangedError, NotEnoughMemoryError, OutOfMemoryError
-from engine.vram.plan import ModelEntry, Plan, plan_shrink, plan_use
+from engine.vram.budget import MemorySettings
+from engine.vram.errors import DeviceMemoryError, ModelFileChangedError, NotEnoughMemoryError
+from engine.vram.patches import ExternalPatches, default_patch_weight
+from engine.vram.plan import ModelEntry, Plan, plan_use
+from engine.vram.recovery import CallRecovery, drop_frames
 
 KEEP_PLACEMENT_SLACK = 0.05  # re-placing a partial model for a gain under 5% of it is not worth the copies
 
@@ -55,41 +57,7 @@ def same_device(a: Any, b: Any) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-def default_patch_weight(patches: tuple, key: str, weight: Any) -> Any:
-    """Apply each patch's `patch_weight(key, weight)` in order (the LoRA pack's patch objects provide it)."""
-    for patch in patches:
-        apply = getattr(patch, "patch_weight", None)
-        if apply is None:
-            raise TypeError(f"weight patch {type(patch).__name__} has no patch_weight(key, weight) method")
-        weight = apply(key, weight)
-    return weight
-
-
-class ExternalPatches:
-    """Patches applied to modules outside the manager, by `engine.models.lora_patch.apply_patches`.
-
-    Its patched weights are swapped into the parameters; before the manager moves weights it restores the
-    originals (that module re-applies its patches at its next `apply_patches`), so a patch is never lost
-    silently nor left pointing at memory the manager freed."""
-
-    def _lora(self) -> Any:
-        try:
-            from engine.models import lora_patch
-        except ImportError:
-            return None
-        return lora_patch
-
-    def applied(self, module: Any) -> bool:
-        lora = self._lora()
-        return bool(lora is not None and lora.applied_patches(module))
-
-    def restore(self, module: Any) -> None:
-        lora = self._lora()
-        if lora is not None:
-            lora.restore_weights(module)
-
-
-class MemoryManager:
+class MemoryManager(CallRecovery):
     def __init__(self, device: Any = None, dtype: Any = None, offload_device: Any = "cpu",
                  keep_loaded: bool = True, *, settings: MemorySettings | None = None, backend: Any = None,
                  patch_weight: Callable[[tuple, str, Any], Any] = default_patch_weight,
@@ -108,10 +76,11 @@ class MemoryManager:
         self._lock = threading.RLock()
         self._entries: dict[int, ModelEntry] = {}
         self._refs: dict[int, weakref.ref] = {}
-        self._estimates: dict[int, int] = {}  # activation bytes learned per model (inputs, out-of-memory)
+        self._estimates: dict[int, int] = {}  # activation bytes per model, estimated from its last inputs
+        self._extra_reserve: dict[int, int] = {}  # bytes added after running out of memory with it
         self._depth: dict[int, int] = {}  # nested wrapped calls per model (only the outer one retries)
         self._tick = itertools.count(1)
-        self.events: list[tuple] = []  # ("evict"|"place"|"offload"|"retry", label, ...) for tests and logs
+        self.events: deque[tuple] = deque(maxlen=1000)  # ("evict"|"place"|"retry", label, ...): tests, logs
 
     @classmethod
     def from_settings(cls, settings: MemorySettings, **kwargs: Any) -> "MemoryManager":
@@ -167,7 +136,7 @@ class MemoryManager:
             if not self._is_oom(exc):
                 raise
             error = self._out_of_memory(entry, exc, retried=False)
-            _drop_frames(exc)
+            drop_frames(exc)
         finally:
             self._release(entry)
         if error is not None:
@@ -226,6 +195,7 @@ class MemoryManager:
             self._entries.pop(key, None)
             self._refs.pop(key, None)
             self._estimates.pop(key, None)
+            self._extra_reserve.pop(key, None)
 
     def _acquire(self, module: Any, patches: tuple, activation_bytes: int | None) -> ModelEntry:
         with self._lock:
@@ -258,7 +228,7 @@ class MemoryManager:
         except Exception as exc:
             if not self._is_oom(exc):
                 raise
-            _drop_frames(exc)
+            drop_frames(exc)
         self.events.append(("retry", entry.label, "load"))
         self._offload_entry(entry)  # from a clean slate: the failed attempt may have moved some parts
         self._evict_others(entry)
@@ -270,7 +240,7 @@ class MemoryManager:
             if not self._is_oom(exc):
                 raise
             error = self._out_of_memory(entry, exc, retried=True)
-            _drop_frames(exc)
+            drop_frames(exc)
             self.backend.empty_cache()
             raise error from None
 
@@ -316,6 +286,7 @@ class MemoryManager:
         """Device bytes the weights may use now: the set or measured total minus the activation reserve."""
         estimate = self._estimates.get(entry.key) if entry is not None else None
         reserve = self.settings.activation_reserve(self.device_type, estimate)
+        reserve += self._extra_reserve.get(entry.key, 0) if entry is not None else 0
         if self.settings.budget_bytes is not None:
             return self.settings.budget_bytes - reserve
         total, free = self.backend.device_memory()
@@ -338,75 +309,6 @@ class MemoryManager:
         for other in sorted(self._entries.values(), key=lambda e: e.last_used):
             if other.key != entry.key and other.in_use == 0 and other.on_device:
                 self._offload_entry(other)
-
-    # ----- running: activation estimates and out-of-memory retry around the model's entry points
-    def _guarded(self, key: int, name: str, original: Callable) -> Callable:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            entry = self._entries.get(key)
-            if entry is None or entry.in_use == 0 or self._depth.get(key, 0) > 0:
-                return original(*args, **kwargs)
-            self._depth[key] = 1
-            try:
-                return self._call_with_retry(entry, name, original, args, kwargs)
-            finally:
-                self._depth[key] = 0
-
-        call.__wrapped__ = original  # type: ignore[attr-defined]
-        return call
-
-    def _call_with_retry(self, entry: ModelEntry, name: str, original: Callable, args: tuple, kwargs: dict) -> Any:
-        module = self._refs[entry.key]()
-        patched_outside = self.external_patches.applied(module)  # then weights must not move mid-call
-        estimate = estimate_activation_bytes(module, args, kwargs) if name == "forward" else None
-        if estimate is not None and estimate > self._estimates.get(entry.key, 0) and not patched_outside:
-            with self._lock:
-                self._estimates[entry.key] = estimate
-                self._place_with_recovery(entry, module, entry.patches)
-        try:
-            return original(*args, **kwargs)
-        except Exception as exc:
-            if not self._is_oom(exc):
-                raise
-            from engine.vram.torch_backend import requested_bytes
-
-            requested = requested_bytes(exc) or max(entry.total_bytes // 10, 1)
-            _drop_frames(exc)
-        self._shrink_for(entry, module, requested, move_own=not patched_outside)
-        try:
-            return original(*args, **kwargs)
-        except Exception as exc:
-            if not self._is_oom(exc):
-                raise
-            error = self._out_of_memory(entry, exc, retried=True)
-            _drop_frames(exc)
-        self.backend.empty_cache()
-        raise error
-
-    def _shrink_for(self, entry: ModelEntry, module: Any, requested: int, move_own: bool = True) -> None:
-        """Out-of-memory recovery: evict others, free caches, and stream enough more blocks for `requested`
-        (not when patches applied outside the manager pin this model's weights for the call)."""
-        with self._lock:
-            self.events.append(("retry", entry.label, requested))
-            self._evict_others(entry)
-            self.backend.empty_cache()
-            self._estimates[entry.key] = self._estimates.get(entry.key, 0) + requested
-            _, free = self.backend.device_memory()
-            shortfall = requested * 5 // 4 - (free or 0)
-            if shortfall <= 0 or not move_own:
-                return  # freeing caches and other models made room (or is all that may be done)
-            plan = plan_shrink(entry, shortfall)
-            if not plan.fits:
-                return  # nothing more can be streamed: the retry shows whether freeing caches was enough
-            self.backend.apply(module, plan.resident, plan.streamed, entry.patches)
-            entry.resident, entry.streamed, entry.window_bytes = set(plan.resident), plan.streamed, plan.window_bytes
-
-    def _out_of_memory(self, entry: ModelEntry, exc: BaseException, retried: bool) -> OutOfMemoryError:
-        from engine.vram.torch_backend import requested_bytes
-
-        total, free = self.backend.device_memory()
-        streamed = sum(entry.part(n).nbytes for n in entry.streamed)
-        return OutOfMemoryError(entry.label, self.device_type, self.settings.mode, requested_bytes(exc), free,
-                                total, entry.resident_bytes, streamed, retried, self.settings.budget_bytes)
 
     # ----- reporting
     def stats(self) -> dict[str, Any]:
@@ -440,19 +342,6 @@ class MemoryManager:
         return {"mode": self.settings.mode, "device": str(device), "budget_bytes": self.settings.budget_bytes,
                 "weights_budget_bytes": budget, "weights_on_device_bytes": sum(m["device_bytes"] for m in models),
                 "models": models}
-
-    def describe(self) -> str:
-        lines = [f"memory: {self.settings.describe()}"]
-        for model in self.stats()["models"]:
-            lines.append(f"  {model['name']}: {format_bytes(model['resident_bytes'])} resident, "
-                         f"{format_bytes(model['streamed_bytes'])} streamed")
-        return "\n".join(lines)
-
-
-def _drop_frames(exc: BaseException) -> None:
-    """Free the activations held by the frames of a failed call (their tensors would pin device memory)."""
-    traceback.clear_frames(exc.__traceback__)
-
 
 def manager_from(models: Any) -> MemoryManager:
     """The context's manager, or a CPU manager when a node runs without one (unit tests)."""
