@@ -4,7 +4,8 @@ The graph is a shipped workflow (API format; which file per variant: `engine.ser
 request's values written into the nodes that hold them (found by class and input name, so any equivalent
 wiring works). A variant is *installed* when its workflow exists and every file it names is present (its
 graph passes validation); an unknown or missing variant gets a 400 that lists the installed ones. FLUX.2
-variants also take `images`: reference images (files in input/, e.g. from /upload/image).
+variants also take `images`: reference images (files in input/, e.g. from /upload/image). FLUX.1 fill,
+Kontext edits, Redux style images and LoRAs: engine/server/generate_conditioning.py.
 GET /api/variants lists every variant with its defaults.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.server.errors import ApiError, dumps, json_response, json_type, read_json_object
+from engine.server.generate_conditioning import apply_conditioning, conditioning_workflow, parse_conditioning
 from engine.server.routes_prompt import submit_prompt
 from engine.server.state import ServerState, state_of
 from engine.server.variants import (MAX_REFERENCE_IMAGES, add_reference_images, describe_variant, known_variants,
@@ -175,9 +177,13 @@ def build_graph(workflow: dict[str, Any], text: str, values: dict[str, Any]) -> 
 
 async def post_generate(request: web.Request) -> web.Response:
     state = state_of(request)
-    req = parse_request(await read_json_object(request))
+    raw = await read_json_object(request)
+    req = parse_request(raw)
+    conditioning = parse_conditioning(raw, req["variant"])  # fill / Kontext / Redux / LoRA fields
     loop = asyncio.get_running_loop()
-    installed = await loop.run_in_executor(None, installed_variants, state)
+    workflow = conditioning_workflow(state.config.workflows_dir, conditioning, req["values"])
+    installed = {req["variant"]: workflow} if workflow is not None else \
+        await loop.run_in_executor(None, installed_variants, state)
     if req["variant"] not in installed:
         known = known_variants(state.config.workflows_dir)
         reason = "its model files are missing" if req["variant"] in known else "unknown model variant"
@@ -185,7 +191,8 @@ async def post_generate(request: web.Request) -> web.Response:
                        f"installed variants: {', '.join(installed) or 'none'}", installed=list(installed),
                        known=known)
     graph, ignored = build_graph(installed[req["variant"]], req["text"], req["values"])
-    if req["images"]:
+    graph = apply_conditioning(graph, conditioning, state.config.workflows_dir)
+    if req["images"] and not conditioning.takes_images:
         if not describe_variant(req["variant"], graph, True)["reference_images"]:
             raise ApiError(400, "invalid_request", f"Model variant {req['variant']!r} takes no reference images",
                            "reference images work with the FLUX.2 variants")
