@@ -176,8 +176,8 @@ def model_choice_problem(folders: object, key: str, input_name: str, name: objec
     path = folders.model_path(key, name)  # type: ignore[attr-defined]
     try:
         parts = model_parts(path)
-    except ModelFileError as exc:
-        return f"{input_name}: {exc}"
+    except ModelFileError:
+        return None  # an unreadable file gets its own message when it is loaded
     if any(kind in parts for kind in kinds):
         return None
     families = {part.family for part in parts.values()}

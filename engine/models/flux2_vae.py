@@ -18,6 +18,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from torch import nn
+
 from engine.models.build import instantiate, load_folder_weights, model_subfolder, read_folder_config
 from engine.models.flux2_detect import require_family_part
 from engine.models.handles import FluxVAE
@@ -120,12 +122,6 @@ def build_flux2_vae(state: dict[str, Any], source: str | Path, dtype: Any = None
     return FluxVAE(vae=Flux2Autoencoder(vae), scaling_factor=1.0, shift_factor=0.0, source=str(source))
 
 
-def _torch_module() -> Any:
-    from torch import nn
-
-    return nn.Module
-
-
 class _Encoded:
     """What `encode` returns: `.latent_dist.mode()` as diffusers' AutoencoderKLOutput (deterministic)."""
 
@@ -137,7 +133,7 @@ class _Encoded:
         return self._latents
 
 
-class Flux2Autoencoder(_torch_module()):  # type: ignore[misc]
+class Flux2Autoencoder(nn.Module):
     """AutoencoderKLFlux2 seen in FLUX.2's model space: encode -> normalised 2x2 patches, decode <- them."""
 
     spatial_scale = 16
