@@ -34,6 +34,7 @@ from typing import Any, Iterator
 from engine.executor_backend import encode_preview, free_runtime
 from engine.workers.files import file_records, record_key
 
+MODELS_DIR_ENV = "FLUXGRAPH_WORKER_MODELS_DIR"  # set on a machine whose models live elsewhere than the server's
 BATCH_WINDOW_S = 0.002
 ENDINGS = ("result", "crash")
 _CANCELS_REMEMBERED = 1000
@@ -54,7 +55,8 @@ class PromptActor:
         for package in spec.get("node_packages", ["nodes"]):
             registry.discover(package)
         self.runtime = Runtime.create(
-            base_dir=folders.get("base_dir") or self.private_dir, models_dir=spec.get("models_dir"),
+            base_dir=folders.get("base_dir") or self.private_dir,
+            models_dir=os.environ.get(MODELS_DIR_ENV) or spec.get("models_dir"),
             input_dir=folders.get("input_dir"), output_dir=folders.get("output_dir"),
             temp_dir=folders.get("temp_dir"), registry=registry, models=_memory_manager(spec.get("memory")))
         for attribute in ("priority_model_dirs", "extra_model_dirs"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ def connect(options: RayOptions) -> RayConnection:
         address = ray.get_runtime_context().gcs_address
         log.info("local Ray instance on %s (process group %d)", address, os.getpgid(0))
         return RayConnection(address=address, local=True, owned=True)
+    _check_reachable(options.address)
     try:
         ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=options.log_to_driver,
                  runtime_env={"env_vars": env}, configure_logging=False)
@@ -92,6 +94,20 @@ def connect(options: RayOptions) -> RayConnection:
         raise RayUnavailableError(f"could not join the Ray cluster at {options.address!r}: {exc}") from exc
     log.info("joined the Ray cluster at %s", options.address)
     return RayConnection(address=options.address, local=False, owned=True)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a wrong address: Ray itself retries an unreachable one for minutes."""
+    if address == "auto":
+        return  # Ray finds the address of the cluster started on this machine
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailableError(f"--ray-address {address!r} is not HOST:PORT (or 'auto')")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailableError(f"cannot reach the Ray cluster at {address}: {exc} (is `ray start --head` "
+                                  f"running there?)") from None
 
 
 def _local_cpus(options: RayOptions) -> int:

@@ -27,7 +27,7 @@ class RayOptions:
     node_packages: list[str] = field(default_factory=default_node_packages)
     object_store_mb: int = 256  # local instance only; images and events are small
     log_to_driver: bool = True  # worker output (warnings, tracebacks) shown in the server's log
-    start_timeout_s: float = 300.0  # a worker that is not ready by then is given up
+    start_timeout_s: float | None = None  # None: a worker waits for a free device (a machine joining later)
     memory: Any = None  # engine.vram.budget.MemorySettings each worker's memory manager uses (None: defaults)
 
     @classmethod

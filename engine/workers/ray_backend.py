@@ -232,6 +232,9 @@ class RayBackend:
                            "prompts_run": slot.runs, "models_held": len(slot.models),
                            "node": info.get("node"), "hostname": info.get("hostname"), "pid": info.get("pid"),
                            "device": info.get("device")})
+        with self._cond:
+            listed += [{"name": error.split(" ", 1)[0], "state": "failed", "error": error}
+                       for error in self.start_errors]
         return listed
 
 
