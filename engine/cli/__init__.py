@@ -5,6 +5,8 @@
     fluxgraph nodes [NAME ...] [--json]
     fluxgraph serve [server options]
     fluxgraph models tiny|prepare|list [--models-dir DIR]
+    fluxgraph train segmenter --data DIR [--base NAME] [--epochs N] ...      (engine/cli/train_export.py)
+    fluxgraph export segmenter NAME --format onnx|torchscript|pt2 [--dtype fp32|fp16|int8] [--size HxW ...]
 
 Nothing heavy is imported at module level (no torch, no node pack, no networkx): `fluxgraph --help` must
 answer at once. Each command imports what it needs when it runs.
@@ -23,6 +25,7 @@ from typing import Any, Sequence
 from engine.cli.errors import (EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
                                CliError)
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
+from engine.cli.train_export import add_train_export_commands
 from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow, load_workflow_source
 from engine.vram.budget import add_memory_arguments
 
@@ -226,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models-dir", help="models folder (default: BASE/models)")
     models.add_argument("--base-dir", help="base folder (default: current)")
     models.set_defaults(handler=cmd_models)
+    add_train_export_commands(commands)
     return parser
 
 

@@ -12,20 +12,27 @@ def _segmenter_choices(folders: Any) -> list[str]:
     if folders is None:
         return []
     from engine.models.mask2former import list_segmenters  # stdlib-only module: /object_info stays fast
+    from engine.models.mask2former_exported import list_exported_segmenters
 
-    return list_segmenters(folders)
+    return sorted(set(list_segmenters(folders)) | set(list_exported_segmenters(folders)))
 
 
 @node("Mask2FormerLoader", category="segmentation", display_name="Load Mask2Former",
       inputs=[Combo("model_name", _segmenter_choices,
-                    tooltip="A transformers folder (config.json + model.safetensors) or a single .safetensors "
-                            "file under models/segmentation/")],
+                    tooltip="A transformers folder (config.json + model.safetensors), a single .safetensors "
+                            "file, or an exported .onnx / .pt / .pt2 file under models/segmentation/")],
       outputs=[Output(SEGMENTER)],
       description="Loads a Mask2Former semantic segmenter (Swin backbone) with its class names.")
 def load_mask2former(ctx: Any, model_name: str):
     from engine.models.mask2former import load_segmenter
+    from engine.models.mask2former_exported import EXPORT_SUFFIXES, load_exported_segmenter
 
-    return (load_segmenter(ctx.folders.model_path("segmentation", model_name)),)
+    path = ctx.folders.model_path("segmentation", model_name)
+    if path.is_file() and path.suffix.lower() in EXPORT_SUFFIXES:  # ONNX Runtime / TorchScript / pt2 graph
+        from engine.memory import default_device
+
+        return (load_exported_segmenter(path, default_device()),)
+    return (load_segmenter(path),)
 
 
 NODES = [load_mask2former]
