@@ -138,3 +138,32 @@ def test_tiled_decode_matches_plain_decode_for_flux2(runtime):
     assert torch.allclose(decode_tiled(vae, latents, memory, tile_size=512, overlap=64), plain, atol=1e-6)
     tiled = decode_tiled(vae, latents, memory, tile_size=64, overlap=32)
     assert tiled.shape == plain.shape and float((tiled - plain).abs().mean()) < 0.2
+
+
+@pytest.mark.parametrize("edit", [False, True])
+def test_official_style_graph_with_primitives_and_a_switch(runtime, edit):
+    """As ComfyUI's FLUX.2 templates wire it: PrimitiveInt sizes, PrimitiveStringMultiline prompt, and a
+    PrimitiveBoolean + ComfySwitchNode choosing between text-to-image and editing with three references
+    (only the chosen branch runs)."""
+    names = tuple(f"flux2_switch_{i}.png" for i in range(3))
+    for index, name in enumerate(names):
+        write_reference_image(runtime.folders.input_dir, name, 64 + 16 * index, 64, seed=20 + index)
+    graph = flux2_graph("klein", steps=2, seed=9, references=names, key=f"switch-{edit}")
+    graph.update({
+        "50": {"class_type": "PrimitiveInt", "inputs": {"value": 64}},
+        "51": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red fox\nin the snow"}},
+        "52": {"class_type": "PrimitiveBoolean", "inputs": {"value": edit}},
+        "53": {"class_type": "ComfySwitchNode", "inputs": {"switch": ["52", 0], "on_false": ["4", 0],
+                                                            "on_true": ["40", 0]}},
+    })
+    graph["4"]["inputs"]["text"] = ["51", 0]
+    for node_id in ("6", "10"):
+        graph[node_id]["inputs"].update(width=["50", 0], height=["50", 0])
+    graph["8"]["inputs"].update(positive=["53", 0], negative=["5", 0])  # cfg 1: the negative is not sampled
+    image, result = run_prompt(runtime, graph, key=f"switch-{edit}")
+    assert image.shape == (1, 64, 64, 3)
+    assert ("30" in result.executed) == edit  # the reference branch runs only when chosen
+    if edit:
+        plain, _ = run_prompt(runtime, flux2_graph("klein", width=64, height=64, steps=2, seed=9,
+                                                   prompt="a red fox\nin the snow"))
+        assert float((image - plain).abs().mean()) >= SENSITIVITY
