@@ -21,7 +21,7 @@ import time
 import traceback
 from typing import Any
 
-from engine.executor_backend import InProcessBackend, WorkerLost, encode_preview  # noqa: F401 - re-exported
+from engine.executor_backend import InProcessBackend, WorkerLost
 from engine.queue import ERROR, INTERRUPTED, SUCCESS, PromptQueue, QueueItem
 from engine.server.websocket import EventHub
 
@@ -93,10 +93,6 @@ class PromptWorker:
     def running_prompt_id(self) -> str | None:
         with self._lock:
             return next(iter(self._runs), None)
-
-    def running_prompt_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._runs)
 
     def current_node_for(self, client_id: str) -> str | None:
         with self._lock:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,9 +118,3 @@ def _local_cpus(options: RayOptions) -> int:
 def cluster_gpus(ray: Any) -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
-
-def stop_local_for_tests() -> None:
-    """Shut down the instance this process started (test sessions); never `ray stop`."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
