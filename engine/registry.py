@@ -1,6 +1,8 @@
 """The node registry: discovers node packs under a package (by default `nodes`) and holds their schemas.
 
-A pack is a subpackage exposing `NODES`, a sequence of `NodeSchema`. A pack that fails to import is
+A pack is a subpackage exposing `NODES`, a sequence of `NodeSchema`, and optionally `GRAPH_VALIDATORS`:
+checks that need the whole prompt (e.g. a FLUX.1 model wired into a FLUX.2 graph), each a callable
+`(prompt, folders) -> {node_id: message}`. A pack that fails to import is
 reported in `failed` and skipped; the rest keep working. The registry is an object passed to whoever needs
 it, never a module-level global.
 """
@@ -11,7 +13,7 @@ import importlib
 import logging
 import pkgutil
 import traceback
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from engine.schema import NodeSchema
 
@@ -22,6 +24,7 @@ class NodeRegistry:
     def __init__(self, schemas: Iterable[NodeSchema] = ()) -> None:
         self._schemas: dict[str, NodeSchema] = {}
         self.failed: dict[str, str] = {}  # pack module -> error text
+        self.graph_validators: list[Callable[[dict, Any], dict[str, str]]] = []
         for schema in schemas:
             self.register(schema)
 
@@ -40,6 +43,7 @@ class NodeRegistry:
                 module = importlib.import_module(module_name)
                 for schema in getattr(module, "NODES", ()):
                     self.register(schema)
+                self.graph_validators.extend(getattr(module, "GRAPH_VALIDATORS", ()))
             except Exception as exc:  # a broken pack must not take the others down
                 self.failed[module_name] = f"{type(exc).__name__}: {exc}"
                 log.error("node pack %s failed to import and is skipped:\n%s", module_name,

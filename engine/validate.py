@@ -300,6 +300,7 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, folders: Any = None,
         errors = validator.validate(graph[node_id])
         if errors:
             own_errors[node_id] = errors
+    _run_graph_validators(registry, converted, folders, needed, own_errors)
     cycle = graph.find_cycle(needed)
     if cycle:
         text = " -> ".join(cycle)
@@ -322,6 +323,27 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, folders: Any = None,
         return ValidationResult(ok=False, node_errors=node_errors, prompt=converted, error=_error(
             "prompt_outputs_failed_validation", "Prompt outputs failed validation", _summary(node_errors)))
     return ValidationResult(ok=True, node_errors=node_errors, outputs=good_outputs, prompt=converted)
+
+
+def _run_graph_validators(registry: NodeRegistry, prompt: dict[str, Any], folders: Any, needed: set[str],
+                          own_errors: dict[str, list[dict[str, Any]]]) -> None:
+    """Checks across nodes that packs declare (GRAPH_VALIDATORS); only on prompts that are sound so far."""
+    if own_errors:
+        return
+    for check in registry.graph_validators:
+        try:
+            found = check(prompt, folders)
+        except Exception as exc:  # a broken check must not hide the prompt's real state
+            found = {}
+            for node_id in needed:
+                own_errors.setdefault(node_id, []).append(
+                    _error("exception_during_validation", "Exception when validating the graph", str(exc),
+                           exception_type=type(exc).__name__, traceback=traceback.format_exception(exc)))
+                break
+        for node_id, message in found.items():
+            if node_id in needed:
+                own_errors.setdefault(node_id, []).append(
+                    _error("custom_validation_failed", "Custom validation failed for node", message))
 
 
 def _summary(node_errors: dict[str, Any]) -> str:

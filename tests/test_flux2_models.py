@@ -278,3 +278,17 @@ def test_family_check_passes_the_shipped_workflows():
     for name in ("flux_dev_txt2img.json", "flux2_klein_txt2img.json", "flux2_dev_txt2img.json",
                  "flux2_klein_edit.json"):
         assert family_errors(json.loads((root / name).read_text()), folders) == {}, name
+
+
+def test_validation_refuses_a_flux1_model_in_a_flux2_graph():
+    """The pack's GRAPH_VALIDATORS run inside validate_prompt: the error reaches /prompt and the CLI."""
+    from tests.test_flux2_support import flux2_graph
+
+    runtime = make_runtime()
+    graph = flux2_graph("klein")
+    assert runtime.validate(graph).ok
+    graph["1"]["inputs"]["unet_name"] = "flux1-dev-tiny.safetensors"
+    result = runtime.validate(graph)
+    assert not result.ok
+    error = result.node_errors["1"]["errors"][0]
+    assert error["type"] == "custom_validation_failed" and "flux1-dev-tiny.safetensors" in error["details"]

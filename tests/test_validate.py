@@ -213,3 +213,19 @@ def test_value_not_in_list_suggests_close_matches():
     err = result.node_errors["2"]["errors"][0]
     assert err["extra_info"]["close_matches"] == ["floor"]
     assert "did you mean 'floor'" in err["details"]
+
+
+def test_graph_validators_report_on_the_blamed_node():
+    from engine.registry import NodeRegistry
+
+    from tests.toy_nodes import NODES
+
+    reg = NodeRegistry(NODES)
+    reg.graph_validators.append(
+        lambda prompt, folders: {"1": "two Numbers disagree"} if len(prompt) > 2 else {})
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    assert validate_prompt(prompt, reg).ok
+    prompt["3"] = {"class_type": "Number", "inputs": {"value": 2}}
+    result = validate_prompt(prompt, reg)
+    assert not result.ok and result.node_errors["1"]["errors"][0]["details"] == "two Numbers disagree"

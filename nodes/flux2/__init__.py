@@ -6,6 +6,10 @@ CFGGuider, SamplerCustomAdvanced, ReferenceLatent, VAEEncode / VAEDecode dispatc
 Declarations import no torch; the ML code is in engine/sampling/flux2_*.py and engine/models/flux2_*.py.
 """
 
+from engine.models.flux2_family_check import family_errors
+
 from . import latent
 
 NODES = [*latent.NODES]
+# A FLUX.1 model in a FLUX.2 graph (or the reverse) is refused at validation, naming the odd loader's file.
+GRAPH_VALIDATORS = [family_errors]
