@@ -60,12 +60,9 @@ class LoraPatch:
         deltas = [d for d in self.deltas if f"{d.module}.weight" == key]
         if not deltas or self.strength == 0.0:
             return weight
-        import torch
-
         total = weight.float()
-        for delta in deltas:
-            total = total.addmm(delta.up.to(weight.device, torch.float32), delta.down.to(weight.device, torch.float32),
-                                alpha=self.strength * delta.scale)
+        for number, delta in enumerate(deltas):
+            total = _add_delta(total, delta, self.strength * delta.scale, weight.device, fresh=number == 0, out=None)
         return total.to(weight.dtype)
 
 
@@ -78,6 +75,7 @@ class _State:
     applied: tuple = ()  # keys of the patches in effect
     originals: dict[str, Any] | None = None  # parameter name -> original tensor (or its backup copy)
     swapped: set[str] | None = None  # names whose original tensor object was swapped out (restore by swap)
+    spares: dict[str, Any] | None = None  # patched tensors swapped out, reused as buffers by the next patch
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
@@ -95,10 +93,11 @@ def apply_patches(module: Any, patches: Iterable[LoraPatch]) -> Iterator[Any]:
         state = _STATES.setdefault(module, _State())
         wanted = tuple(p.key for p in patches)
         if state.applied != wanted:
-            _restore(module, state)
+            _restore(module, state, keep_buffers=bool(patches))
             if patches:
                 _patch(module, state, patches)
                 state.applied = wanted
+            state.spares = None  # buffers the new patches did not reuse are freed
     yield module
 
 
@@ -141,14 +140,16 @@ def _patch(module: Any, state: _State, patches: tuple[LoraPatch, ...]) -> None:
         for name, deltas in by_weight.items():
             param = params[name]
             weight = param.data
+            spare = (state.spares or {}).pop(name, None)
+            reuse = spare is not None and spare.shape == weight.shape and spare.dtype == weight.dtype == torch.float32 \
+                and spare.device == weight.device  # writing into last patch's tensor saves fresh allocations
             total = weight.float()
-            for factor, delta in deltas:
-                up = delta.up.to(weight.device, torch.float32)
-                down = delta.down.to(weight.device, torch.float32)
-                if up.shape[0] != weight.shape[0] or down.shape[1] != weight.shape[1]:
-                    raise ValueError(f"LoRA delta for {name} is {up.shape[0]}x{down.shape[1]}, the weight is "
-                                     f"{weight.shape[0]}x{weight.shape[1]}")
-                total = total.addmm(up, down, alpha=factor)  # a new tensor: `weight` stays untouched
+            for number, (factor, delta) in enumerate(deltas):
+                if delta.up.shape[0] != weight.shape[0] or delta.down.shape[1] != weight.shape[1]:
+                    raise ValueError(f"LoRA delta for {name} is {delta.up.shape[0]}x{delta.down.shape[1]}, the "
+                                     f"weight is {weight.shape[0]}x{weight.shape[1]}")
+                total = _add_delta(total, delta, factor, weight.device, fresh=number == 0,
+                                   out=spare if reuse and number == 0 else None)
             patched = total.to(weight.dtype)
             if weight.device.type == "cpu" or on_device_ok:
                 state.originals[name] = weight  # keep the original tensor object: restoring swaps it back
@@ -157,6 +158,26 @@ def _patch(module: Any, state: _State, patches: tuple[LoraPatch, ...]) -> None:
             else:
                 state.originals[name] = weight.to("cpu", copy=True)
                 weight.copy_(patched)
+
+
+def _add_delta(total: Any, delta: WeightDelta, factor: float, device: Any, fresh: bool, out: Any) -> Any:
+    """total + factor * up @ down: a new tensor (or `out`) when `fresh`, else in place. With a cached product
+    (engine/models/lora_deltas.py) it is one pass over memory, else one matrix product."""
+    import torch
+
+    from engine.models.lora_deltas import DELTAS
+
+    product = DELTAS.product(delta, device)
+    if product is not None:
+        if fresh:
+            return torch.add(total, product, alpha=factor, out=out) if out is not None else \
+                total.add(product, alpha=factor)
+        return total.add_(product, alpha=factor)
+    up, down = delta.up.to(device, torch.float32), delta.down.to(device, torch.float32)
+    if fresh:
+        return torch.addmm(total, up, down, alpha=factor, out=out) if out is not None else \
+            total.addmm(up, down, alpha=factor)
+    return total.addmm_(up, down, alpha=factor)
 
 
 def _room_for_backups(params: dict[str, Any], by_weight: dict[str, Any]) -> bool:
@@ -171,18 +192,21 @@ def _room_for_backups(params: dict[str, Any], by_weight: dict[str, Any]) -> bool
     return free > 2 * needed
 
 
-def _restore(module: Any, state: _State) -> None:
+def _restore(module: Any, state: _State, keep_buffers: bool = False) -> None:
     import torch
 
     if not state.originals:
         state.applied = ()
         return
     params = dict(module.named_parameters())
+    state.spares = {}
     with torch.no_grad():
         for name, original in state.originals.items():
             param = params[name]
             same_place = original.device == param.data.device and original.dtype == param.data.dtype
             if name in state.swapped and same_place:
+                if keep_buffers:
+                    state.spares[name] = param.data
                 param.data = original  # the very tensor that was there before patching
             elif name in state.swapped:  # the module was moved since: copy the exact values over
                 param.data = original.to(param.data.device, param.data.dtype)
