@@ -147,9 +147,10 @@ class ReferenceInputs:
         if hidden.shape[-1] != 64:
             raise ValueError(f"reference latents need a FLUX model whose image tokens are latents (64 channels); "
                              f"this one takes {hidden.shape[-1]} (FLUX Fill?)")
-        main_size = (int(img_ids[: tokens.shape[1], 1].max()) * 2 + 2, int(img_ids[: tokens.shape[1], 2].max()) * 2 + 2)
-        key = (id(cond), main_size, hidden.shape[0], hidden.device, hidden.dtype)
-        if key not in self._cache:
+        key = (id(cond), tuple(img_ids.shape), hidden.shape[0], hidden.device, hidden.dtype)
+        if key not in self._cache:  # (reading the ids syncs a GPU: only once per entry and size)
+            main_ids = img_ids[: tokens.shape[1]]
+            main_size = (int(main_ids[:, 1].max()) * 2 + 2, int(main_ids[:, 2].max()) * 2 + 2)
             ref_tokens, ref_ids = reference_tokens(refs, main_size, reference_method(options), hidden.shape[0])
             self._cache[key] = (ref_tokens.to(hidden.device, hidden.dtype), ref_ids.to(img_ids.device, img_ids.dtype))
         ref_tokens, ref_ids = self._cache[key]
