@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -145,6 +146,7 @@ def content_hash(path: Path, size: int) -> str:
 
 def model_files(prompt: dict[str, Any], registry: Any, folders: Any) -> list[Path]:
     """Model files and folders the prompt's combo and file-name inputs name, in any model folder."""
+    roots = [(key, [str(root) for root in folders.model_dirs(key)]) for key in DEFAULT_MODEL_FOLDERS]
     found: list[Path] = []
     for node in prompt.values():
         schema = registry.get(node.get("class_type")) if isinstance(node, dict) else None
@@ -154,14 +156,18 @@ def model_files(prompt: dict[str, Any], registry: Any, folders: Any) -> list[Pat
             value = unwrap_literal(node.get("inputs", {}).get(inp.name))
             if path_kind(inp) != "name" or not isinstance(value, str) or not value:
                 continue
-            path = _find_model(folders, value)
+            path = _find_model(folders, roots, value)
             if path is not None and path not in found:
                 found.append(path)
     return found
 
 
-def _find_model(folders: Any, name: str) -> Path | None:
-    for key in DEFAULT_MODEL_FOLDERS:
+def _find_model(folders: Any, roots: list[tuple[str, list[str]]], name: str) -> Path | None:
+    for key, directories in roots:
+        # A plain existence test first (most combo values, like sampler names, are no file at all); the
+        # containment check resolves symlinks and costs far more.
+        if not any(os.path.exists(os.path.join(directory, name)) for directory in directories):
+            continue
         try:
             return folders.model_path(key, name)
         except (FileNotFoundError, UnsafePathError, OSError):
