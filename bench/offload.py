@@ -108,6 +108,34 @@ def timed_steps(call: Any, steps: int, device: Any) -> list[float]:
     return times
 
 
+def run_interleaved(cases: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """Seconds per step of several configurations of one model, called round-robin in one process, so that
+    load from other work on the machine hits them alike (memory figures come from the separate runs)."""
+    import torch
+
+    device = torch.device(cases[0]["device"])
+    config = model_config(cases[0]["model"])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    inputs = step_inputs(config, cases[0]["size"], cases[0]["text_tokens"], device, dtype)
+    times: dict[str, list[float]] = {c["label"]: [] for c in cases}
+    with contextlib.ExitStack() as stack:
+        runners = []
+        for case in cases:
+            module, _manager, context = prepare(case, config, device, dtype)
+            stack.enter_context(context)
+            runners.append((case["label"], module))
+        with torch.no_grad():
+            for _, module in runners:
+                module(**inputs)  # warm-up
+            for _ in range(rounds):
+                for label, module in runners:
+                    started = time.perf_counter()
+                    module(**inputs)
+                    times[label].append(time.perf_counter() - started)
+    return {label: {"min_s_per_step": round(min(t), 4), "median_s_per_step": round(statistics.median(t), 4)}
+            for label, t in times.items()}
+
+
 def run_child(case: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -284,7 +312,22 @@ def run_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
         tail = (done.stderr or done.stdout).strip().splitlines()
         result["error"] = tail[-1] if tail else f"exit status {done.returncode}"
     result["wall_s"] = round(time.perf_counter() - started, 1)
+    if "peak_rss_steps_bytes" in result:
+        mib = 1 << 20
+        result["peak_rss_steps_mib"] = round(result["peak_rss_steps_bytes"] / mib, 1)
+        result["peak_rss_above_baseline_mib"] = round((result["peak_rss_steps_bytes"]
+                                                       - result["baseline_rss_bytes"]) / mib, 1)
     return result
+
+
+def run_interleaved_child(cases: list[dict[str, Any]], rounds: int, timeout: float) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--rounds", str(rounds), "--interleave", json.dumps(cases)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    tail = (done.stderr or done.stdout).strip().splitlines()
+    return {"error": tail[-1] if tail else f"exit status {done.returncode}"}
 
 
 def machine() -> dict[str, Any]:
@@ -305,10 +348,16 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file (default bench/results/offload-<device>.json)")
     parser.add_argument("--work-dir", default=None, help="where model files and disk offloads go")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="CPU: rounds of the interleaved timing of all configurations in one process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--interleave", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(json.loads(args.child))), flush=True)
+        return
+    if args.interleave:
+        print(json.dumps(run_interleaved(json.loads(args.interleave), args.rounds)), flush=True)
         return
     import torch
 
@@ -322,7 +371,14 @@ def main() -> None:
         results.append(result)
         shown = {k: result.get(k) for k in ("s_per_step", "peak_rss_steps_bytes", "peak_vram_gib", "error")}
         print(f"{case['model']:>6} | {case['label']:<60} | {shown}", file=sys.stderr, flush=True)
+    interleaved = {}
+    if device == "cpu":  # a shared CPU machine: compare speeds side by side as well
+        for model in sorted({c["model"] for c in cases}):
+            group = [c for c in cases if c["model"] == model and "model cpu offload" not in c["kind"]]
+            interleaved[model] = run_interleaved_child(group, args.rounds, args.timeout)
+            print(f"{model:>6} | interleaved: {interleaved[model]}", file=sys.stderr, flush=True)
     report = {"bench": "offload", "device": device, "machine": machine(), "steps": args.steps,
+              "interleaved_timing": interleaved,
               "issue_anchor": ISSUE_ANCHOR if device == "cuda" else None, "targets": TARGETS if device == "cuda" else None,
               "results": results}
     out = Path(args.out or ROOT / "bench" / "results" / f"offload-{device}.json")

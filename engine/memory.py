@@ -235,7 +235,7 @@ class MemoryManager(CallRecovery):
         self.backend.empty_cache()
         _total, free = self.backend.device_memory()
         try:
-            self._place(entry, module, patches, cap=free)
+            self._place(entry, module, patches, cap=free, retry=True)
         except Exception as exc:
             if not self._is_oom(exc):
                 raise
@@ -244,13 +244,15 @@ class MemoryManager(CallRecovery):
             self.backend.empty_cache()
             raise error from None
 
-    def _place(self, entry: ModelEntry, module: Any, patches: tuple, cap: int | None = None) -> None:
+    def _place(self, entry: ModelEntry, module: Any, patches: tuple, cap: int | None = None,
+               retry: bool = False) -> None:
+        """Plan and carry out the placement of `entry`; a retry after running out may stream in any mode."""
         budget = self.weights_budget(entry)
         if cap is not None:
             budget = cap if budget is None else min(budget, cap)
         plan = plan_use(self._entries, entry.key, budget, stream_all=self.settings.stream_all,
-                        allow_partial=self.settings.allow_partial)
-        if not plan.fits and self.settings.allow_partial:
+                        allow_partial=self.settings.allow_partial or retry)
+        if not plan.fits and (self.settings.allow_partial or retry):
             raise NotEnoughMemoryError(entry.label, plan.needed_bytes, budget or 0, self.settings.mode,
                                        self.device_type)
         if self._unchanged(entry, plan, patches) or self._keep_current(entry, plan, patches):

@@ -87,6 +87,16 @@ def test_no_vram_streams_everything_and_low_vram_offloads_after_each_use():
     assert evictions(backend) == ["x", "y"]
 
 
+def test_high_vram_loads_whole_and_streams_only_after_running_out():
+    manager, backend = setup(1000, mode="highvram")
+    fits, too_big = SimModel("fits", 100, [300, 300]), SimModel("too-big", 100, [300] * 4)
+    run(manager, fits)
+    assert manager.stats()["models"][0]["streamed_parts"] == 0
+    run(manager, too_big, calls=2)  # loading whole fails on the device; the retry streams
+    assert ("retry", "too-big", "load") in manager.events
+    assert manager.stats()["models"][0]["streamed_parts"] > 0 and backend.accounting.peak <= 1000
+
+
 def test_a_set_budget_caps_the_device_use_below_its_capacity():
     manager, backend = setup(10_000, budget=600)
     model = SimModel("m", 100, [100] * 8)

@@ -42,16 +42,17 @@ def load(path):
     return load_flux_transformer(path, variant="dev").transformer
 
 
-def inputs(seed: int = 1) -> dict:
+def inputs(seed: int = 1, device: str = "cpu") -> dict:
     g = torch.Generator().manual_seed(seed)
-    return dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
-                pooled_projections=torch.randn(1, 16, generator=g), timestep=torch.tensor([0.5]),
-                img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]), return_dict=False)
+    values = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  pooled_projections=torch.randn(1, 16, generator=g), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]))
+    return dict({k: v.to(device) for k, v in values.items()}, return_dict=False)
 
 
 @torch.no_grad()
-def forward(module, seed: int = 1):
-    return module(**inputs(seed))[0]
+def forward(module, seed: int = 1, device: str = "cpu"):
+    return module(**inputs(seed, device))[0]
 
 
 def manager(budget: int | None = None, streaming: str = "mapped", **kwargs) -> MemoryManager:
@@ -143,6 +144,9 @@ class RecordingStreams:
     def on_side(self):
         return contextlib.nullcontext()
 
+    def join(self):
+        self.calls.append(("compute", "joins", "side"))
+
 
 def test_side_stream_copies_wait_for_the_slot_to_be_free_and_compute_waits_for_the_copy(model_file):
     module = load(model_file)
@@ -167,6 +171,8 @@ def test_side_stream_copies_wait_for_the_slot_to_be_free_and_compute_waits_for_t
         if call[:2] == ("side", "waits"):  # a copy waits for the slot's previous block to finish
             assert call[2] in freed and ("compute", "records", call[2]) in calls[:index]
     assert sum(1 for c in calls if c[:2] == ("side", "waits")) >= 2
+    memory.offload_all()  # slots are freed only after the side stream's last copy
+    assert recorders[0].calls[-1] == ("compute", "joins", "side")
 
 
 class AddToWeight:
@@ -332,3 +338,50 @@ def test_dropping_the_model_frees_its_registry_entry(model_file):
     del module
     gc.collect()
     assert memory.stats()["models"] == []
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_streaming_from_pinned_memory_matches_full_residency_within_the_budget(model_file):
+    full = load(model_file)
+    with MemoryManager(settings=MemorySettings(device="cuda")).use(full):
+        expected = forward(full, device="cuda")
+    module = load(model_file)
+    budget = half_budget(module)
+    memory = MemoryManager(settings=MemorySettings(device="cuda", budget_bytes=budget, reserve_bytes=0))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    with memory.use(module):
+        torch.cuda.reset_peak_memory_stats()
+        outputs = [forward(module, device="cuda") for _ in range(3)]
+        torch.cuda.synchronize()
+        weights_peak = torch.cuda.max_memory_allocated() - before
+    assert all(torch.allclose(out, expected, rtol=1e-4, atol=1e-4) for out in outputs)
+    placed = memory.stats()["models"][0]
+    assert placed["streamed_parts"] > 0 and placed["device_bytes"] <= budget
+    assert weights_peak < budget + 64 * (1 << 20)  # weights and window within the budget, plus activations
+    state = memory.backend._state(module)
+    streamed = [p for p in state.parts if p.name in state.streamed]
+    assert all(slot.home is not None and slot.home.is_pinned() for p in streamed for slot in p.params)
+    memory.offload_all()
+    assert all(p.device.type == "cpu" and is_mapped(p.data) for p in module.parameters())  # back to the file
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_owned_weights_move_without_a_second_copy():
+    module = Stack()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        expected = module(x)
+    memory = MemoryManager(settings=MemorySettings(device="cuda"))
+    with torch.no_grad(), memory.use(module):
+        assert torch.allclose(module(x.cuda()).cpu(), expected, atol=1e-5)
+        state = memory.backend._state(module)
+        assert all(slot.home is None and slot.param.is_cuda for p in state.parts for slot in p.params)
+    memory.offload_all()
+    assert all(slot.home is not None and slot.holds_own() and not slot.param.is_cuda
+               for p in state.parts for slot in p.params)

@@ -189,7 +189,9 @@ class TorchBackend:
         if self.on_cpu and self.cpu_streaming == "mapped":
             return MappedTransport(by_name, patcher)
         streams = self.streams_factory(self.device) if self.streams_factory is not None else None
-        pin = self.pin_memory and _ram_available() - sum(p.nbytes for p in parts) > PIN_HEADROOM
+        # pinned copies of file-backed weights are new RAM; owned weights are replaced by theirs
+        new_bytes = sum(slot.nbytes for part in parts for slot in part.params if slot.home is None)
+        pin = self.pin_memory and _ram_available() - new_bytes > PIN_HEADROOM
         return SlotTransport(self.device, by_name, patcher, streams=streams, pin=pin)
 
     # ----- bookkeeping for stats and safety

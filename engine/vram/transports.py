@@ -52,6 +52,10 @@ class CudaStreams:
     def on_side(self) -> Any:
         return self.torch.cuda.stream(self.side)
 
+    def join(self) -> None:
+        """The compute stream waits for everything queued on the side stream so far."""
+        self.current().wait_stream(self.side)
+
 
 class SlotTransport:
     def __init__(self, device: Any, parts: dict[str, Part], patcher: Patcher | None = None,
@@ -91,6 +95,7 @@ class SlotTransport:
             slot.home = view  # replaces an owned copy (freed): never held twice
             slot.param.data = view
             offset += _aligned(slot.nbytes)
+        release_pages(s.source for s in part.params if s.source is not None)  # the file keeps a clean copy
         return flat
 
     def fetch(self, block: str, slot_index: int) -> None:
@@ -142,9 +147,12 @@ class SlotTransport:
             self.free_recorded[slot_index] = True
 
     def close(self) -> None:
-        """Parameters of a block still running (an exception) back; the slots are freed with this object."""
+        """Parameters of a block still running (an exception) back; the slots are freed with this object,
+        after any copy still in flight on the side stream (a prefetch nobody waited for)."""
         for block in list(self.restore):
             self.done(block, 0) if self.streams is None else self._put_back(block)
+        if self.streams is not None:
+            self.streams.join()
         self.buffers = []
 
     def _put_back(self, block: str) -> None:
