@@ -48,10 +48,10 @@ class DeltaCache:
         value = delta.up.to(device, torch.float32) @ delta.down.to(device, torch.float32)
         with self._lock:
             self._entries[key] = (weakref.ref(delta, lambda _r, k=key: self._drop(k)), value)
-            kind = torch.device(device).type
+            kind = key[1].split(":")[0]
             self._bytes[kind] = self._bytes.get(kind, 0) + size
             while self._bytes[kind] > budget:
-                oldest = next((k for k in self._entries if torch.device(k[1]).type == kind), None)
+                oldest = next((k for k in self._entries if k[1].split(":")[0] == kind), None)
                 if oldest is None or oldest == key:
                     break
                 self._drop_locked(oldest)
@@ -63,11 +63,9 @@ class DeltaCache:
 
     def _drop_locked(self, key: tuple[int, str]) -> None:
         entry = self._entries.pop(key, None)
-        if entry is not None:
-            import torch
-
-            kind = torch.device(key[1]).type
-            self._bytes[kind] -= entry[1].numel() * 4
+        if entry is not None:  # (no imports here: this also runs from weakref callbacks at interpreter exit)
+            kind = key[1].split(":")[0]
+            self._bytes[kind] = self._bytes.get(kind, 0) - entry[1].numel() * 4
 
     def clear(self) -> None:
         with self._lock:
