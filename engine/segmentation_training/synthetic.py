@@ -24,7 +24,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _shape_mask(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
-    radius = rng.uniform(0.12, 0.22) * size
+    radius = rng.uniform(0.15, 0.25) * size
     cy, cx = rng.uniform(radius, size - radius, 2)
     if kind == 1:
         return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
@@ -32,7 +32,7 @@ def _shape_mask(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
         return (abs(yy - cy) <= radius) & (abs(xx - cx) <= radius)
     # an upward triangle: inside the lines from the apex to the two base corners
     top, bottom = cy - radius, cy + radius
-    half_width = (yy - top) / (2 * radius) * radius * 1.2
+    half_width = (yy - top) / (2 * radius) * radius * 1.6
     return (yy >= top) & (yy <= bottom) & (abs(xx - cx) <= half_width)
 
 
