@@ -144,6 +144,9 @@ def run_child(case: dict[str, Any]) -> dict[str, Any]:
     config = model_config(case["model"])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     inputs = step_inputs(config, case["size"], case["text_tokens"], device, dtype)
+    import diffusers  # noqa: F401 - imported before the baseline: the libraries are not the model
+    import engine.models.flux_transformer  # noqa: F401
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = rss_now()["VmRSS"]

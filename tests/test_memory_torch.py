@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -385,3 +388,40 @@ def test_cuda_owned_weights_move_without_a_second_copy():
     memory.offload_all()
     assert all(slot.home is not None and slot.holds_own() and not slot.param.is_cuda
                for p in state.parts for slot in p.params)
+
+
+LOAD_PEAK_SCRIPT = """
+import sys, torch
+from engine.models.build import instantiate
+from engine.models.safetensors_io import open_safetensors
+
+def peak():
+    with open('/proc/self/status') as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith('VmHWM'))
+
+def rss():
+    with open('/proc/self/status') as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith('VmRSS'))
+
+path = sys.argv[1]
+factory = lambda: torch.nn.ModuleList(torch.nn.Linear(1024, 1024, bias=False) for _ in range(48))
+open('/proc/self/clear_refs', 'w').write('5')
+start = rss()
+module = instantiate(factory, open_safetensors(path).load(), path, dtype=torch.bfloat16)
+print(peak() - start, rss() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_loading_with_a_dtype_cast_never_holds_two_copies(tmp_path):
+    weights = {f"{i}.weight": torch.full((1024, 1024), i / 48) for i in range(48)}  # 192 MiB of float32
+    path = tmp_path / "wide.safetensors"
+    save_safetensors(weights, path)
+    del weights
+    done = subprocess.run([sys.executable, "-c", LOAD_PEAK_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    peak, kept = (int(v) for v in done.stdout.split())
+    converted, largest = 48 * 1024 * 1024 * 2, 1024 * 1024 * 4  # 96 MiB of bfloat16, one 4 MiB source tensor
+    assert kept < converted + 16 * largest  # the converted model only: the file's pages were handed back
+    assert peak < converted + 16 * largest  # holding the float32 source too: about 290 MiB (measured)

@@ -105,6 +105,7 @@ def serve(args: argparse.Namespace) -> None:
         logging.getLogger("engine.server").warning(
             "listening beyond loopback without --auth-token: anyone on the network can queue prompts")
     runtime = build_runtime(args.base_dir, config.memory)
+    logging.getLogger("engine.memory").info("memory: %s", runtime.models.settings.describe())
     backend = None
     if config.executor != "inprocess":  # connect now: a bad --ray-address stops here with a clear message
         from engine.executor_backend import make_backend  # noqa: PLC0415

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from engine.vram.layout import BASE
 from engine.vram.plan import PartSpec, window_for
 from engine.vram.schedule import Done, Fetch, PrefetchSchedule, Wait
 
-BASE = "(base)"
 TIERS = ("device", "host", "disk")
 
 

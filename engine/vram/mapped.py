@@ -4,7 +4,8 @@ Loading through a mapping costs no RAM: a tensor's pages are read from the file 
 something touches them, and `release_pages` hands them back, so a model larger than the budget can run with
 only the blocks in use present in memory. The mapping is private copy-on-write: writing into such a tensor
 never changes the file, but releasing its pages would discard what was written, so the memory manager only
-releases weights it knows are unmodified (patches go through the manager, never into these tensors).
+releases weights it knows are unmodified (patches go through the manager, never into these tensors). Where
+strict overcommit accounting refuses such a mapping the file is mapped read-only instead.
 
 The table of live mappings below mirrors kernel state (which address ranges belong to which file). It is
 the one piece of module-level state here: it lets any tensor be traced back to its file by data pointer,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +68,27 @@ _LOCK = threading.Lock()
 _REGIONS: dict[int, _Region] = {}  # base address -> live region
 
 
-def _address_of(mm: mmap.mmap) -> int:
-    import ctypes
+def _frombuffer(mm: mmap.mmap, **kwargs: Any) -> Any:
+    import torch
 
-    anchor = ctypes.c_char.from_buffer(mm)  # a momentary buffer export, released with `anchor`
+    with warnings.catch_warnings():  # a read-only mapping (see _map) is fine: weights are never written
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        return torch.frombuffer(mm, **kwargs)
+
+
+def _address_of(mm: mmap.mmap) -> int:
+    import torch
+
+    return _frombuffer(mm, dtype=torch.uint8, count=1).data_ptr()
+
+
+def _map(fd: int) -> mmap.mmap:
+    """Copy-on-write, so that a stray in-place write changes our copy, never the file; read-only where the
+    system's strict overcommit accounting refuses a private writable mapping of the whole file."""
     try:
-        return ctypes.addressof(anchor)
-    finally:
-        del anchor
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    except OSError:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
 class MappedFile:
@@ -99,9 +114,9 @@ class MappedFile:
         if stop - start != count * itemsize:
             raise ValueError(f"{self.path}: tensor of {dtype}{list(shape)} spans {stop - start} bytes")
         if start % itemsize:  # a misaligned tensor (after odd-sized ones) cannot be viewed: copy it
-            raw = torch.frombuffer(self.mm, dtype=torch.uint8, count=stop - start, offset=start)
+            raw = _frombuffer(self.mm, dtype=torch.uint8, count=stop - start, offset=start)
             return raw.clone().view(torch_dtype).reshape(shape)
-        return torch.frombuffer(self.mm, dtype=torch_dtype, count=count, offset=start).reshape(shape)
+        return _frombuffer(self.mm, dtype=torch_dtype, count=count, offset=start).reshape(shape)
 
 
 def torch_dtype_of(name: str) -> Any:
@@ -125,7 +140,7 @@ def _live_or_new_mapping(path: Path) -> tuple[mmap.mmap, FileVersion]:
                 return mm, version
     fd = os.open(resolved, os.O_RDONLY)
     try:
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        mm = _map(fd)
     finally:
         os.close(fd)
     base = _address_of(mm)

@@ -81,10 +81,6 @@ class Plan:
     fits: bool  # False: even the base and the window exceed the budget
     needed_bytes: int  # device bytes this plan needs for the target (the minimum when it does not fit)
 
-    @property
-    def device_bytes(self) -> int:
-        return self.needed_bytes
-
 
 def window_for(parts: Iterable[PartSpec]) -> int:
     """Bytes of the streaming window for these streamed parts (their largest, twice when there are two)."""

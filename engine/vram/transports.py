@@ -150,7 +150,7 @@ class SlotTransport:
         """Parameters of a block still running (an exception) back; the slots are freed with this object,
         after any copy still in flight on the side stream (a prefetch nobody waited for)."""
         for block in list(self.restore):
-            self.done(block, 0) if self.streams is None else self._put_back(block)
+            self._put_back(block)
         if self.streams is not None:
             self.streams.join()
         self.buffers = []
