@@ -15,7 +15,8 @@ def add_model_inputs(denoiser: Any) -> None:
     from engine.sampling.redux import ReduxAttentionBias
     from engine.sampling.reference import ReferenceInputs
 
-    if getattr(denoiser.model, "family", "flux1") != "flux1":
+    model = getattr(denoiser, "model", None)
+    if getattr(model, "family", "flux1") != "flux1" or not hasattr(denoiser, "input_hooks"):
         return  # FLUX.2 reads reference latents in its own denoiser
     fill = fill_hook(denoiser.transformer)
     if fill is not None:
