@@ -196,7 +196,8 @@ def forward(model: Any, device: torch.device, width: int) -> Callable[[], None]:
     kwargs = dict(hidden_states=torch.randn(1, tokens, 64, generator=gen).to(device, dtype),
                   encoder_hidden_states=torch.randn(1, 512, model.config.joint_attention_dim, generator=gen).to(
                       device, dtype),
-                  pooled_projections=torch.randn(1, model.config.pooled_projection_dim, generator=gen).to(device, dtype),
+                  pooled_projections=torch.randn(1, model.config.pooled_projection_dim, generator=gen).to(
+                      device, dtype),
                   timestep=torch.tensor([0.5], device=device, dtype=dtype),
                   guidance=torch.tensor([3.5], device=device), txt_ids=torch.zeros(512, 3, device=device),
                   img_ids=torch.zeros(tokens, 3, device=device), return_dict=False)

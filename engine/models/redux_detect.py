@@ -20,8 +20,8 @@ _KINDS = (
      lambda keys: any(k.endswith(("self_attn.q_proj.weight", "SelfAttention.q.weight")) and "vision" not in k
                       for k in keys)),
     ("a VAE", "VAELoader (models/vae)",
-     lambda keys: any(k.endswith(("encoder.down.0.block.0.conv1.weight", "encoder.down_blocks.0.resnets.0.conv1.weight"))
-                      for k in keys)),
+     lambda keys: any(k.endswith(("encoder.down.0.block.0.conv1.weight",
+                                  "encoder.down_blocks.0.resnets.0.conv1.weight")) for k in keys)),
 )
 
 
