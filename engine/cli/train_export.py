@@ -12,6 +12,7 @@ a second stops at once. Nothing heavy is imported until a command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -76,8 +77,9 @@ def _add_train_segmenter(parser: argparse.ArgumentParser) -> None:
 def _add_export_segmenter(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="segmenter under models/segmentation/ (folder or .safetensors; or a path)")
     parser.add_argument("--format", choices=["onnx", "torchscript", "pt2"], required=True)
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32",
-                        help="int8: ONNX Runtime dynamic quantization (onnx only)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "int8"], nargs="+", default=["fp32"],
+                        help="one file per dtype (ONNX exports the graph once for all); int8: ONNX Runtime dynamic "
+                             "quantization (onnx only)")
     parser.add_argument("--size", nargs="+", default=None, metavar="HxW",
                         help="input sizes, one file each (default: the model's short side, square)")
     parser.add_argument("--output", help="file name stem (default: NAME with '/' as '-'); files go to "
@@ -241,21 +243,21 @@ def cmd_export_segmenter(args: argparse.Namespace) -> int:
         segmenter = load_segmenter(source)
         short = segmenter.preprocessing.shortest_edge
         sizes = parse_sizes(args.size) if args.size else ((short, short),)
-        request = ExportRequest(format=args.format, dtype=args.dtype, sizes=sizes, exporter=args.onnx_exporter,
+        request = ExportRequest(format=args.format, dtypes=tuple(dict.fromkeys(args.dtype)), sizes=sizes,
+                                exporter=args.onnx_exporter,
                                 device=args.device, verify=not args.no_verify).check(
                                     segmenter.preprocessing.size_divisor)
         stem = args.output or (source.stem if Path(args.name).is_absolute()
                                else args.name.strip("/").replace("/", "-").removesuffix(source.suffix))
         out_dir = Path(args.output_dir) if args.output_dir else folders.models_dir / "segmentation"
         for size in request.sizes:
-            print(f"exporting {size[0]}x{size[1]} ({args.format} {args.dtype}) ...", file=sys.stderr, flush=True)
-            [record] = export_segmenter(segmenter, out_dir, stem,
-                                        ExportRequest(request.format, request.dtype, (size,), request.exporter,
-                                                      request.device, request.verify))
-            check = "" if record.max_relative_error is None else (
-                f" (logits within {record.max_relative_error:.2e} of PyTorch, labels "
-                f"{100 * record.label_agreement:.2f}% equal)")
-            print(f"saved: {record.path}{check}")
+            print(f"exporting {size[0]}x{size[1]} ({args.format} {' '.join(request.dtypes)}) ...", file=sys.stderr,
+                  flush=True)
+            for record in export_segmenter(segmenter, out_dir, stem, dataclasses.replace(request, sizes=(size,))):
+                check = "" if record.max_relative_error is None else (
+                    f" (logits within {record.max_relative_error:.2e} of PyTorch, labels "
+                    f"{100 * record.label_agreement:.2f}% equal)")
+                print(f"saved: {record.path}{check}")
     except _known_errors() as exc:
         raise CliError(str(exc)) from exc
     return EXIT_OK

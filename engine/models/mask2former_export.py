@@ -56,7 +56,7 @@ class ExportError(ValueError):
 @dataclass(frozen=True)
 class ExportRequest:
     format: str = "onnx"
-    dtype: str = "fp32"
+    dtypes: tuple[str, ...] = ("fp32",)  # one file per size and dtype; ONNX exports the float graph once per size
     sizes: tuple[tuple[int, int], ...] = ((512, 512),)
     exporter: str = "torchscript"  # ONNX only
     device: str = ""  # torch formats: where the graph is traced and runs ("" = CUDA when available)
@@ -65,9 +65,9 @@ class ExportRequest:
     def check(self, size_divisor: int = 32) -> "ExportRequest":
         if self.format not in FORMATS:
             raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.dtype not in DTYPES:
-            raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.dtype == "int8" and self.format != "onnx":
+        if not self.dtypes or any(dtype not in DTYPES for dtype in self.dtypes):
+            raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {', '.join(self.dtypes) or 'none'}")
+        if "int8" in self.dtypes and self.format != "onnx":
             raise ExportError("int8 is made by ONNX Runtime dynamic quantization: use format onnx (TorchScript and "
                               "pt2 export fp32 or fp16)")
         if self.exporter not in ONNX_EXPORTERS:
@@ -85,6 +85,7 @@ class ExportRequest:
 class ExportedFile:
     path: Path
     size: tuple[int, int]
+    dtype: str
     max_relative_error: float | None = None  # logits vs the PyTorch model on the check input
     label_agreement: float | None = None  # share of equal argmax labels on the check input
 
@@ -106,18 +107,19 @@ def parse_sizes(text: str | Sequence[str]) -> tuple[tuple[int, int], ...]:
     return sizes
 
 
-def file_name(name: str, request: ExportRequest, size: tuple[int, int]) -> str:
-    return f"{name}-{size[0]}x{size[1]}-{request.dtype}{SUFFIXES[request.format]}"
+def file_name(name: str, fmt: str, size: tuple[int, int], dtype: str) -> str:
+    return f"{name}-{size[0]}x{size[1]}-{dtype}{SUFFIXES[fmt]}"
 
 
-def metadata(segmenter: Any, request: ExportRequest, size: tuple[int, int], name: str, device: str) -> dict:
+def metadata(segmenter: Any, request: ExportRequest, size: tuple[int, int], dtype: str, name: str,
+             device: str) -> dict:
     import torch
 
     prep = segmenter.preprocessing
-    return {"fluxgraph_export": 1, "architecture": "mask2former", "format": request.format, "dtype": request.dtype,
+    return {"fluxgraph_export": 1, "architecture": "mask2former", "format": request.format, "dtype": dtype,
             "input_size": list(size), "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES), "batch": "dynamic",
             "labels": list(segmenter.labels), "name": name,
-            "group": f"{name}-{request.format}-{request.dtype}", "source": segmenter.config_name, "device": device,
+            "group": f"{name}-{request.format}-{dtype}", "source": segmenter.config_name, "device": device,
             "exporter": request.exporter if request.format == "onnx" else request.format,
             "preprocessing": {"shortest_edge": prep.shortest_edge, "longest_edge": prep.longest_edge,
                               "size_divisor": prep.size_divisor, "image_mean": list(prep.image_mean),
@@ -155,110 +157,137 @@ def example_input(size: tuple[int, int], batch: int = EXAMPLE_BATCH, device: Any
     return (smooth + 0.1 * torch.randn((batch, 3, *size), generator=generator)).to(device)
 
 
-def _export_device(request: ExportRequest) -> str:
-    import torch
-
-    if request.format == "onnx":
-        return "cpu"
-    if request.device:
-        return request.device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def export_segmenter(segmenter: Any, out_dir: str | Path, name: str, request: ExportRequest) -> list[ExportedFile]:
-    """Write one file per size under out_dir; returns them with their verification figures."""
-    import torch
-
+    """Write one file per size and dtype under out_dir; returns them with their verification figures. A file
+    that fails is removed (the ones written before it stay)."""
     request.check(segmenter.preprocessing.size_divisor)
+    if getattr(segmenter, "model", None) is None:
+        raise ExportError(f"{segmenter.config_name} is already an exported graph; export from a PyTorch Mask2Former")
     if not re.fullmatch(r"[\w.\-]+", name):
         raise ExportError(f"export name {name!r} may hold letters, digits, '.', '-' and '_' only")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = _export_device(request)
-    dtype = torch.float16 if request.dtype == "fp16" and request.format != "onnx" else torch.float32
-    model = copy.deepcopy(segmenter.model).eval().to(device=device, dtype=dtype)
-    if request.format == "onnx" and request.exporter == "dynamo":
-        model.set_attn_implementation("eager")  # SDPA does not go through the dynamo ONNX exporter
-    graph = SegmenterGraph.build(model, dtype)
-    written = []
+    written: list[ExportedFile] = []
     for size in request.sizes:
-        path = out_dir / file_name(name, request, size)
-        info = metadata(segmenter, request, size, name, device)
-        try:
-            with torch.no_grad():
-                _EXPORTERS[request.format](graph, example_input(size, device=device), path, info, request)
-            record = ExportedFile(path, size)
-            if request.verify:
-                _verify(segmenter, record, request)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        written.append(record)
+        if request.format == "onnx":
+            written += _export_onnx_size(segmenter, out_dir, name, request, size)
+        else:
+            for dtype in request.dtypes:
+                written.append(_export_torch_size(segmenter, out_dir, name, request, size, dtype))
     return written
 
 
-def _export_torchscript(graph: Any, example: Any, path: Path, info: dict, request: ExportRequest) -> None:
+def _graph(segmenter: Any, device: str, dtype_name: str, eager_attention: bool) -> Any:
     import torch
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(graph, (example,), check_trace=False)
-    traced.save(str(path), _extra_files={EXTRA_FILE: json.dumps(info)})
+    dtype = torch.float16 if dtype_name == "fp16" else torch.float32
+    model = copy.deepcopy(segmenter.model).eval().to(device=device, dtype=dtype)
+    if eager_attention:
+        model.set_attn_implementation("eager")  # SDPA does not go through the dynamo ONNX exporter
+    return SegmenterGraph.build(model, dtype)
 
 
-def _export_pt2(graph: Any, example: Any, path: Path, info: dict, request: ExportRequest) -> None:
+def _finish(segmenter: Any, record: ExportedFile, request: ExportRequest) -> ExportedFile:
+    try:
+        if request.verify:
+            _verify(segmenter, record)
+    except BaseException:
+        record.path.unlink(missing_ok=True)
+        raise
+    return record
+
+
+def _export_torch_size(segmenter: Any, out_dir: Path, name: str, request: ExportRequest, size: tuple[int, int],
+                       dtype: str) -> ExportedFile:
     import torch
 
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.export.export(graph, (example,), dynamic_shapes={"pixel_values": {0: batch}})
-    torch.export.save(program, str(path), extra_files={EXTRA_FILE: json.dumps(info)})
+    device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = out_dir / file_name(name, request.format, size, dtype)
+    info = json.dumps(metadata(segmenter, request, size, dtype, name, device))
+    graph = _graph(segmenter, device, dtype, eager_attention=False)
+    example = example_input(size, device=device)
+    try:
+        with torch.no_grad():
+            if request.format == "torchscript":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    traced = torch.jit.trace(graph, (example,), check_trace=False)
+                traced.save(str(path), _extra_files={EXTRA_FILE: info})
+            else:
+                batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+                program = torch.export.export(graph, (example,), dynamic_shapes={"pixel_values": {0: batch}})
+                torch.export.save(program, str(path), extra_files={EXTRA_FILE: info})
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return _finish(segmenter, ExportedFile(path, size, dtype), request)
 
 
-def _export_onnx(graph: Any, example: Any, path: Path, info: dict, request: ExportRequest) -> None:
+def _export_onnx_size(segmenter: Any, out_dir: Path, name: str, request: ExportRequest,
+                      size: tuple[int, int]) -> list[ExportedFile]:
+    """The float graph is exported once; each dtype's file is derived from it."""
     import onnx
     import torch
 
-    float_path = path.with_name(path.stem + ".float.onnx.tmp")
+    float_path = out_dir / f".{name}-{size[0]}x{size[1]}.float.onnx.tmp"
+    graph = _graph(segmenter, "cpu", "fp32", eager_attention=request.exporter == "dynamo")
+    example = example_input(size)
+    records = []
     try:
-        if request.exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-            program = torch.onnx.export(graph, (example,), dynamo=True, dynamic_shapes={"pixel_values": {0: batch}},
-                                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                                        external_data=False, verbose=False)
-            program.save(str(float_path))
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
-                torch.onnx.export(graph, (example,), str(float_path), dynamo=False, input_names=[INPUT_NAME],
-                                  output_names=list(OUTPUT_NAMES), opset_version=17,
-                                  dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)})
-        if request.dtype == "int8":
-            _quantize_int8(float_path, path)
-            model = onnx.load(str(path))
-        else:
-            model = onnx.load(str(float_path))
-            if request.dtype == "fp16":
-                from onnxruntime.transformers.float16 import convert_float_to_float16
+        with torch.no_grad():
+            if request.exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+                program = torch.onnx.export(graph, (example,), dynamo=True,
+                                            dynamic_shapes={"pixel_values": {0: batch}}, input_names=[INPUT_NAME],
+                                            output_names=list(OUTPUT_NAMES), external_data=False, verbose=False)
+                program.save(str(float_path))
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
+                    torch.onnx.export(graph, (example,), str(float_path), dynamo=False, input_names=[INPUT_NAME],
+                                      output_names=list(OUTPUT_NAMES), opset_version=17,
+                                      dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)})
+        for dtype in request.dtypes:
+            path = out_dir / file_name(name, "onnx", size, dtype)
+            try:
+                if dtype == "int8":
+                    _quantize_int8(float_path, path)
+                    model = onnx.load(str(path))
+                else:
+                    model = onnx.load(str(float_path))
+                    if dtype == "fp16":
+                        from onnxruntime.transformers.float16 import convert_float_to_float16
 
-                model = convert_float_to_float16(model, keep_io_types=True)
-        del model.metadata_props[:]
-        entry = model.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(info)
-        onnx.save(model, str(path))
+                        model = convert_float_to_float16(model, keep_io_types=True)
+                del model.metadata_props[:]
+                entry = model.metadata_props.add()
+                entry.key = METADATA_KEY
+                entry.value = json.dumps(metadata(segmenter, request, size, dtype, name, "cpu"))
+                onnx.save(model, str(path))
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            records.append(_finish(segmenter, ExportedFile(path, size, dtype), request))
     finally:
         float_path.unlink(missing_ok=True)
+    return records
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing suggestion on the root logger
+    try:
+        quantize_dynamic(str(source), str(target), op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
-_EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript, "pt2": _export_pt2}
-
-
-def _verify(segmenter: Any, record: ExportedFile, request: ExportRequest) -> None:
+def _verify(segmenter: Any, record: ExportedFile) -> None:
     """Run the written file through the loader and compare with the fp32 PyTorch model."""
     import torch
 
@@ -278,7 +307,7 @@ def _verify(segmenter: Any, record: ExportedFile, request: ExportRequest) -> Non
                     semantic_scores(reference.class_queries_logits[i], reference.masks_queries_logits[i]).argmax(0))
                    .float().mean()) for i in range(example.shape[0])]
     record.label_agreement = sum(agree) / len(agree)
-    if request.dtype == "fp32" and record.max_relative_error > FP32_TOLERANCE:
+    if record.dtype == "fp32" and record.max_relative_error > FP32_TOLERANCE:
         raise ExportError(f"{record.path.name}: the exported graph does not reproduce the model (logits differ by "
                           f"{record.max_relative_error:.2e} relative, tolerance {FP32_TOLERANCE:.0e}); the file was "
                           "not kept")

@@ -3,6 +3,7 @@ models/segmentation/, one file per input size, which Mask2FormerLoader then list
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from engine.schema import Combo, NodeResult, Output, Socket, String, node
@@ -41,15 +42,15 @@ def export_segmenter_node(ctx: Any, segmenter: Any, format: str, dtype: str, siz
     if getattr(segmenter, "model", None) is None:
         raise ExportError("this segmenter is already an exported graph; export from a PyTorch Mask2Former "
                           "(Mask2FormerLoader on a folder or .safetensors file, or TrainSegmenter)")
+    request = ExportRequest(format=format, dtypes=(dtype,), sizes=parse_sizes(sizes), exporter=onnx_exporter)
+    request.check(segmenter.preprocessing.size_divisor)  # every size is checked before the first file is written
     root = ctx.folders.models_dir / "segmentation"
     root.mkdir(parents=True, exist_ok=True)
     target = contained_path(root, output_name.strip().strip("/") or "exported-segmenter")
-    request = ExportRequest(format=format, dtype=dtype, sizes=parse_sizes(sizes), exporter=onnx_exporter)
-    request.check(segmenter.preprocessing.size_divisor)  # every size is checked before the first file is written
     records = []
     for done, size in enumerate(request.sizes):
         records += export_segmenter(segmenter, target.parent, target.name,
-                                    ExportRequest(format, dtype, (size,), onnx_exporter))
+                                    dataclasses.replace(request, sizes=(size,)))
         ctx.progress(done + 1, len(request.sizes))
     names = [r.path.relative_to(root).as_posix() for r in records]
     lines = [f"{name}: logits within {r.max_relative_error:.2e} of PyTorch, labels {100 * r.label_agreement:.2f}% "
