@@ -205,7 +205,10 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
         stop.check()
 
     def on_epoch(summary: dict[str, Any]) -> None:
-        (bar.write if bar is not None else print)(_epoch_line(summary))
+        if bar is not None:
+            bar.write(_epoch_line(summary), file=sys.stderr)  # above the bar, which stays at the bottom
+        else:
+            print(_epoch_line(summary), file=sys.stderr)
 
     stop.install()
     try:

@@ -127,6 +127,7 @@ class _Run:
         self.epoch, self.batch_group, self.step = 0, 0, 0
         self.best_miou, self.history = -1.0, []
         self.epoch_losses: list[float] = []  # losses of the current epoch's steps (the summary's mean)
+        self.pending_epoch: dict[str, Any] | None = None  # a trained epoch whose evaluation was interrupted
         if self.resume_state is not None:
             self._restore(self.resume_state)
 
@@ -150,6 +151,7 @@ class _Run:
         self.best_miou = float(state.get("best_miou", -1.0))
         self.history = list(state.get("history", []))
         self.epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
+        self.pending_epoch = state.get("pending_epoch")
 
     def _rng_state(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state()}
@@ -168,7 +170,7 @@ class _Run:
                  "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                  "rng": self._rng_state(), "best_miou": self.best_miou, "history": self.history,
-                 "epoch_losses": self.epoch_losses,
+                 "epoch_losses": self.epoch_losses, "pending_epoch": self.pending_epoch,
                  "classes": list(self.info.classes)}
         ckpt.save_model_folder(self.run_dir / "last", self.model, self.preprocessing,
                                metrics=self.history[-1] if self.history else None, state=state)
@@ -228,6 +230,8 @@ class Trainer:
                              "steps": run.total_steps, "start_step": run.step, "device": str(run.device)})
         if config.evaluate_first and not run.history:
             self._record_epoch(run, 0, float("nan"), 0.0)
+        if run.pending_epoch is not None:  # interrupted while evaluating: evaluate that epoch first
+            self._record_epoch(run, **run.pending_epoch)
         run.model.train()
         if config.freeze_backbone:
             run.model.model.pixel_level_module.encoder.eval()
@@ -268,7 +272,8 @@ class Trainer:
                 return True
         mean_loss = float(np.mean(run.epoch_losses)) if run.epoch_losses else float("nan")
         run.epoch, run.batch_group, run.epoch_losses = epoch + 1, 0, []
-        self._record_epoch(run, epoch + 1, mean_loss, time.perf_counter() - started)
+        run.pending_epoch = {"epoch": epoch + 1, "mean_loss": mean_loss, "seconds": time.perf_counter() - started}
+        self._record_epoch(run, **run.pending_epoch)
         if events.on_step:
             events.on_step(report)  # the epoch's last step, reported once its checkpoint is safe
         return bool(config.max_steps and run.step >= config.max_steps)
@@ -295,7 +300,13 @@ class Trainer:
         return loss_sum
 
     def _record_epoch(self, run: _Run, epoch: int, mean_loss: float, seconds: float) -> None:
-        metrics = run.evaluate()
+        try:
+            metrics = run.evaluate()
+        except BaseException:
+            if epoch > 0:
+                run.save_last()  # the epoch's training is kept; a resumed run evaluates it first
+            raise
+        run.pending_epoch = None
         summary = {"epoch": epoch, "epochs": run.config.epochs, "step": run.step,
                    "train_loss": None if math.isnan(mean_loss) else round(mean_loss, 6),
                    "learning_rate": run.optimizer.param_groups[-1]["lr"], "val_miou": metrics["miou"],
