@@ -88,7 +88,8 @@ def run_folder(folders: Any, output_name: str) -> Path:
                   tooltip="Square training crop (0: the base model's short side)"),
               Combo("precision", PRECISIONS, default="auto",
                     tooltip="auto: bf16 mixed precision on a GPU (fp16 where bf16 is missing), fp32 on the CPU"),
-              Int("seed", 0, min=0, max=0xFFFFFFFF),
+              # a training seed stays fixed between queues (no randomize-after-generate widget)
+              Int("seed", 0, min=0, max=0xFFFFFFFF, extra={"control_after_generate": False}),
               Boolean("resume", False, tooltip="Continue the run in output_name from its last/ checkpoint "
                                                "(same settings)"),
               Float("weight_decay", 0.05, min=0.0, max=0.99, step=0.001, optional=True),
