@@ -380,7 +380,15 @@ def main() -> None:
             group = [c for c in cases if c["model"] == model and "model cpu offload" not in c["kind"]]
             interleaved[model] = run_interleaved_child(group, args.rounds, args.timeout)
             print(f"{model:>6} | interleaved: {interleaved[model]}", file=sys.stderr, flush=True)
-    report = {"bench": "offload", "device": device, "machine": machine(), "steps": args.steps,
+    notes = ["seconds per step: median (and min) of the timed calls in each configuration's own process; "
+             "interleaved_timing: the same configurations called round-robin in one process (fairer on a "
+             "shared machine; its memory figures are not separable)",
+             "peak_rss_*: VmHWM, file-backed pages of memory-mapped weights included; baseline_rss_bytes: the "
+             "process with torch and diffusers imported, before the model"]
+    if device == "cpu":
+        notes.append("GPU figures (full-size FLUX.1-dev, 1024x1024, 4 and 12 GiB budgets) are still to be "
+                     "taken: run this script on a CUDA machine")
+    report = {"bench": "offload", "device": device, "machine": machine(), "steps": args.steps, "notes": notes,
               "interleaved_timing": interleaved,
               "issue_anchor": ISSUE_ANCHOR if device == "cuda" else None, "targets": TARGETS if device == "cuda" else None,
               "results": results}
