@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test,ray]"
+	$(PIP) install -q -e ".[test,ray,export]"
 	touch $@
 
 install: $(VENV)/.installed
