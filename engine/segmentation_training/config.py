@@ -89,6 +89,8 @@ class TrainConfig:
             raise TrainConfigError("poly_power must be > 0 and max_grad_norm >= 0")
         if not self.data_dir:
             raise TrainConfigError("data_dir is required: the dataset folder (images/ and annotations/)")
+        if not self.base_model and not self.resume:
+            raise TrainConfigError("base_model is required (the segmenter to start from), unless resuming a run")
         if not self.output_dir:
             raise TrainConfigError("output_dir is required: where best/ and last/ are written")
         return self
