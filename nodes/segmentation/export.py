@@ -17,7 +17,7 @@ ONNX_EXPORTERS = ["torchscript", "dynamo"]
 @node("ExportSegmenter", category="segmentation/training", display_name="Export Segmenter (ONNX / TorchScript)",
       inputs=[Socket("segmenter", SEGMENTER),
               Combo("format", FORMATS, default="onnx",
-                    tooltip="onnx: runs in ONNX Runtime (no PyTorch needed); torchscript / pt2 (torch.export): run "
+                    tooltip="onnx: runs in ONNX Runtime (no PyTorch model code); torchscript / pt2 (torch.export): run "
                             "with torch alone"),
               Combo("dtype", DTYPES, default="fp32",
                     tooltip="fp16 for GPU targets; int8 (ONNX only) by ONNX Runtime dynamic quantization, for CPUs"),
