@@ -13,8 +13,10 @@ rope over 4 axes of head_dim / 4 each (32, 32, 32, 32 for 128), rope theta 2000,
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from engine.models import bfl_keys
+from engine.models.bfl_keys import BflLayout
 
 _TOP = {
     "img_in": "x_embedder",
@@ -46,11 +48,6 @@ _SINGLE = {
     "norm.query_norm.scale": "attn.norm_q.weight",
     "norm.key_norm.scale": "attn.norm_k.weight",
 }
-_DOUBLE_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-               "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
-_FINAL_MOD = "final_layer.adaLN_modulation.1"
-_BLOCK = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.(.+)$")
-_D_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
 # Keys only FLUX.2 has (its shared modulations): how a file is told apart from FLUX.1.
 FLUX2_BFL_MARKER = "single_stream_modulation.lin.weight"
 FLUX2_DIFFUSERS_MARKER = "single_stream_modulation.linear.weight"
@@ -62,98 +59,17 @@ class Flux2KeyError(KeyError):
     """A key the converter does not know: not a FLUX.2 transformer."""
 
 
-def _rename(rest: str, table: dict[str, str]) -> str | None:
-    for src, dst in table.items():
-        if rest == src:  # norm scales: full names
-            return dst
-        if rest.startswith(src + ".") and rest[len(src) + 1:] in ("weight", "bias"):
-            return f"{dst}.{rest[len(src) + 1:]}"
-    return None
-
-
-def _swap_halves(value: Any) -> Any:
-    import torch
-
-    first, second = value.chunk(2, dim=0)
-    return torch.cat([second, first], dim=0)
+_LAYOUT = BflLayout(top=_TOP, double=_DOUBLE, single=_SINGLE, error=Flux2KeyError)  # linear1 kept whole
 
 
 def bfl_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """Convert a BFL-keyed FLUX.2 state dict (prefix already removed) to diffusers keys."""
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        stem, _, param = key.rpartition(".")
-        if stem == _FINAL_MOD:
-            out[f"norm_out.linear.{param}"] = _swap_halves(value)
-            continue
-        match = _BLOCK.match(key)
-        if match is None:
-            new = _rename(key, _TOP)
-            if new is None:
-                raise Flux2KeyError(key)
-            out[new] = value
-            continue
-        kind, index, rest = match.groups()
-        if kind == "double_blocks":
-            base = f"transformer_blocks.{index}."
-            fused_stem, _, fused_param = rest.rpartition(".")
-            if fused_stem in _DOUBLE_QKV:
-                for name, part in zip(_DOUBLE_QKV[fused_stem], value.chunk(3, dim=0)):
-                    out[f"{base}{name}.{fused_param}"] = part
-                continue
-            new = _rename(rest, _DOUBLE)
-        else:
-            base = f"single_transformer_blocks.{index}."
-            new = _rename(rest, _SINGLE)
-        if new is None:
-            raise Flux2KeyError(key)
-        out[base + new] = value
-    return out
+    return bfl_keys.bfl_to_diffusers(_LAYOUT, state)
 
 
 def diffusers_to_bfl(state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `bfl_to_diffusers` (writes the tiny zoo's files in the BFL layout)."""
-    import torch
-
-    top = {v: k for k, v in _TOP.items()}
-    double = {v: k for k, v in _DOUBLE.items()}
-    single = {v: k for k, v in _SINGLE.items()}
-    out: dict[str, Any] = {}
-    fused: dict[str, dict[str, Any]] = {}
-    for key, value in state.items():
-        stem, _, param = key.rpartition(".")
-        if stem == "norm_out.linear":
-            out[f"{_FINAL_MOD}.{param}"] = _swap_halves(value)
-            continue
-        match = _D_BLOCK.match(key)
-        if match is None:
-            new = _rename(key, top)
-            if new is None:
-                raise Flux2KeyError(key)
-            out[new] = value
-            continue
-        kind, index, rest = match.groups()
-        rest_stem, _, rest_param = rest.rpartition(".")
-        if kind == "transformer_blocks":
-            base = f"double_blocks.{index}."
-            target = next((bfl for bfl, parts in _DOUBLE_QKV.items() if rest_stem in parts), None)
-            if target is not None:
-                fused.setdefault(f"{base}{target}.{rest_param}", {})[rest_stem] = value
-                continue
-            new = _rename(rest, double)
-        else:
-            base = f"single_blocks.{index}."
-            new = _rename(rest, single)
-        if new is None:
-            raise Flux2KeyError(key)
-        out[base + new] = value
-    for key, parts in fused.items():
-        order = _DOUBLE_QKV[key.split(".", 2)[2].rsplit(".", 1)[0]]
-        missing = [name for name in order if name not in parts]
-        if missing:
-            raise Flux2KeyError(f"{key}: missing parts {missing}")
-        out[key] = torch.cat([parts[name] for name in order], dim=0)
-    return out
+    return bfl_keys.diffusers_to_bfl(_LAYOUT, state)
 
 
 def rope_axes(head_dim: int) -> list[int]:

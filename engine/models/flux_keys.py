@@ -11,8 +11,10 @@ The one non-rename: BFL's final modulation is (shift, scale), diffusers' AdaLaye
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from engine.models import bfl_keys
+from engine.models.bfl_keys import BflLayout
 
 # BFL suffix -> diffusers suffix, for plain renames (".weight"/".bias" appended by the converter).
 _TOP = {
@@ -46,126 +48,24 @@ _SINGLE = {
     "norm.query_norm.scale": "attn.norm_q.weight",
     "norm.key_norm.scale": "attn.norm_k.weight",
 }
-_DOUBLE_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-               "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
 _SINGLE_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-_FINAL_MOD = "final_layer.adaLN_modulation.1"
-_BLOCK = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.(.+)$")
-_D_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
 
 
 class FluxKeyError(KeyError):
     """A key the converter does not know: the file is not a FLUX.1 transformer (or a newer layout)."""
 
 
-def _rename(rest: str, table: dict[str, str]) -> str | None:
-    for src, dst in table.items():
-        if rest == src:  # norm scales: full names
-            return dst
-        if rest.startswith(src + ".") and rest[len(src) + 1:] in ("weight", "bias"):
-            return f"{dst}.{rest[len(src) + 1:]}"
-    return None
-
-
-def _swap_halves(value: Any) -> Any:
-    import torch
-
-    first, second = value.chunk(2, dim=0)
-    return torch.cat([second, first], dim=0)
+_LAYOUT = BflLayout(top=_TOP, double=_DOUBLE, single=_SINGLE, error=FluxKeyError, single_fused=_SINGLE_FUSED)
 
 
 def bfl_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """Convert a BFL-keyed FLUX.1 state dict (prefix already removed) to diffusers keys."""
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        stem, _, param = key.rpartition(".")
-        if stem == _FINAL_MOD:
-            out[f"norm_out.linear.{param}"] = _swap_halves(value)
-            continue
-        match = _BLOCK.match(key)
-        if match is None:
-            new = _rename(key, _TOP)
-            if new is None:
-                raise FluxKeyError(key)
-            out[new] = value
-            continue
-        kind, index, rest = match.groups()
-        base = f"{'transformer_blocks' if kind == 'double_blocks' else 'single_transformer_blocks'}.{index}."
-        if kind == "double_blocks":
-            fused = rest.rpartition(".")
-            if fused[0] in _DOUBLE_QKV:
-                for name, part in zip(_DOUBLE_QKV[fused[0]], value.chunk(3, dim=0)):
-                    out[f"{base}{name}.{fused[2]}"] = part
-                continue
-            new = _rename(rest, _DOUBLE)
-        else:
-            if rest in ("linear1.weight", "linear1.bias"):
-                hidden = _single_hidden(state, key, value)
-                sizes = [hidden, hidden, hidden, value.shape[0] - 3 * hidden]
-                for name, part in zip(_SINGLE_FUSED, value.split(sizes, dim=0)):
-                    out[f"{base}{name}.{rest.split('.')[1]}"] = part
-                continue
-            new = _rename(rest, _SINGLE)
-        if new is None:
-            raise FluxKeyError(key)
-        out[base + new] = value
-    return out
-
-
-def _single_hidden(state: dict[str, Any], key: str, value: Any) -> int:
-    """Hidden size of a single block: the input width of its linear1 (or of linear2's output for the bias)."""
-    block = key.rsplit(".", 2)[0]
-    weight = state.get(f"{block}.linear2.weight")
-    if weight is not None:
-        return int(weight.shape[0])
-    return int(state[f"{block}.linear1.weight"].shape[1])
+    return bfl_keys.bfl_to_diffusers(_LAYOUT, state)
 
 
 def diffusers_to_bfl(state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `bfl_to_diffusers` (used to write files in the BFL layout)."""
-    import torch
-
-    top = {v: k for k, v in _TOP.items()}
-    double = {v: k for k, v in _DOUBLE.items()}
-    single = {v: k for k, v in _SINGLE.items()}
-    out: dict[str, Any] = {}
-    fused: dict[str, dict[str, Any]] = {}
-    for key, value in state.items():
-        stem, _, param = key.rpartition(".")
-        if stem == "norm_out.linear":
-            out[f"{_FINAL_MOD}.{param}"] = _swap_halves(value)
-            continue
-        match = _D_BLOCK.match(key)
-        if match is None:
-            new = _rename(key, top)
-            if new is None:
-                raise FluxKeyError(key)
-            out[new] = value
-            continue
-        kind, index, rest = match.groups()
-        base = f"{'double_blocks' if kind == 'transformer_blocks' else 'single_blocks'}.{index}."
-        rest_stem, _, rest_param = rest.rpartition(".")
-        if kind == "transformer_blocks":
-            target = next((bfl for bfl, parts in _DOUBLE_QKV.items() if rest_stem in parts), None)
-            if target is not None:
-                fused.setdefault(f"{base}{target}.{rest_param}", {})[rest_stem] = value
-                continue
-            new = _rename(rest, double)
-        else:
-            if rest_stem in _SINGLE_FUSED:
-                fused.setdefault(f"{base}linear1.{rest_param}", {})[rest_stem] = value
-                continue
-            new = _rename(rest, single)
-        if new is None:
-            raise FluxKeyError(key)
-        out[base + new] = value
-    for key, parts in fused.items():
-        order = _SINGLE_FUSED if ".linear1." in key else _DOUBLE_QKV[key.split(".", 2)[2].rsplit(".", 1)[0]]
-        missing = [name for name in order if name not in parts]
-        if missing:
-            raise FluxKeyError(f"{key}: missing parts {missing}")
-        out[key] = torch.cat([parts[name] for name in order], dim=0)
-    return out
+    return bfl_keys.diffusers_to_bfl(_LAYOUT, state)
 
 
 def rope_axes(head_dim: int) -> list[int]:
