@@ -99,6 +99,10 @@ class FluxDenoiser:
         out = self.transformer(**kwargs)[0]
         return out[:, : tokens.shape[1]].float()
 
+    # The token layout of the family's latents (FLUX.2 overrides both).
+    pack = staticmethod(pack_latents)
+    unpack = staticmethod(unpack_latents)
+
     def _combined_velocity(self, conds: list[_DeviceCond], tokens, timestep, img_ids, sigma: float) -> torch.Tensor:
         active = self._active(conds, sigma)
         if len(active) == 1:
@@ -113,7 +117,7 @@ class FluxDenoiser:
         b, _, h, w = x.shape
         if b != self.batch:
             raise ValueError(f"denoiser prepared for batch {self.batch}, called with {b}")
-        tokens = pack_latents(x).to(self.dtype)
+        tokens = self.pack(x).to(self.dtype)
         s = float(sigma)
         # FluxPipeline passes (sigma * 1000) / 1000 in the latents' dtype; the same float steps keep parity
         # exact. The value is formed on the CPU and filled on the device: no host-device copy, no sync.
@@ -124,4 +128,4 @@ class FluxDenoiser:
         if self.use_cfg:
             negative = self._combined_velocity(self.negative, tokens, timestep, img_ids, s)
             velocity = negative + self.cfg * (velocity - negative)
-        return x - s * unpack_latents(velocity, h, w)
+        return x - s * self.unpack(velocity, h, w)
