@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from engine.models.tiny_tokenizers import _merge, tokenizer_corpus
+from engine.models.tiny_tokenizers import learn_bpe_merges, tokenizer_corpus
 
 MAX_MERGES = 360
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
@@ -68,21 +68,7 @@ def _learn_merges(num_merges: int) -> list[tuple[str, str]]:
     for line in tokenizer_corpus():
         for word, _ in splitter.pre_tokenize_str(line):
             counts[word] = counts.get(word, 0) + 1
-    words = [(list(word), count) for word, count in sorted(counts.items())]
-    merges: list[tuple[str, str]] = []
-    while len(merges) < num_merges:
-        pairs: dict[tuple[str, str], int] = {}
-        for symbols, count in words:
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] = pairs.get(pair, 0) + count
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        if pairs[best] < 2:
-            break
-        merges.append(best)
-        words = [(_merge(symbols, best), count) for symbols, count in words]
-    return merges
+    return learn_bpe_merges([(list(word), count) for word, count in sorted(counts.items())], num_merges)
 
 
 def _byte_level_tokenizer(specials: tuple[str, ...], num_merges: int, specials_first: bool) -> Any:

@@ -82,6 +82,19 @@ def train_clip_vocab(num_merges: int = 320) -> tuple[dict[str, int], list[tuple[
     from tokenizers import pre_tokenizers
 
     words = [(list(word[:-1]) + [word[-1] + "</w>"], count) for word, count in _clip_words().items()]
+    merges = learn_bpe_merges(words, num_merges)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for symbol in alphabet + [a + "</w>" for a in alphabet] + [left + right for left, right in merges]:
+        vocab.setdefault(symbol, len(vocab))
+    vocab[CLIP_BOS] = len(vocab)
+    vocab[CLIP_EOS] = len(vocab)
+    return vocab, merges
+
+
+def learn_bpe_merges(words: list[tuple[list[str], int]], num_merges: int) -> list[tuple[str, str]]:
+    """Up to `num_merges` BPE merges over (symbols, count) words, deterministically: the most frequent pair
+    first, ties to the lexicographically smallest pair; stops when no pair occurs twice."""
     merges: list[tuple[str, str]] = []
     while len(merges) < num_merges:
         pairs: dict[tuple[str, str], int] = {}
@@ -95,13 +108,7 @@ def train_clip_vocab(num_merges: int = 320) -> tuple[dict[str, int], list[tuple[
             break
         merges.append(best)
         words = [(_merge(symbols, best), count) for symbols, count in words]
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for symbol in alphabet + [a + "</w>" for a in alphabet] + [left + right for left, right in merges]:
-        vocab.setdefault(symbol, len(vocab))
-    vocab[CLIP_BOS] = len(vocab)
-    vocab[CLIP_EOS] = len(vocab)
-    return vocab, merges
+    return merges
 
 
 def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
