@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from engine.models.tiny import seeded_init_
+from engine.models.tiny import make_sensitive_, seeded_init_
 
 FLUX2_TINY_VARIANTS = ("klein", "klein-base", "dev")
 TINY_FLUX2_TRANSFORMER = dict(patch_size=1, in_channels=128, num_layers=2, num_single_layers=2,
@@ -83,18 +83,6 @@ class TinyFlux2:
         return pipe
 
 
-def make_sensitive_(transformer: Any) -> Any:
-    import torch
-
-    with torch.no_grad():
-        for name, param in transformer.named_parameters():
-            for fragment, factor in _SENSITIVITY:
-                if fragment in name:
-                    param.mul_(factor)
-                    break
-    return transformer
-
-
 def tiny_flux2_transformer(variant: str, seed: int = 0) -> Any:
     from diffusers import Flux2Transformer2DModel
 
@@ -103,7 +91,8 @@ def tiny_flux2_transformer(variant: str, seed: int = 0) -> Any:
     text_width = 3 * (TINY_MISTRAL if variant == "dev" else TINY_QWEN3)["hidden_size"]
     model = Flux2Transformer2DModel(**TINY_FLUX2_TRANSFORMER, joint_attention_dim=text_width,
                                     guidance_embeds=variant == "dev")
-    return make_sensitive_(seeded_init_(model, seed * 1000 + 20 + FLUX2_TINY_VARIANTS.index(variant))).eval()
+    return make_sensitive_(seeded_init_(model, seed * 1000 + 20 + FLUX2_TINY_VARIANTS.index(variant)),
+                           _SENSITIVITY).eval()
 
 
 def tiny_flux2_vae(seed: int = 0) -> Any:

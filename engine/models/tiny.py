@@ -115,13 +115,14 @@ def seeded_init_(module: Any, seed: int) -> Any:
     return module
 
 
-def make_sensitive_(transformer: Any) -> Any:
-    """Scale the weights that carry conditioning (see module docstring); in place."""
+def make_sensitive_(transformer: Any, factors: tuple[tuple[str, float], ...] = _SENSITIVITY) -> Any:
+    """Scale the weights that carry conditioning (see module docstring); in place. `factors` pairs a
+    parameter-name fragment with its scale; the first matching fragment wins."""
     import torch
 
     with torch.no_grad():
         for name, param in transformer.named_parameters():
-            for fragment, factor in _SENSITIVITY:
+            for fragment, factor in factors:
                 if fragment in name:
                     param.mul_(factor)
                     break
