@@ -20,6 +20,7 @@ import engine
 from engine.folders import DEFAULT_MODEL_FOLDERS
 from engine.server.errors import ApiError, json_response
 from engine.server.state import state_of
+from engine.system_memory import ram_info
 
 # The ComfyUI protocol level these routes follow (clients read `comfyui_version`).
 COMPATIBLE_COMFYUI_VERSION = "0.8.0"
@@ -72,17 +73,12 @@ async def get_extensions(request: web.Request) -> web.Response:
 
 def _memory() -> tuple[int, int]:
     """(total, available) RAM in bytes, from /proc/meminfo or sysconf."""
-    try:
-        fields = {}
-        with open("/proc/meminfo") as stream:
-            for line in stream:
-                key, value = line.split(":", 1)
-                fields[key] = int(value.split()[0]) * 1024
-        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
-    except (OSError, KeyError, ValueError):
-        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-        size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
-        return pages * size, pages * size
+    total, available = ram_info()
+    if total is not None:
+        return total, available if available is not None else 0
+    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    return pages * size, pages * size
 
 
 def _package_version(name: str) -> str:

@@ -18,6 +18,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from engine.system_memory import ram_info
 from engine.vram.layout import BASE, Part, buffers_of, part_specs, source_of, split_module
 from engine.vram.mapped import changed_files, release_pages
 from engine.vram.plan import PartSpec
@@ -226,7 +227,7 @@ class TorchBackend:
                 return None, None
             return int(total), int(free + cached)
         if self.on_cpu:
-            total, available = _meminfo()
+            total, available = ram_info()
             return total, available
         return None, None
 
@@ -276,17 +277,5 @@ def _opaque_nbytes(module: Any) -> int:
     return total
 
 
-def _meminfo() -> tuple[int | None, int | None]:
-    try:
-        fields = {}
-        with open("/proc/meminfo") as stream:
-            for line in stream:
-                key, value = line.split(":", 1)
-                fields[key] = int(value.split()[0]) * 1024
-        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree"))
-    except (OSError, KeyError, ValueError):
-        return None, None
-
-
 def _ram_available() -> int:
-    return _meminfo()[1] or 0
+    return ram_info()[1] or 0

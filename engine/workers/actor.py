@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.executor_backend import encode_preview, free_runtime
+from engine.system_memory import ram_info
 from engine.workers.files import file_records, record_key
 
 MODELS_DIR_ENV = "FLUXGRAPH_WORKER_MODELS_DIR"  # set on a machine whose models live elsewhere than the server's
@@ -226,22 +227,11 @@ def device_info() -> dict[str, Any]:
         return {"name": f"cuda:0 {torch.cuda.get_device_name(0)}", "type": "cuda", "index": 0,
                 "vram_total": total, "vram_free": free, "torch_vram_total": reserved,
                 "torch_vram_free": reserved - allocated, "process_rss": _rss()}
-    total, available = _ram()
+    total, available = ram_info()
+    total, available = total or 0, available or 0
     return {"name": "cpu", "type": "cpu", "index": None, "vram_total": total, "vram_free": available,
             "torch_vram_total": total, "torch_vram_free": available, "process_rss": _rss(),
             "threads": torch.get_num_threads() if torch is not None else None}
-
-
-def _ram() -> tuple[int, int]:
-    try:
-        fields = {}
-        with open("/proc/meminfo") as stream:
-            for line in stream:
-                key, value = line.split(":", 1)
-                fields[key] = int(value.split()[0]) * 1024
-        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
-    except (OSError, KeyError, ValueError):
-        return 0, 0
 
 
 def _rss() -> int:
