@@ -14,6 +14,18 @@ from typing import Any, Callable, Iterable
 from engine.models.safetensors_io import ModelFileError, open_safetensors
 
 
+def weights_dtype(state: dict[str, Any], dtype: Any = None) -> Any:
+    """The dtype to build a module in: the one asked for, else the state's most common float dtype (fp8
+    storage does not count: it is upcast), else bfloat16."""
+    import torch
+
+    if dtype is not None:
+        return dtype
+    floats = [v.dtype for v in state.values()
+              if v.is_floating_point() and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)]
+    return max(set(floats), key=floats.count) if floats else torch.bfloat16
+
+
 def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str | Path, *,
                 dtype: Any = None, ignore_unexpected: Iterable[str] = (),
                 allow_missing: Iterable[str] = (), after_load: Callable[[Any], None] | None = None) -> Any:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.models.build import instantiate, load_folder_weights, model_subfolder, read_folder_config
+from engine.models.build import (instantiate, load_folder_weights, model_subfolder, read_folder_config,
+                                 weights_dtype)
 from engine.models.flux2_detect import LM_PREFIXES, require_family_part
 from engine.models.flux2_tokenizer_files import find_flux2_tokenizer
 from engine.models.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
@@ -56,16 +57,6 @@ class Flux2TextEncoder:
     def width(self) -> int:
         """The conditioning width it produces (what the transformer's joint_attention_dim must be)."""
         return len(self.layers) * int(self.model.config.hidden_size)
-
-
-def _float_dtype(state: dict[str, Any], dtype: Any) -> Any:
-    import torch
-
-    if dtype is not None:
-        return dtype
-    floats = [v.dtype for v in state.values()
-              if v.is_floating_point() and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)]
-    return max(set(floats), key=floats.count) if floats else torch.bfloat16
 
 
 def language_model_state(state: dict[str, Any], source: str | Path) -> dict[str, Any]:
@@ -124,7 +115,7 @@ def build_language_model(state: dict[str, Any], architecture: str, source: str |
 
     config = config or infer_lm_config(state, architecture, source)
     state, config = keep_needed_layers(state, config, HIDDEN_LAYERS[architecture], source)
-    dtype = _float_dtype(state, dtype)
+    dtype = weights_dtype(state, dtype)
     state = dequantize_scaled_fp8(state, dtype)
     config_cls, model_cls = (Qwen3Config, Qwen3Model) if architecture == "qwen3" else (MistralConfig, MistralModel)
     init = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version",

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from engine.models.build import instantiate, load_folder_weights, model_subfolder, read_folder_config
+from engine.models.build import (instantiate, load_folder_weights, model_subfolder, read_folder_config,
+                                 weights_dtype)
 from engine.models.configs import load_config
 from engine.models.detect import detect_components
 from engine.models.handles import FluxTextEncoders
@@ -32,16 +33,6 @@ _T5_SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_
 def _count(keys: Iterable[str], pattern: str) -> int:
     found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
     return max(found) + 1 if found else 0
-
-
-def _float_dtype(state: dict[str, Any], dtype: Any) -> Any:
-    import torch
-
-    if dtype is not None:
-        return dtype
-    floats = [v.dtype for v in state.values()
-              if v.is_floating_point() and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)]
-    return max(set(floats), key=floats.count) if floats else torch.bfloat16
 
 
 def clip_config(state: dict[str, Any], source: str | Path) -> dict[str, Any]:
@@ -73,7 +64,7 @@ def build_clip(state: dict[str, Any], source: str | Path, dtype: Any = None) -> 
     state = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in state.items()}
     config = clip_config(state, source)
     cfg = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
-    dtype = _float_dtype(state, dtype)
+    dtype = weights_dtype(state, dtype)
     state = dequantize_scaled_fp8(state, dtype)
     return instantiate(lambda: CLIPTextModel(cfg), state, source, dtype=dtype, ignore_unexpected=CLIP_IGNORED)
 
@@ -109,7 +100,7 @@ def build_t5(state: dict[str, Any], source: str | Path, dtype: Any = None) -> An
     state.pop("encoder.embed_tokens.weight", None)
     config = t5_config(state, source)
     cfg = T5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
-    dtype = _float_dtype(state, dtype)
+    dtype = weights_dtype(state, dtype)
     state = dequantize_scaled_fp8(state, dtype)
 
     def tie_embeddings(model: Any) -> None:
