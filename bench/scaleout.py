@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from server import chain  # noqa: E402  (bench/server.py: the same 100-node no-model chain)
+
 
 class LiveApp:
     """The server app in a background thread, on a free loopback port."""
@@ -76,15 +78,6 @@ def flux_prompt(seed: int, size: int, steps: int) -> dict[str, Any]:
     prompt["17"]["inputs"]["steps"] = steps
     prompt["25"]["inputs"]["noise_seed"] = seed
     return prompt
-
-
-def chain(color: int, n: int = 100) -> dict[str, Any]:
-    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
-                                                          "color": color}}}
-    for index in range(2, n):
-        graph[str(index)] = {"class_type": "ImageInvert", "inputs": {"image": [str(index - 1), 0]}}
-    graph[str(n)] = {"class_type": "PreviewImage", "inputs": {"images": [str(n - 1), 0]}}
-    return graph
 
 
 async def run_prompts(url: str, prompts: list[dict[str, Any]]) -> float:
@@ -162,8 +155,8 @@ def measure(models_dir: Path, workers: int | None, args: argparse.Namespace, see
         result.update(prompts=args.prompts, seconds=round(seconds, 3),
                       prompts_per_s=round(args.prompts / seconds, 3))
         if workers in (None, 1):
-            asyncio.run(run_prompts(live.url, [chain(1)]))  # warm
-            samples = [asyncio.run(run_prompts(live.url, [chain(color)])) for color in range(2, 2 + args.chain_runs)]
+            asyncio.run(run_prompts(live.url, [chain(100, color=1)]))  # warm
+            samples = [asyncio.run(run_prompts(live.url, [chain(100, color=color)])) for color in range(2, 2 + args.chain_runs)]
             result["chain_100_ms"] = round(statistics.median(samples) * 1000, 2)
             result["chain_100_ms_min"] = round(min(samples) * 1000, 2)
     return result
