@@ -156,7 +156,8 @@ def measure(models_dir: Path, workers: int | None, args: argparse.Namespace, see
                       prompts_per_s=round(args.prompts / seconds, 3))
         if workers in (None, 1):
             asyncio.run(run_prompts(live.url, [chain(100, color=1)]))  # warm
-            samples = [asyncio.run(run_prompts(live.url, [chain(100, color=color)])) for color in range(2, 2 + args.chain_runs)]
+            samples = [asyncio.run(run_prompts(live.url, [chain(100, color=color)]))
+                       for color in range(2, 2 + args.chain_runs)]
             result["chain_100_ms"] = round(statistics.median(samples) * 1000, 2)
             result["chain_100_ms_min"] = round(min(samples) * 1000, 2)
     return result
