@@ -19,7 +19,6 @@ at 256x256 with 256x256 references.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -33,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench.flux_step import _step_times, _sync, measure  # noqa: E402
+from bench.flux_step import _step_times, _sync, environment, measure, step_bench_setup  # noqa: E402
 
 TEXT_TOKENS = 512  # the FLUX.2 pipelines pad every prompt to 512 tokens
 KLEIN_4B = dict(in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128, num_attention_heads=24,
@@ -172,26 +171,13 @@ def bench_case(kind: str, size: int, refs: int, steps: int, repeats: int, device
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (default 6 GPU, 4 CPU)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, device, steps = step_bench_setup(argv, __doc__.split("\n\n")[0], gpu_steps=6, cpu_steps=4)
     if device.type == "cuda":
-        steps = args.steps or 6
         cases = [("full", 1024, 0), ("full", 1024, 2)]
     else:
-        steps = args.steps or 4
         cases = [("tiny", 256, 0), ("tiny", 256, 2), ("scaled", 256, 0), ("scaled", 256, 2)]
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-        "diffusers": __import__("diffusers").__version__,
+        **environment(device),
         "cases": [bench_case(kind, size, refs, steps, args.repeats, device) for kind, size, refs in cases],
     }
     if device.type != "cuda":

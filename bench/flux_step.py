@@ -202,10 +202,13 @@ def bench_case(kind: str, width: int, height: int, steps: int, repeats: int, dev
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def step_bench_setup(argv: list[str] | None, description: str, gpu_steps: int, cpu_steps: int
+                     ) -> tuple[argparse.Namespace, torch.device, int]:
+    """The command line the per-step benchmarks share: (arguments, device, steps per run)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (default 8 GPU, 5 CPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampling steps per run (default {gpu_steps} GPU, {cpu_steps} CPU)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -213,16 +216,24 @@ def main(argv: list[str] | None = None) -> int:
                           else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args, device, args.steps or (gpu_steps if device.type == "cuda" else cpu_steps)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a benchmark ran, for the head of its JSON report."""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+            "diffusers": __import__("diffusers").__version__}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, device, steps = step_bench_setup(argv, __doc__.split("\n\n")[0], gpu_steps=8, cpu_steps=5)
     if device.type == "cuda":
-        steps = args.steps or 8
         cases = [("full", 1024, 1024), ("full", 512, 512)]
     else:
-        steps = args.steps or 5
         cases = [("tiny", 256, 256), ("scaled", 256, 256)]
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-        "diffusers": __import__("diffusers").__version__,
+        **environment(device),
         "anchor_diffusers_s_per_step_h100_1024": H100_ANCHOR_S_PER_STEP,
         "cases": [bench_case(kind, w, h, steps, args.repeats, device) for kind, w, h in cases],
     }
