@@ -88,8 +88,9 @@ class _Run:
             self.on_event(event, data)
 
     # ----- signatures
-    def compute_signatures(self, needed: Iterable[str]) -> None:
-        for node_id in self.graph.topological_order(needed):
+    def compute_signatures(self, order: Iterable[str]) -> None:
+        """Signatures of the nodes in `order`, a topological order (upstream signatures come first)."""
+        for node_id in order:
             node = self.graph[node_id]
             schema = self.registry[node.class_type]
             literals = node.literals()
@@ -333,12 +334,9 @@ class Executor:
         run.emit("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()})
         needed = graph.upstream(outputs)
         try:
-            cycle = graph.find_cycle(needed)
-            if cycle:
-                raise DependencyCycleError(f"Dependency cycle detected: {' -> '.join(cycle)}")
-            run.compute_signatures(needed)
-            cached = [n for n in graph.topological_order(needed)
-                      if self.cache is not None and run.signatures[n] in self.cache]
+            order = graph.topological_order(needed)  # raises DependencyCycleError naming the cycle
+            run.compute_signatures(order)
+            cached = [n for n in order if self.cache is not None and run.signatures[n] in self.cache]
             run.result.cached = cached
             run.emit("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": _now_ms()})
             run.run(outputs)

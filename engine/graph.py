@@ -168,7 +168,7 @@ class PromptGraph:
         order, members = self._kahn(within)
         if len(order) != len(members):
             cycle = self.find_cycle(members) or []
-            raise DependencyCycleError(f"dependency cycle: {' -> '.join(cycle)}")
+            raise DependencyCycleError(f"Dependency cycle detected: {' -> '.join(cycle)}")
         return order
 
 

@@ -218,3 +218,15 @@ def test_ten_thousand_node_chain_runs():
     prompt["out"] = {"class_type": "Show", "inputs": {"value": ["10000", 0]}}
     result = ex.execute(prompt, "long")
     assert result.status == "success" and shown(result, "out") == ["10000"]
+
+
+def test_a_cycle_reaching_the_executor_is_an_execution_error_naming_it():
+    ex = Executor(toy_registry())
+    result, events = run(ex, {"1": {"class_type": "Add", "inputs": {"a": ["2", 0]}},
+                              "2": {"class_type": "Add", "inputs": {"a": ["1", 0]}},
+                              "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}})
+    assert result.status == "error"
+    assert result.error["exception_type"] == "graph.DependencyCycleError"
+    assert result.error["exception_message"].startswith("Dependency cycle detected: ")
+    assert "1" in result.error["exception_message"] and "2" in result.error["exception_message"]
+    assert [t for t, _ in events][-1] == "executing"
