@@ -333,13 +333,12 @@ def _run_graph_validators(registry: NodeRegistry, prompt: dict[str, Any], folder
     for check in registry.graph_validators:
         try:
             found = check(prompt, folders)
-        except Exception as exc:  # a broken check must not hide the prompt's real state
-            found = {}
-            for node_id in needed:
-                own_errors.setdefault(node_id, []).append(
-                    _error("exception_during_validation", "Exception when validating the graph", str(exc),
-                           exception_type=type(exc).__name__, traceback=traceback.format_exception(exc)))
-                break
+        except Exception as exc:  # a broken check fails the prompt, reported on its first needed node
+            first = next(node_id for node_id in prompt if node_id in needed)
+            own_errors.setdefault(first, []).append(
+                _error("exception_during_validation", "Exception when validating the graph", str(exc),
+                       exception_type=type(exc).__name__, traceback=traceback.format_exception(exc)))
+            continue
         for node_id, message in found.items():
             if node_id in needed:
                 own_errors.setdefault(node_id, []).append(

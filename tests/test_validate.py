@@ -229,3 +229,21 @@ def test_graph_validators_report_on_the_blamed_node():
     prompt["3"] = {"class_type": "Number", "inputs": {"value": 2}}
     result = validate_prompt(prompt, reg)
     assert not result.ok and result.node_errors["1"]["errors"][0]["details"] == "two Numbers disagree"
+
+
+def test_a_graph_validator_that_raises_fails_the_prompt_on_its_first_node():
+    from engine.registry import NodeRegistry
+
+    from tests.toy_nodes import NODES
+
+    reg = NodeRegistry(NODES)
+
+    def broken(prompt, folders):
+        raise RuntimeError("checker bug")
+
+    reg.graph_validators.append(broken)
+    result = validate_prompt({"1": {"class_type": "Number", "inputs": {"value": 1}},
+                              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}, reg)
+    assert not result.ok
+    error = result.node_errors["1"]["errors"][0]
+    assert error["type"] == "exception_during_validation" and error["details"] == "checker bug"
