@@ -26,12 +26,12 @@ from engine.cli.errors import (EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVAL
                                CliError)
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
 from engine.cli.train_export import add_train_export_commands
-from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow, load_workflow_source
+from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow_source
 from engine.vram.budget import add_memory_arguments
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "CliError",
            "ProgressPrinter", "apply_overrides", "build_parser", "format_validation_errors", "is_ui_workflow",
-           "load_workflow", "main", "output_paths"]
+           "load_workflow_source", "main", "output_paths"]
 
 
 def _runtime(args: argparse.Namespace) -> Any:

@@ -53,11 +53,6 @@ class LoadedWorkflow:
         return annotate_node_errors(node_errors, self.conversion)
 
 
-def load_workflow(path: Path, registry: Any, folders: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    loaded = load_workflow_source(path, registry, folders)
-    return loaded.prompt, loaded.extra_data
-
-
 def load_workflow_source(path: Path, registry: Any, folders: Any = None) -> LoadedWorkflow:
     """The API-format prompt and extra_data of a workflow JSON (API or UI format, or a POST /prompt body)
     or of a PNG that a SaveImage node wrote (its `prompt` chunk; its `workflow` chunk is carried along)."""
