@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from engine.json_text import dumps
+
 QUEUED, RUNNING, SUCCESS, ERROR, INTERRUPTED = "queued", "running", "success", "error", "interrupted"
 FINISHED_STATUSES = (SUCCESS, ERROR, INTERRUPTED)
 SENSITIVE_EXTRA_KEYS = frozenset({"auth_token_comfy_org", "api_key_comfy_org"})
@@ -182,7 +184,7 @@ class PromptQueue:
                 cur = self._db.execute(
                     "INSERT INTO prompts(prompt_id, number, prompt, extra_data, outputs_to_execute, status, "
                     "created_at) VALUES (?,?,?,?,?,?,?)",
-                    (prompt_id, number, _dumps(prompt), _dumps(public), _dumps(outputs), QUEUED, time.time()))
+                    (prompt_id, number, dumps(prompt), dumps(public), dumps(outputs), QUEUED, time.time()))
             item = QueueItem(number, prompt_id, prompt, public, outputs, secret, seq=cur.lastrowid)
             self._push(item)
             self._cond.notify_all()
@@ -258,8 +260,8 @@ class PromptQueue:
         self._db.execute(
             "UPDATE prompts SET status=?, finished_at=?, done_seq=?, outputs=?, messages=?, meta=?, error=? "
             "WHERE prompt_id=?",
-            (status, now, done_seq, _dumps(outputs or {}), _dumps(messages or []), _dumps(meta or {}),
-             _dumps(error) if error else None, prompt_id))
+            (status, now, done_seq, dumps(outputs or {}), dumps(messages or []), dumps(meta or {}),
+             dumps(error) if error else None, prompt_id))
 
     def _trim_history(self) -> None:
         self._db.execute(
@@ -450,20 +452,6 @@ def _history_entry(row: sqlite3.Row) -> dict[str, Any]:
               json.loads(row["outputs_to_execute"])]
     return {"prompt": prompt, "outputs": json.loads(row["outputs"] or "{}"), "status": status_block,
             "meta": json.loads(row["meta"] or "{}")}
-
-
-def _dumps(value: Any) -> str:
-    # NaN is refused where requests are parsed; storage itself must never fail on an odd output value.
-    return json.dumps(value, separators=(",", ":"), default=_json_fallback)
-
-
-def _json_fallback(value: Any) -> Any:
-    """Outputs may hold tuples or numpy scalars; anything else becomes its text form rather than failing."""
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
 
 
 class _OwnerLock:

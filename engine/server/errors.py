@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.json_text import dumps  # noqa: F401  (re-exported: the routes import it from here)
+
 
 class ApiError(Exception):
     def __init__(self, status: int, type_: str, message: str, details: str = "",
@@ -36,19 +38,6 @@ class ApiError(Exception):
 
 def error_body(type_: str, message: str, details: str = "", **extra_info: Any) -> dict[str, Any]:
     return {"type": type_, "message": message, "details": details, "extra_info": extra_info}
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON; values JSON cannot hold (a node's odd ui entry) become text instead of a 500."""
-    return json.dumps(value, separators=(",", ":"), default=_fallback)
-
-
-def _fallback(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
