@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.executor import Executor  # noqa: E402
-from engine.validate import validate_prompt  # noqa: E402
+from engine.core.executor import Executor  # noqa: E402
+from engine.core.validate import validate_prompt  # noqa: E402
 from tests.toy_nodes import toy_registry  # noqa: E402
 
 

@@ -45,7 +45,7 @@ def build(kind: str, device: torch.device) -> tuple[Any, Any, str]:
     """(transformer, VAE for the pipeline's reference encoding, label)."""
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
-    from engine.models.flux2_tiny import tiny_flux2, tiny_flux2_vae
+    from engine.zoo.flux2_tiny import tiny_flux2, tiny_flux2_vae
 
     if kind == "tiny":
         return (tiny_flux2("klein").transformer.to(device), tiny_flux2_vae().to(device),
@@ -71,9 +71,9 @@ def build(kind: str, device: torch.device) -> tuple[Any, Any, str]:
 
 def run_ours(model: Any, embeds: torch.Tensor, references: list[torch.Tensor], width: int, height: int,
              steps: int, device: torch.device) -> list[float]:
-    from engine.memory import MemoryManager
-    from engine.models.flux2_transformer import FLUX2_SAMPLING
-    from engine.models.handles import FluxModel
+    from engine.memory.manager import MemoryManager
+    from engine.models.flux2.transformer import FLUX2_SAMPLING
+    from engine.models.common.handles import FluxModel
     from engine.sampling.flux2_schedule import flux2_sigmas
     from engine.sampling.pipeline import Guider, RandomNoise, SamplerChoice, sample
 
@@ -98,7 +98,7 @@ def run_ours(model: Any, embeds: torch.Tensor, references: list[torch.Tensor], w
 def make_pipeline(model: Any, vae: Any) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
-    from engine.models.flux2_tiny import FLUX2_SCHEDULER_CONFIG
+    from engine.zoo.flux2_tiny import FLUX2_SCHEDULER_CONFIG
 
     pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER_CONFIG), vae=vae,
                               text_encoder=None, tokenizer=None, transformer=model, is_distilled=True)

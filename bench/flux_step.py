@@ -71,10 +71,10 @@ class PeakRss:
 def build_transformer(kind: str, device: torch.device) -> tuple[Any, str]:
     from diffusers import FluxTransformer2DModel
 
-    from engine.models.configs import load_config
+    from engine.models.common.configs import load_config
 
     if kind == "tiny":
-        from engine.models.zoo import tiny_components
+        from engine.zoo.writer import tiny_components
 
         return tiny_components("dev").transformer.to(device), "tiny zoo transformer (float32)"
     config = {k: v for k, v in load_config("flux1-dev").items() if not k.startswith("_")}
@@ -104,8 +104,8 @@ def _step_times(stamps: list[float]) -> list[float]:
 
 def run_ours(model: Any, embeds: torch.Tensor, pooled: torch.Tensor, width: int, height: int, steps: int,
              device: torch.device) -> list[float]:
-    from engine.memory import MemoryManager
-    from engine.models.variants import flux_model_handle
+    from engine.memory.manager import MemoryManager
+    from engine.models.flux1.variants import flux_model_handle
     from engine.sampling.pipeline import Guider, RandomNoise, SamplerChoice, sample, schedule_for
     from engine.sampling.schedules import scheduler_sigmas
 
@@ -128,7 +128,7 @@ def run_ours(model: Any, embeds: torch.Tensor, pooled: torch.Tensor, width: int,
 def make_pipeline(model: Any) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    from engine.models.configs import load_config
+    from engine.models.common.configs import load_config
 
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(load_config("flux1-dev-scheduler"))
     pipe = FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,

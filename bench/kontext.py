@@ -34,8 +34,8 @@ from flux_step import T5_TOKENS, _step_times, _sync, build_transformer  # noqa: 
 
 def run_ours(model: Any, embeds: torch.Tensor, pooled: torch.Tensor, references: list[torch.Tensor], size: int,
              steps: int, device: torch.device) -> list[float]:
-    from engine.memory import MemoryManager
-    from engine.models.variants import flux_model_handle
+    from engine.memory.manager import MemoryManager
+    from engine.models.flux1.variants import flux_model_handle
     from engine.sampling.pipeline import Guider, RandomNoise, SamplerChoice, sample, schedule_for
     from engine.sampling.reference import add_reference_latent
     from engine.sampling.schedules import scheduler_sigmas
@@ -79,7 +79,7 @@ def run_diffusers(pipe: Any, embeds: torch.Tensor, pooled: torch.Tensor, referen
 def make_pipeline(model: Any) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
-    from engine.models.configs import load_config
+    from engine.models.common.configs import load_config
 
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(load_config("flux1-kontext-scheduler"))
     pipe = FluxKontextPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,

@@ -7,7 +7,7 @@
 Prints one JSON document. One rank-`--rank` LoRA on every attention and MLP linear of the blocks (44 linears
 for 2 double + 4 single blocks), written once as a diffusers/PEFT file that both sides read. Same
 transformer, same run, each operation repeated `--repeats` times (median reported):
-- ours: apply = read + convert the file (`engine.models.lora.apply_lora`) + patch the weights
+- ours: apply = read + convert the file (`engine.models.lora.loader.apply_lora`) + patch the weights
   (`apply_patches`); change strength = new handle + re-patch (originals restored first); remove = restore.
   Our weights after removal are compared with the originals (max abs difference, expected 0).
 - diffusers: apply = load_lora_weights + fuse_lora; change strength = unfuse_lora + fuse_lora(new scale),
@@ -44,7 +44,7 @@ TARGET_SPEEDUP = 5.0
 def build(kind: str, device: torch.device) -> tuple[Any, str]:
     from diffusers import FluxTransformer2DModel
 
-    from engine.models.configs import load_config
+    from engine.models.common.configs import load_config
 
     config = {k: v for k, v in load_config("flux1-dev").items() if not k.startswith("_")}
     if kind == "scaled":
@@ -78,7 +78,7 @@ def lora_targets(model: Any) -> list[str]:
 
 
 def write_lora(model: Any, rank: int, path: Path) -> int:
-    from engine.models.safetensors_io import save_safetensors
+    from engine.models.common.safetensors_io import save_safetensors
 
     gen = torch.Generator().manual_seed(0)
     modules = dict(model.named_modules())
@@ -104,14 +104,14 @@ def max_weight_diff(model: Any, originals: dict[str, torch.Tensor]) -> float:
 
 
 def bench_ours(model: Any, path: Path, repeats: int, device: torch.device) -> dict:
-    from engine.models.lora import _CACHE, apply_lora
-    from engine.models.lora_patch import apply_patches, patches_for, restore_weights
-    from engine.models.variants import flux_model_handle
+    from engine.models.lora.loader import _CACHE, apply_lora
+    from engine.models.lora.patch import apply_patches, patches_for, restore_weights
+    from engine.models.flux1.variants import flux_model_handle
 
     base = flux_model_handle(model, "dev", source="bench")
     originals = {n: p.detach().clone() for n, p in model.named_parameters()}
     apply, change, remove = [], [], []
-    from engine.models.lora_deltas import DELTAS
+    from engine.models.lora.deltas import DELTAS
 
     for _ in range(repeats):
         _CACHE.clear()  # a first apply reads and converts the file (and multiplies the deltas)

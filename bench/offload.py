@@ -67,8 +67,8 @@ def reset_peak_rss() -> None:
 
 
 def model_config(kind: str) -> dict[str, Any]:
-    from engine.models.configs import load_config
-    from engine.models.tiny import TINY_TRANSFORMER
+    from engine.models.common.configs import load_config
+    from engine.zoo.flux1_tiny import TINY_TRANSFORMER
 
     config = {k: v for k, v in load_config("flux1-dev").items() if not k.startswith("_")}
     if kind == "tiny":
@@ -145,7 +145,7 @@ def run_child(case: dict[str, Any]) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     inputs = step_inputs(config, case["size"], case["text_tokens"], device, dtype)
     import diffusers  # noqa: F401 - imported before the baseline: the libraries are not the model
-    import engine.models.flux_transformer  # noqa: F401
+    import engine.models.flux1.transformer  # noqa: F401
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -180,8 +180,8 @@ def prepare(case: dict[str, Any], config: dict[str, Any], device: Any, dtype: An
     """(module to call, our manager or None, context to run in) for one configuration."""
     kind = case["kind"]
     if kind.startswith("ours"):
-        from engine.memory import MemoryManager
-        from engine.vram.budget import MemorySettings
+        from engine.memory.manager import MemoryManager
+        from engine.memory.budget import MemorySettings
 
         module = build_or_load(case, config, device, dtype)
         settings = MemorySettings(budget_bytes=case.get("budget_bytes"), reserve_bytes=case.get("reserve_bytes"),
@@ -224,7 +224,7 @@ def build_or_load(case: dict[str, Any], config: dict[str, Any], device: Any, dty
 
     if device.type == "cpu":
         if case["kind"].startswith("ours"):
-            from engine.models.flux_transformer import load_flux_transformer
+            from engine.models.flux1.transformer import load_flux_transformer
 
             return load_flux_transformer(case["file"], variant="dev").transformer
         from safetensors.torch import load_file
@@ -250,7 +250,7 @@ def write_model_file(kind: str, work_dir: Path) -> Path:
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from engine.models.safetensors_io import save_safetensors
+    from engine.models.common.safetensors_io import save_safetensors
 
     path = work_dir / f"flux-{kind}.safetensors"
     if not path.is_file():
@@ -262,8 +262,8 @@ def write_model_file(kind: str, work_dir: Path) -> Path:
 
 def streaming_sizes(path: Path) -> tuple[int, int, int]:
     """(weight bytes, smallest budget that can stream: base + two-block window, smallest block)."""
-    from engine.models.flux_transformer import load_flux_transformer
-    from engine.vram.layout import BASE, split_module
+    from engine.models.flux1.transformer import load_flux_transformer
+    from engine.memory.layout import BASE, split_module
 
     parts = split_module(load_flux_transformer(path, variant="dev").transformer)  # mapped: nothing read
     blocks = [p.nbytes for p in parts if p.block]

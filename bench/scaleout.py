@@ -124,7 +124,7 @@ async def wait_for_workers(url: str, count: int) -> None:
 
 
 def make_app(models_dir: Path, workers: int | None) -> tuple[Any, Any]:
-    from engine.runtime import Runtime
+    from engine.backends.runtime import Runtime
     from engine.server.app import create_app
     from engine.server.config import ServerConfig
 
@@ -132,8 +132,8 @@ def make_app(models_dir: Path, workers: int | None) -> tuple[Any, Any]:
     runtime = Runtime.create(base_dir=base, models_dir=str(models_dir))
     backend = None
     if workers is not None:
-        from engine.workers.options import RayOptions
-        from engine.workers.ray_backend import RayBackend
+        from engine.backends.ray.options import RayOptions
+        from engine.backends.ray.backend import RayBackend
 
         backend = RayBackend(runtime, RayOptions(workers=workers, worker_cpus=1, threads_per_worker=1,
                                                  log_to_driver=False))
@@ -176,8 +176,8 @@ def main() -> None:
 
     import torch
 
-    from engine.workers.cluster import connect
-    from engine.workers.options import RayOptions
+    from engine.backends.ray.cluster import connect
+    from engine.backends.ray.options import RayOptions
     from tests.web_helpers import tiny_zoo_models_dir
 
     logging.basicConfig(level=logging.WARNING)

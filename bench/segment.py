@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.models.mask2former import CONFIG_DIR, Preprocessing, Segmenter, ade20k_labels  # noqa: E402
-from engine.models.mask2former_pipeline import segment  # noqa: E402
+from engine.models.segmentation.mask2former import CONFIG_DIR, Preprocessing, Segmenter, ade20k_labels  # noqa: E402
+from engine.models.segmentation.pipeline import segment  # noqa: E402
 
 # A scaled-down Mask2Former-Swin: Swin-L's window (12), heads per width and 150 classes, far fewer channels.
 SMALL_OVERRIDES = {
@@ -48,8 +48,8 @@ def build_model(overrides: dict[str, Any] | None, seed: int = 0) -> Any:
 
 
 def tiny_model() -> Any:
-    from engine.models.mask2former import load_segmenter
-    from engine.models.segmentation_zoo import write_tiny_segmenter
+    from engine.models.segmentation.mask2former import load_segmenter
+    from engine.zoo.segmentation import write_tiny_segmenter
 
     folder = write_tiny_segmenter(tempfile.mkdtemp(prefix="fluxgraph-bench-"))["folder"]
     return load_segmenter(folder).model

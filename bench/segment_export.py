@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.segment import SMALL_OVERRIDES, build_model  # noqa: E402
-from engine.models.mask2former import Preprocessing, Segmenter, ade20k_labels  # noqa: E402
-from engine.models.mask2former_export import ExportRequest, example_input, export_segmenter  # noqa: E402
-from engine.models.mask2former_exported import load_exported_file  # noqa: E402
-from engine.models.mask2former_pipeline import semantic_scores  # noqa: E402
-from engine.models.segmentation_zoo import _make_sensitive  # noqa: E402
+from engine.models.segmentation.mask2former import Preprocessing, Segmenter, ade20k_labels  # noqa: E402
+from engine.models.segmentation.export import ExportRequest, example_input, export_segmenter  # noqa: E402
+from engine.models.segmentation.exported import load_exported_file  # noqa: E402
+from engine.models.segmentation.pipeline import semantic_scores  # noqa: E402
+from engine.zoo.segmentation import _make_sensitive  # noqa: E402
 
 CPU_FORMS = ["torchscript-fp32", "pt2-fp32", "onnx-fp32", "onnx-int8"]
 GPU_FORMS = ["torchscript-fp16", "pt2-fp16", "onnx-fp16"]

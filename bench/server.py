@@ -141,8 +141,8 @@ async def chain_runs(base_url: str, sizes: list[int], runs: int, pid: int) -> di
 
 # ----------------------------------------------------------------------------- in process
 def validation_time(runs: int) -> list[float]:
-    from engine.runtime import Runtime
-    from engine.memory import MemoryManager
+    from engine.backends.runtime import Runtime
+    from engine.memory.manager import MemoryManager
 
     runtime = Runtime.create(base_dir=tempfile.mkdtemp(prefix="fg-bench-"), models=MemoryManager())
     graph = chain(100)
@@ -161,8 +161,8 @@ def ws_latency(events: int) -> list[float]:
 
     from engine.server.app import create_app
     from engine.server.state import STATE
-    from engine.runtime import Runtime
-    from engine.memory import MemoryManager
+    from engine.backends.runtime import Runtime
+    from engine.memory.manager import MemoryManager
 
     base = tempfile.mkdtemp(prefix="fg-bench-ws-")
     app = create_app(Runtime.create(base_dir=base, models=MemoryManager()))

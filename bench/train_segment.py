@@ -33,9 +33,9 @@ def prepare(work: Path, size: int, images: int) -> dict[str, str]:
     import torch
 
     from bench.segment import SMALL_OVERRIDES, build_model
-    from engine.segmentation_training.checkpoint import save_model_folder
-    from engine.models.mask2former import Preprocessing
-    from engine.segmentation_training.synthetic import write_synthetic_dataset
+    from engine.training.segmentation.checkpoint import save_model_folder
+    from engine.models.segmentation.mask2former import Preprocessing
+    from engine.training.segmentation.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(work / "data", train=images, val=2, size=size, seed=0)
     model = build_model(None if torch.cuda.is_available() else SMALL_OVERRIDES)
@@ -44,8 +44,8 @@ def prepare(work: Path, size: int, images: int) -> dict[str, str]:
 
 
 def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.segmentation_training.config import TrainConfig
-    from engine.segmentation_training.trainer import TrainEvents, train
+    from engine.training.segmentation.config import TrainConfig
+    from engine.training.segmentation.trainer import TrainEvents, train
 
     times: list[float] = []
     config = TrainConfig(data_dir=args.data, output_dir=str(Path(args.work) / "run"), base_model=args.base,

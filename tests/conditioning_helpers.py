@@ -96,7 +96,7 @@ def reference_pipeline(cls: Any, transformer_folder: str, scheduler: str) -> Any
     """`cls` (FluxFillPipeline, FluxKontextPipeline) over the base parts and a zoo transformer folder."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-    from engine.models.configs import load_config
+    from engine.models.common.configs import load_config
 
     base = base_pipeline()
     transformer = FluxTransformer2DModel.from_pretrained(str(zoo_base() / "models/diffusers" / transformer_folder))

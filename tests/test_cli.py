@@ -217,7 +217,7 @@ def test_progress_printer_lines_and_bar():
 
 
 def test_first_ctrl_c_interrupts_cooperatively_second_stops():
-    from engine.context import InterruptFlag
+    from engine.core.context import InterruptFlag
 
     executor = types.SimpleNamespace(interrupt=InterruptFlag())
     previous = cli._interrupt_on_sigint(executor)
@@ -260,7 +260,7 @@ def test_missing_parts_give_clear_errors(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "engine.server", None)  # makes the import fail
     assert cli.main(["serve"]) == cli.EXIT_USAGE
     assert "'fluxgraph serve' is unavailable" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "engine.ui_workflow", None)
+    monkeypatch.setitem(sys.modules, "engine.workflow.convert", None)
     path = write_json(tmp_path / "ui.json", {"nodes": [], "links": [], "version": 0.4})
     assert cli.main(["validate", str(path), "--base-dir", str(tmp_path)]) == cli.EXIT_USAGE
     assert "UI-format workflow" in capsys.readouterr().err
@@ -275,7 +275,7 @@ def test_ui_workflows_are_converted(monkeypatch, tmp_path, capsys):
 
     fake = types.SimpleNamespace(convert_ui_workflow=convert_ui_workflow,
                                  annotate_node_errors=lambda errors, conversion: errors)
-    monkeypatch.setitem(sys.modules, "engine.ui_workflow", fake)
+    monkeypatch.setitem(sys.modules, "engine.workflow.convert", fake)
     ui = {"nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}
     path = write_json(tmp_path / "ui.json", ui)
     assert cli.main(["run", str(path), "--base-dir", str(tmp_path)]) == 0
@@ -285,8 +285,8 @@ def test_ui_workflows_are_converted(monkeypatch, tmp_path, capsys):
 
 
 def test_real_ui_workflow_runs(tmp_path, capsys):
-    ui_export = pytest.importorskip("engine.ui_export", reason="UI-format support is not in this checkout")
-    from engine.registry import NodeRegistry
+    ui_export = pytest.importorskip("engine.workflow.exporter", reason="UI-format support is not in this checkout")
+    from engine.core.registry import NodeRegistry
     from nodes.core import NODES
 
     ui = ui_export.api_to_ui(toy_workflow(width=6), NodeRegistry(NODES))
@@ -298,7 +298,7 @@ def test_real_ui_workflow_runs(tmp_path, capsys):
 
 
 def test_models_delegate_to_the_zoo_and_list(monkeypatch, tmp_path, capsys):
-    from engine.models import zoo
+    from engine.zoo import writer as zoo
 
     calls = []
     monkeypatch.setattr(zoo, "write_tiny_zoo", lambda d: calls.append(("tiny", d)) or [], raising=False)

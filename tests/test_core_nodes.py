@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.context import NodeContext
-from engine.folders import FolderPaths, UnsafePathError
-from engine.images import read_png_text, resize_images
-from engine.registry import NodeRegistry
-from engine.schema import NodeResult
+from engine.core.context import NodeContext
+from engine.core.folders import FolderPaths, UnsafePathError
+from engine.media.images import read_png_text, resize_images
+from engine.core.registry import NodeRegistry
+from engine.core.schema import NodeResult
 from nodes.core import image_io, image_ops, mask_ops
 from nodes.core.options import CROP_METHODS, UPSCALE_METHODS
 from nodes.core.save_paths import expand_prefix, next_counter
@@ -38,7 +38,7 @@ def ramp_image(batch: int = 1, height: int = 6, width: int = 8, channels: int = 
 
 
 def test_option_lists_agree_with_the_image_helpers():
-    import engine.images as images
+    import engine.media.images as images
 
     assert UPSCALE_METHODS == images.UPSCALE_METHODS and CROP_METHODS == images.CROP_METHODS
 
@@ -344,8 +344,8 @@ def core_registry() -> NodeRegistry:
 
 
 def _run(prompt, registry, folders, extra_data=None):
-    from engine.executor import Executor
-    from engine.validate import validate_prompt
+    from engine.core.executor import Executor
+    from engine.core.validate import validate_prompt
 
     checked = validate_prompt(prompt, registry, folders)
     assert checked.ok and not checked.node_errors, checked.node_errors
@@ -373,7 +373,7 @@ def test_switch_runs_only_the_selected_branch(core_registry, folders, switch):
 
 
 def test_switch_rejects_mismatched_branches(core_registry, folders):
-    from engine.validate import validate_prompt
+    from engine.core.validate import validate_prompt
 
     prompt = {
         "img": {"class_type": "EmptyImage", "inputs": {"width": 2, "height": 2, "batch_size": 1, "color": 0}},
@@ -416,7 +416,7 @@ def test_core_pack_registers_without_torch_at_import():
     import subprocess
     import sys
 
-    code = ("import sys; from engine.registry import NodeRegistry; import nodes.core as c; "
+    code = ("import sys; from engine.core.registry import NodeRegistry; import nodes.core as c; "
             "r = NodeRegistry(c.NODES); print(len(r), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from engine.cache import OutputCache
-from engine.executor import Executor
+from engine.core.cache import OutputCache
+from engine.core.executor import Executor
 from tests.toy_nodes import CALLS, toy_registry
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models.safetensors_io import save_safetensors
+from engine.models.common.safetensors_io import save_safetensors
 from tests.test_flux2_support import SENSITIVITY, TOLERANCE, flux2_graph
 from tests.test_flux_support import make_runtime, run_prompt, single_torch_thread, zoo_base  # noqa: F401
 
@@ -29,7 +29,7 @@ def _lora_pairs(inner: int, mlp: int) -> dict[str, tuple[torch.Tensor, torch.Ten
 
 @pytest.fixture(scope="module")
 def lora_files():
-    from engine.models.zoo_flux2 import tiny_flux2
+    from engine.zoo.flux2 import tiny_flux2
 
     config = tiny_flux2("klein").transformer.config
     inner = config.num_attention_heads * config.attention_head_dim
@@ -62,7 +62,7 @@ def _with_lora(graph: dict, name: str, strength: float) -> dict:
 
 
 def test_lora_matches_diffusers_load_lora_weights_in_both_layouts(lora_files):
-    from engine.models.zoo_flux2 import tiny_flux2
+    from engine.zoo.flux2 import tiny_flux2
 
     runtime = make_runtime()
     pipe = tiny_flux2("klein").pipeline()
@@ -84,9 +84,9 @@ def test_lora_matches_diffusers_load_lora_weights_in_both_layouts(lora_files):
 
 
 def test_a_flux1_lora_on_a_flux2_model_is_refused_naming_the_file(lora_files):
-    from engine.models.flux2_transformer import load_diffusion_model
-    from engine.models.lora import apply_lora
-    from engine.models.safetensors_io import ModelFileError
+    from engine.models.flux2.transformer import load_diffusion_model
+    from engine.models.lora.loader import apply_lora
+    from engine.models.common.safetensors_io import ModelFileError
 
     model = load_diffusion_model(zoo_base() / "models/diffusion_models/flux2-klein-4b-tiny.safetensors")
     for layout in ("comfy", "kohya", "peft"):

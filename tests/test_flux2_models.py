@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from engine.models.safetensors_io import ModelFileError, open_safetensors, save_safetensors
+from engine.models.common.safetensors_io import ModelFileError, open_safetensors, save_safetensors
 from tests.test_flux_support import make_runtime, single_torch_thread, zoo_base  # noqa: F401
 
 
@@ -26,7 +26,7 @@ def _same_state(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from engine.models.flux2_tiny import tiny_flux2
+    from engine.zoo.flux2_tiny import tiny_flux2
 
     return {variant: tiny_flux2(variant) for variant in ("klein", "dev")}
 
@@ -34,8 +34,8 @@ def tiny():
 # ----- key conversion and layouts
 
 def test_transformer_keys_round_trip_and_every_layout_loads_the_same_tensors(tiny):
-    from engine.models.flux2_keys import bfl_to_diffusers, diffusers_to_bfl
-    from engine.models.flux2_transformer import load_flux2_transformer
+    from engine.models.flux2.keys import bfl_to_diffusers, diffusers_to_bfl
+    from engine.models.flux2.transformer import load_flux2_transformer
 
     state = tiny["klein"].transformer.state_dict()
     round_trip = bfl_to_diffusers(diffusers_to_bfl(state))
@@ -55,7 +55,7 @@ def test_our_converter_equals_diffusers_single_file_converter():
     """diffusers' FLUX.2 converter (which has no hard-coded widths) gives the same tensors on every key."""
     from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
 
-    from engine.models.flux2_keys import bfl_to_diffusers
+    from engine.models.flux2.keys import bfl_to_diffusers
 
     state = open_safetensors(models() / "diffusion_models/flux2-dev-tiny.safetensors").load()
     ours = bfl_to_diffusers(dict(state))
@@ -64,7 +64,7 @@ def test_our_converter_equals_diffusers_single_file_converter():
 
 
 def test_vae_layouts_load_the_same_tensors_and_round_trip_images(tiny):
-    from engine.models.flux2_vae import load_flux2_vae
+    from engine.models.flux2.vae import load_flux2_vae
 
     single = load_flux2_vae(models() / "vae/flux2-vae-tiny.safetensors")
     folder = load_flux2_vae(models() / "diffusers/flux2-dev-tiny")
@@ -87,7 +87,7 @@ def test_vae_layouts_load_the_same_tensors_and_round_trip_images(tiny):
     ("qwen3", "qwen3-4b-tiny.safetensors", "flux2-klein-4b-tiny"),
     ("mistral", "mistral3-small-tiny.safetensors", "flux2-dev-tiny")])
 def test_text_encoder_layouts_load_the_same_truncated_model(tiny, architecture, file, folder):
-    from engine.models.flux2_text_encoders import HIDDEN_LAYERS, load_flux2_text_encoder
+    from engine.models.flux2.text_encoders import HIDDEN_LAYERS, load_flux2_text_encoder
 
     roots = [models() / "tokenizers"]
     single = load_flux2_text_encoder(models() / "text_encoders" / file, roots)
@@ -108,7 +108,7 @@ def test_text_encoder_layouts_load_the_same_truncated_model(tiny, architecture, 
 
 
 def test_a_too_shallow_text_encoder_is_refused(tmp_path):
-    from engine.models.flux2_text_encoders import load_flux2_text_encoder
+    from engine.models.flux2.text_encoders import load_flux2_text_encoder
 
     sf = open_safetensors(models() / "text_encoders/qwen3-4b-tiny.safetensors")
     state = {k: v for k, v in sf.load().items() if not any(f"layers.{i}." in k for i in range(20, 40))}
@@ -119,8 +119,8 @@ def test_a_too_shallow_text_encoder_is_refused(tmp_path):
 
 
 def test_a_missing_tokenizer_says_what_to_put_where(tmp_path):
-    from engine.models.flux2_text_encoders import load_flux2_text_encoder
-    from engine.models.tokenizer_files import TokenizerMissingError
+    from engine.models.flux2.text_encoders import load_flux2_text_encoder
+    from engine.models.common.tokenizer_files import TokenizerMissingError
 
     with pytest.raises(TokenizerMissingError) as info:
         load_flux2_text_encoder(models() / "text_encoders/mistral3-small-tiny.safetensors", [tmp_path])
@@ -144,7 +144,7 @@ def test_a_missing_tokenizer_says_what_to_put_where(tmp_path):
     ("odd-size.safetensors", {}, 96, None, "flux2-klein"),
 ])
 def test_klein_variants_come_from_names_metadata_and_widths(name, metadata, joint, distilled, expected):
-    from engine.models.flux2_variants import detect_flux2_variant
+    from engine.models.flux2.variants import detect_flux2_variant
 
     config = {"guidance_embeds": False, "joint_attention_dim": joint}
     assert detect_flux2_variant(config, name, metadata, distilled) == expected
@@ -154,9 +154,9 @@ def test_klein_variants_come_from_names_metadata_and_widths(name, metadata, join
 def test_dimensions_are_inferred_from_shapes_so_other_sizes_load(tmp_path):
     from diffusers import Flux2Transformer2DModel
 
-    from engine.models.flux2_keys import diffusers_to_bfl
-    from engine.models.flux2_transformer import load_diffusion_model
-    from engine.models.tiny import seeded_init_
+    from engine.models.flux2.keys import diffusers_to_bfl
+    from engine.models.flux2.transformer import load_diffusion_model
+    from engine.zoo.flux1_tiny import seeded_init_
 
     model = seeded_init_(Flux2Transformer2DModel(
         in_channels=128, num_layers=1, num_single_layers=3, attention_head_dim=24, num_attention_heads=3,
@@ -171,7 +171,7 @@ def test_dimensions_are_inferred_from_shapes_so_other_sizes_load(tmp_path):
 
 
 def test_unet_loading_dispatches_on_the_family():
-    from engine.models.flux2_transformer import load_diffusion_model
+    from engine.models.flux2.transformer import load_diffusion_model
 
     assert load_diffusion_model(models() / "diffusion_models/flux1-dev-tiny.safetensors").family == "flux1"
     assert load_diffusion_model(models() / "diffusion_models/flux2-dev-tiny.safetensors").family == "flux2"
@@ -201,9 +201,9 @@ def test_a_text_encoder_of_the_other_family_fails_validation_naming_the_file(cla
 
 
 def test_the_loaders_refuse_the_other_family_naming_the_file():
-    from engine.models.flux2_text_encoders import load_flux2_text_encoder
-    from engine.models.flux2_transformer import load_flux2_transformer
-    from engine.models.flux2_vae import load_flux2_vae
+    from engine.models.flux2.text_encoders import load_flux2_text_encoder
+    from engine.models.flux2.transformer import load_flux2_transformer
+    from engine.models.flux2.vae import load_flux2_vae
 
     cases = [(load_flux2_vae, "vae/ae-tiny.safetensors", "a FLUX.1 VAE; it belongs to FLUX.1"),
              (load_flux2_transformer, "diffusion_models/flux1-dev-tiny.safetensors",
@@ -216,8 +216,8 @@ def test_the_loaders_refuse_the_other_family_naming_the_file():
 
 
 def test_a_flux2_model_with_flux1_conditioning_or_latents_says_what_is_wrong():
-    from engine.memory import MemoryManager
-    from engine.models.flux2_transformer import load_diffusion_model
+    from engine.memory.manager import MemoryManager
+    from engine.models.flux2.transformer import load_diffusion_model
     from engine.sampling.pipeline import Guider, RandomNoise, SamplerChoice, sample
 
     model = load_diffusion_model(models() / "diffusion_models/flux2-klein-4b-tiny.safetensors")
@@ -255,7 +255,7 @@ def test_the_zoo_manifest_lists_the_flux2_files():
     ({}, None, ""),
 ])
 def test_family_check_blames_the_odd_loader_naming_its_file(change, blamed, says):
-    from engine.models.flux2_family_check import family_errors
+    from engine.models.common.family_check import family_errors
     from tests.test_flux2_support import flux2_graph
 
     graph = flux2_graph("klein")
@@ -271,7 +271,7 @@ def test_family_check_blames_the_odd_loader_naming_its_file(change, blamed, says
 def test_family_check_passes_the_shipped_workflows():
     from pathlib import Path
 
-    from engine.models.flux2_family_check import family_errors
+    from engine.models.common.family_check import family_errors
 
     folders = make_runtime().folders
     root = Path(__file__).resolve().parents[1] / "workflows"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.context import NodeContext
-from engine.folders import FolderPaths
-from engine.registry import NodeRegistry
+from engine.core.context import NodeContext
+from engine.core.folders import FolderPaths
+from engine.core.registry import NodeRegistry
 from tests.test_flux2_support import SENSITIVITY, flux2_graph, write_reference_image
 from tests.test_flux_support import make_runtime, run_prompt, single_torch_thread  # noqa: F401
 from tests.test_object_info_core import normalise
@@ -126,8 +126,8 @@ def test_klein_ignores_guidance_but_dev_uses_it(runtime):
 
 def test_tiled_decode_matches_plain_decode_for_flux2(runtime):
     """VAEDecodeTiled works on FLUX.2 latents (16 pixels per latent pixel); one tile = the plain decode."""
-    from engine.memory import MemoryManager
-    from engine.models.flux2_vae import load_flux2_vae
+    from engine.memory.manager import MemoryManager
+    from engine.models.flux2.vae import load_flux2_vae
     from engine.sampling.vae import decode, decode_tiled
 
     vae = load_flux2_vae(runtime.folders.model_path("vae", "flux2-vae-tiny.safetensors"))

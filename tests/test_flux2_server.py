@@ -13,7 +13,7 @@ from PIL import Image
 from engine.server.app import create_app
 from engine.server.config import PROJECT_ROOT
 from engine.server.generate import load_workflow
-from engine.server.variants import add_reference_images, known_variants
+from engine.recipes.variants import add_reference_images, known_variants
 from tests.test_flux2_support import write_reference_image
 from tests.test_flux_support import zoo_base
 from tests.test_server_support import make_config, registry, wait_for_job
@@ -26,7 +26,7 @@ WORKFLOWS = PROJECT_ROOT / "workflows"
 async def client(aiohttp_client, tmp_path):
     import torch
 
-    from engine.runtime import Runtime
+    from engine.backends.runtime import Runtime
 
     torch.set_num_threads(1)
     runtime = Runtime.create(base_dir=zoo_base(), registry=registry())

@@ -82,7 +82,7 @@ def reference_pipeline(variant: str) -> Any:
     from diffusers import Flux2KleinPipeline, Flux2Pipeline
     from diffusers.utils import logging as diffusers_logging
 
-    from engine.models.zoo_flux2 import PIPELINE_FOLDERS, tiny_flux2
+    from engine.zoo.flux2 import PIPELINE_FOLDERS, tiny_flux2
 
     diffusers_logging.set_verbosity_error()
     if variant not in PIPELINE_FOLDERS:

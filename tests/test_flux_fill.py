@@ -111,9 +111,9 @@ def test_the_mask_and_the_image_move_the_fill(runtime, change):
 
 @pytest.fixture(scope="module")
 def parts(runtime):
-    from engine.memory import MemoryManager
-    from engine.models.text_encoders import load_flux_text_encoders
-    from engine.models.vae import load_flux_vae
+    from engine.memory.manager import MemoryManager
+    from engine.models.flux1.text_encoders import load_flux_text_encoders
+    from engine.models.flux1.vae import load_flux_vae
     from engine.sampling.conditioning import make_conditioning
     from engine.sampling.text import encode_flux_prompt
 
@@ -128,7 +128,7 @@ def parts(runtime):
 
 
 def sample_dev(runtime, positive, latent, memory, steps=3, model_options=None):
-    from engine.models.flux_transformer import load_flux_transformer
+    from engine.models.flux1.transformer import load_flux_transformer
     from engine.sampling.pipeline import Guider, RandomNoise, SamplerChoice, sample, schedule_for
     from engine.sampling.schedules import denoise_sigmas
 
@@ -221,7 +221,7 @@ def test_set_latent_noise_mask_copies_the_latent():
 
 def test_differential_diffusion_thresholds_the_soft_mask_over_time(runtime, parts):
     from engine.sampling.fill import DIFFERENTIAL_DIFFUSION, step_mask_function
-    from engine.models.handles import FluxModel
+    from engine.models.common.handles import FluxModel
 
     soft = torch.linspace(0, 1, 11).view(1, 1, 1, 11)
     model = FluxModel(transformer=None, variant="dev").with_option(DIFFERENTIAL_DIFFUSION, 1.0)
@@ -257,7 +257,7 @@ def test_fill_workflows_run_on_the_tiny_zoo(runtime, name, size):
 def test_segment_fill_workflow_fills_the_chosen_class(runtime):
     import numpy as np
 
-    from engine.models.segmentation_zoo import write_tiny_segmenter
+    from engine.zoo.segmentation import write_tiny_segmenter
     from tests.test_segmentation_workflows import present_class
 
     write_tiny_segmenter(runtime.folders.models_dir)

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 async def client(aiohttp_client, tmp_path):
     import shutil
 
-    from engine.runtime import Runtime
+    from engine.backends.runtime import Runtime
 
     base = zoo_base()
     (base / "input").mkdir(exist_ok=True)

@@ -139,8 +139,8 @@ def test_reference_latent_appends_without_mutating_and_passes_through_without_la
 
 
 def test_a_reference_image_with_alpha_uses_its_colour(runtime):
-    from engine.memory import MemoryManager
-    from engine.models.vae import load_flux_vae
+    from engine.memory.manager import MemoryManager
+    from engine.models.flux1.vae import load_flux_vae
     from engine.sampling.vae import encode
 
     vae = load_flux_vae(runtime.folders.model_path("vae", "ae-tiny.safetensors"))
@@ -199,8 +199,8 @@ CONDITIONING_NODES = [
 
 @pytest.mark.parametrize("name", CONDITIONING_NODES)
 def test_conditioning_node_declarations_match_comfyui(name, tmp_path):
-    from engine.folders import FolderPaths
-    from engine.registry import NodeRegistry
+    from engine.core.folders import FolderPaths
+    from engine.core.registry import NodeRegistry
     from tests.test_object_info_core import _reference, normalise
 
     ours = NodeRegistry().discover("nodes").object_info(FolderPaths(tmp_path))  # no model files: empty combos

@@ -104,9 +104,9 @@ def test_changing_a_strength_or_removing_the_lora_never_reloads_the_model(runtim
 
 
 def test_patches_restore_bit_for_bit_and_are_kept_between_runs(runtime):
-    from engine.models.flux_transformer import load_flux_transformer
-    from engine.models.lora import apply_lora
-    from engine.models.lora_patch import applied_patches, apply_patches, patches_for, restore_weights
+    from engine.models.flux1.transformer import load_flux_transformer
+    from engine.models.lora.loader import apply_lora
+    from engine.models.lora.patch import applied_patches, apply_patches, patches_for, restore_weights
 
     path = runtime.folders.model_path("diffusion_models", "flux1-dev-tiny.safetensors")
     model = load_flux_transformer(path)
@@ -126,13 +126,13 @@ def test_patches_restore_bit_for_bit_and_are_kept_between_runs(runtime):
 
 
 def test_model_only_loader_leaves_the_text_encoders_and_says_so(tmp_path):
-    from engine.context import NodeContext
-    from engine.folders import FolderPaths
+    from engine.core.context import NodeContext
+    from engine.core.folders import FolderPaths
     from nodes.flux.lora import lora_loader_model_only
     from tests.test_flux_support import zoo_base as base
 
     folders = FolderPaths(base())
-    from engine.models.flux_transformer import load_flux_transformer
+    from engine.models.flux1.transformer import load_flux_transformer
 
     model = load_flux_transformer(folders.model_path("diffusion_models", "flux1-dev-tiny.safetensors"))
     result = lora_loader_model_only(NodeContext(folders=folders), model, "flux1-dev-tiny-lora-kohya.safetensors", 1.0)
@@ -144,21 +144,21 @@ def test_model_only_loader_leaves_the_text_encoders_and_says_so(tmp_path):
 # ----- bad files
 
 def _write(tmp_path, name: str, state: dict) -> object:
-    from engine.models.safetensors_io import save_safetensors
+    from engine.models.common.safetensors_io import save_safetensors
 
     return save_safetensors(state, tmp_path / name)
 
 
 @pytest.fixture(scope="module")
 def dev_model(runtime):
-    from engine.models.flux_transformer import load_flux_transformer
+    from engine.models.flux1.transformer import load_flux_transformer
 
     return load_flux_transformer(runtime.folders.model_path("diffusion_models", "flux1-dev-tiny.safetensors"))
 
 
 def test_a_lora_for_another_architecture_is_refused_naming_the_file(tmp_path, dev_model):
-    from engine.models.lora import apply_lora
-    from engine.models.safetensors_io import ModelFileError
+    from engine.models.lora.loader import apply_lora
+    from engine.models.common.safetensors_io import ModelFileError
 
     sdxl = _write(tmp_path, "sdxl_style.safetensors", {
         "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
@@ -173,8 +173,8 @@ def test_a_lora_for_another_architecture_is_refused_naming_the_file(tmp_path, de
 
 
 def test_keys_that_match_nothing_are_reported_or_refused(tmp_path, dev_model, caplog):
-    from engine.models.lora import apply_lora
-    from engine.models.safetensors_io import ModelFileError, open_safetensors
+    from engine.models.lora.loader import apply_lora
+    from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 
     zoo = zoo_base() / "models/loras"
     state = open_safetensors(zoo / "flux1-dev-tiny-lora-kohya.safetensors").load()
@@ -196,7 +196,7 @@ def test_full_width_conversion_equals_diffusers_kohya_converter():
     from diffusers import FluxTransformer2DModel
     from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
 
-    from engine.models.lora_keys import convert_lora
+    from engine.models.lora.keys import convert_lora
 
     with torch.device("meta"):
         model = FluxTransformer2DModel(num_layers=1, num_single_layers=1)  # real widths, on meta: no memory

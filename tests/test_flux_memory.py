@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.memory import MemoryManager, default_device, manager_from
+from engine.memory.manager import MemoryManager, default_device, manager_from
 
 
 class FakeModule:

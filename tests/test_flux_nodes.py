@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.context import Interrupted, NodeContext
-from engine.folders import FolderPaths
-from engine.registry import NodeRegistry
+from engine.core.context import Interrupted, NodeContext
+from engine.core.folders import FolderPaths
+from engine.core.registry import NodeRegistry
 from nodes.flux import common, conditioning as C, latent as LT, loaders as LD, sampling as SN
 from tests.test_flux_support import (make_runtime, run_prompt, single_torch_thread,  # noqa: F401
                                      txt2img_prompt, zoo_base)
@@ -29,7 +29,7 @@ FILE_COMBOS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name",
 
 @pytest.fixture(scope="module")
 def parts():
-    from engine.models.zoo import tiny_components
+    from engine.zoo.writer import tiny_components
 
     return {variant: tiny_components(variant).handles() for variant in ("dev", "schnell")}
 
@@ -83,7 +83,7 @@ def test_combo_names_equal_the_implemented_samplers_and_schedulers():
 
     assert common.SAMPLER_NAMES == SAMPLER_NAMES
     assert common.SCHEDULER_NAMES == SCHEDULER_NAMES
-    from engine.models.flux_transformer import WEIGHT_DTYPES
+    from engine.models.flux1.transformer import WEIGHT_DTYPES
 
     assert LD.WEIGHT_DTYPES == WEIGHT_DTYPES
 
@@ -288,7 +288,7 @@ def test_tiled_decode_equals_plain_decode_when_one_tile_covers_the_image(parts):
 
 
 def test_tiled_blending_reassembles_a_local_decoder_exactly():
-    from engine.memory import MemoryManager
+    from engine.memory.manager import MemoryManager
     from engine.sampling.vae import decode_tiled
 
     def local_decoder(z: torch.Tensor) -> torch.Tensor:  # each latent pixel -> an 8x8 block of its first 3 channels

@@ -146,7 +146,7 @@ def test_changing_only_the_seed_in_a_custom_sampling_graph_reruns_the_noise_node
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_same_seed_gives_the_same_image_on_cuda_and_cpu():
-    from engine.memory import MemoryManager
+    from engine.memory.manager import MemoryManager
 
     cpu_image, _ = run_prompt(make_runtime(), txt2img_prompt("dev", seed=11, steps=3))
     gpu_runtime = make_runtime()

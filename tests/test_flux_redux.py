@@ -79,9 +79,9 @@ def redux_graph(styles: list[tuple[str, float, str]], *, crop: str = "none", see
     ("sigclip-vision-tiny.safetensors", "flux1-redux-tiny.safetensors", "none"),
     ("siglip-vision-tiny", "flux1-redux-tiny-embedder", "center")])
 def test_redux_image_embeddings_equal_the_prior_pipeline(runtime, vision, style_model, crop):
-    from engine.memory import MemoryManager
-    from engine.models.redux import load_style_model, style_tokens
-    from engine.models.siglip import encode_images, load_clip_vision
+    from engine.memory.manager import MemoryManager
+    from engine.models.redux.embedder import load_style_model, style_tokens
+    from engine.models.redux.siglip import encode_images, load_clip_vision
     from tests.conditioning_helpers import input_image
 
     folders, memory = runtime.folders, MemoryManager(device="cpu")
@@ -141,10 +141,10 @@ def test_style_apply_appends_every_image_and_records_the_bias_ranges():
 
 
 def test_files_given_to_the_wrong_loader_are_refused_with_the_right_loader(runtime, tmp_path):
-    from engine.models.lora import load_lora
-    from engine.models.redux import load_style_model
-    from engine.models.safetensors_io import ModelFileError
-    from engine.models.siglip import load_clip_vision
+    from engine.models.lora.loader import load_lora
+    from engine.models.redux.embedder import load_style_model
+    from engine.models.common.safetensors_io import ModelFileError
+    from engine.models.redux.siglip import load_clip_vision
 
     folders = runtime.folders
     redux = folders.model_path("style_models", "flux1-redux-tiny.safetensors")

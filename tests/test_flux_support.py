@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from engine.schema import Socket, String, node
-from engine.types import IMAGE
+from engine.core.schema import Socket, String, node
+from engine.core.types import IMAGE
 
 CAPTURED: dict[str, Any] = {}
 PROMPT = "a photo of a cat sitting on a red sofa"
@@ -45,7 +45,7 @@ def capture_image(ctx: Any, images: Any, key: str):
 @functools.lru_cache(maxsize=None)
 def zoo_base() -> Path:
     """A base folder whose models/ holds the tiny zoo (written once per process)."""
-    from engine.models.zoo import write_tiny_zoo
+    from engine.zoo.writer import write_tiny_zoo
 
     base = Path(tempfile.mkdtemp(prefix="fluxgraph-flux-tests-"))
     atexit.register(shutil.rmtree, base, True)
@@ -55,9 +55,9 @@ def zoo_base() -> Path:
 
 def make_runtime() -> Any:
     """A fresh runtime (own cache) over the zoo, with the capture node registered, on the CPU."""
-    from engine.memory import MemoryManager
-    from engine.registry import NodeRegistry
-    from engine.runtime import Runtime
+    from engine.memory.manager import MemoryManager
+    from engine.core.registry import NodeRegistry
+    from engine.backends.runtime import Runtime
 
     registry = NodeRegistry().discover("nodes")
     registry.register(capture_image)

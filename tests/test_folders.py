@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from engine.folders import FolderPaths, UnsafePathError, contained_path, split_annotation
+from engine.core.folders import FolderPaths, UnsafePathError, contained_path, split_annotation
 
 
 def test_contained_path_refuses_escapes(tmp_path):

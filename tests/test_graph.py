@@ -1,6 +1,6 @@
 import pytest
 
-from engine.graph import PromptFormatError, parse_prompt, to_prompt
+from engine.core.graph import PromptFormatError, parse_prompt, to_prompt
 
 
 def chain(n):

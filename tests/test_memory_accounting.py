@@ -1,4 +1,4 @@
-"""The memory manager's decisions on a simulated device that counts bytes (engine.vram.accounting): which
+"""The memory manager's decisions on a simulated device that counts bytes (engine.memory.accounting): which
 parts are resident, what is evicted and in which order, the prefetch order, out-of-memory recovery, and that
 no part is ever held twice nor the device ever over capacity."""
 
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.memory import MemoryManager
-from engine.vram.accounting import AccountingBackend, AccountingDevice, SimModel
-from engine.vram.budget import MemorySettings
-from engine.vram.errors import NotEnoughMemoryError, OutOfMemoryError
+from engine.memory.manager import MemoryManager
+from engine.memory.accounting import AccountingBackend, AccountingDevice, SimModel
+from engine.memory.budget import MemorySettings
+from engine.memory.errors import NotEnoughMemoryError, OutOfMemoryError
 
 
 def setup(capacity: int, mode: str = "normal", budget: int | None = None, cpu_device: bool = False,

@@ -1,4 +1,4 @@
-"""Placement rules and the prefetch schedule, in bytes and names only (engine.vram.plan / schedule)."""
+"""Placement rules and the prefetch schedule, in bytes and names only (engine.memory.plan / schedule)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.vram.plan import ModelEntry, PartSpec, plan_shrink, plan_use, spread_resident, window_for
-from engine.vram.schedule import Done, Fetch, PrefetchSchedule, Wait
+from engine.memory.plan import ModelEntry, PartSpec, plan_shrink, plan_use, spread_resident, window_for
+from engine.memory.schedule import Done, Fetch, PrefetchSchedule, Wait
 
 
 def model(key: int, base: int, blocks: list[int], *, last_used: int = 0, resident: bool = False,

@@ -10,9 +10,9 @@ import sys
 import pytest
 import pytest_asyncio
 
-from engine.memory import MemoryManager
-from engine.vram.accounting import AccountingBackend, AccountingDevice, SimModel
-from engine.vram.budget import GIB, MemorySettings, add_memory_arguments, settings_from_args
+from engine.memory.manager import MemoryManager
+from engine.memory.accounting import AccountingBackend, AccountingDevice, SimModel
+from engine.memory.budget import GIB, MemorySettings, add_memory_arguments, settings_from_args
 
 
 def parse(*argv: str) -> MemorySettings:
@@ -67,9 +67,9 @@ def test_fluxgraph_run_and_serve_take_the_flags(tmp_path, capsys):
 
 
 def test_importing_and_building_the_manager_loads_no_torch():
-    code = ("import sys, engine.memory, engine.server, engine.cli\n"
-            "from engine.vram.budget import MemorySettings\n"
-            "m = engine.memory.MemoryManager(settings=MemorySettings(mode='lowvram'))\n"
+    code = ("import sys, engine.memory.manager, engine.server, engine.cli\n"
+            "from engine.memory.budget import MemorySettings\n"
+            "m = engine.memory.manager.MemoryManager(settings=MemorySettings(mode='lowvram'))\n"
             "m.offload_all(); stats = m.stats()\n"
             "assert stats['models'] == [] and stats['mode'] == 'lowvram', stats\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.memory import MemoryManager
-from engine.models.flux_transformer import load_flux_transformer
-from engine.models.safetensors_io import open_safetensors, save_safetensors
-from engine.vram.budget import MemorySettings
-from engine.vram.errors import ModelFileChangedError, OutOfMemoryError
-from engine.vram.layout import BASE, split_module
-from engine.vram.mapped import is_mapped, mapped_resident_bytes
-from engine.vram.torch_backend import TorchBackend, requested_bytes
+from engine.memory.manager import MemoryManager
+from engine.models.flux1.transformer import load_flux_transformer
+from engine.models.common.safetensors_io import open_safetensors, save_safetensors
+from engine.memory.budget import MemorySettings
+from engine.memory.errors import ModelFileChangedError, OutOfMemoryError
+from engine.memory.layout import BASE, split_module
+from engine.memory.mapped import is_mapped, mapped_resident_bytes
+from engine.memory.torch_backend import TorchBackend, requested_bytes
 
 CONFIG = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=32,
               num_attention_heads=1, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
@@ -207,7 +207,7 @@ def test_patches_reach_the_device_copies_and_never_the_loaded_weights(model_file
 
 @pytest.mark.parametrize("streaming", ["mapped", "slots"])
 def test_lora_patches_applied_outside_the_manager_survive_streaming(model_file, streaming):
-    from engine.models.lora_patch import LoraPatch, WeightDelta, apply_patches
+    from engine.models.lora.patch import LoraPatch, WeightDelta, apply_patches
 
     g = torch.Generator().manual_seed(3)
     deltas = tuple(WeightDelta(name, torch.randn(WIDTH, 4, generator=g), torch.randn(4, WIDTH, generator=g), 0.5)
@@ -256,9 +256,9 @@ def test_an_out_of_memory_call_is_retried_once_then_reported_clearly(model_file,
 
 
 def test_out_of_memory_becomes_an_execution_error_and_the_executor_keeps_running(model_file):
-    from engine.executor import Executor
-    from engine.registry import NodeRegistry
-    from engine.schema import Int, NodeResult, node
+    from engine.core.executor import Executor
+    from engine.core.registry import NodeRegistry
+    from engine.core.schema import Int, NodeResult, node
 
     module = load(model_file)
     memory = manager()
@@ -392,8 +392,8 @@ def test_cuda_owned_weights_move_without_a_second_copy():
 
 LOAD_PEAK_SCRIPT = """
 import sys, torch
-from engine.models.build import instantiate
-from engine.models.safetensors_io import open_safetensors
+from engine.models.common.build import instantiate
+from engine.models.common.safetensors_io import open_safetensors
 
 def peak():
     with open('/proc/self/status') as status:

@@ -12,19 +12,19 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 
-from engine.models import zoo  # noqa: E402
-from engine.models.checkpoint import load_flux_checkpoint  # noqa: E402
-from engine.models.detect import detect_components, detect_flux_variant  # noqa: E402
-from engine.models.extra_model_paths import ExtraModelPathsError, load_extra_model_paths  # noqa: E402
-from engine.models.flux_keys import (bfl_shapes_to_diffusers, diffusers_to_bfl,  # noqa: E402
+from engine.zoo import writer as zoo  # noqa: E402
+from engine.models.flux1.checkpoint import load_flux_checkpoint  # noqa: E402
+from engine.models.common.detect import detect_components, detect_flux_variant  # noqa: E402
+from engine.core.extra_model_paths import ExtraModelPathsError, load_extra_model_paths  # noqa: E402
+from engine.models.flux1.keys import (bfl_shapes_to_diffusers, diffusers_to_bfl,  # noqa: E402
                                      infer_diffusers_config)
-from engine.models.flux_transformer import load_flux_transformer, shipped_config_if_matching  # noqa: E402
-from engine.models.safetensors_io import (ModelFileError, dequantize_scaled_fp8, key_prefixes,  # noqa: E402
+from engine.models.flux1.transformer import load_flux_transformer, shipped_config_if_matching  # noqa: E402
+from engine.models.common.safetensors_io import (ModelFileError, dequantize_scaled_fp8, key_prefixes,  # noqa: E402
                                           open_safetensors, save_safetensors)
-from engine.models.text_encoders import load_flux_text_encoders, load_text_encoders_folder  # noqa: E402
-from engine.models.tiny import tiny_components  # noqa: E402
-from engine.models.tokenizer_files import TokenizerMissingError, find_tokenizer  # noqa: E402
-from engine.models.vae import load_flux_vae  # noqa: E402
+from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder  # noqa: E402
+from engine.zoo.flux1_tiny import tiny_components  # noqa: E402
+from engine.models.common.tokenizer_files import TokenizerMissingError, find_tokenizer  # noqa: E402
+from engine.models.flux1.vae import load_flux_vae  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_variant_rules(models: Path, tmp_path: Path) -> None:
 def test_fill_and_other_sizes_are_inferred_from_shapes(tmp_path: Path) -> None:
     from diffusers import FluxTransformer2DModel
 
-    from engine.models.tiny import seeded_init_
+    from engine.zoo.flux1_tiny import seeded_init_
 
     model = seeded_init_(FluxTransformer2DModel(in_channels=384, out_channels=64, num_layers=3, num_single_layers=1,
                                                 attention_head_dim=64, num_attention_heads=3, joint_attention_dim=24,
@@ -189,7 +189,7 @@ def test_bfl_converter_matches_diffusers_own_at_full_width() -> None:
     from diffusers import FluxTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
-    from engine.models.flux_keys import bfl_to_diffusers
+    from engine.models.flux1.keys import bfl_to_diffusers
 
     with torch.device("meta"):
         full = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True)
@@ -206,7 +206,7 @@ def test_bfl_converter_matches_diffusers_own_at_full_width() -> None:
 def test_vae_converter_matches_diffusers_ldm_converter(ref) -> None:
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from engine.models.vae_keys import bfl_vae_to_diffusers, diffusers_vae_to_bfl
+    from engine.models.common.vae_keys import bfl_vae_to_diffusers, diffusers_vae_to_bfl
 
     bfl = diffusers_vae_to_bfl(ref.vae.state_dict())
     assert "decoder.up.3.upsample.conv.weight" in bfl and bfl["encoder.mid.attn_1.q.weight"].ndim == 4
@@ -317,7 +317,7 @@ def test_wrong_architecture_in_the_wrong_loader(models: Path, tmp_path: Path) ->
     with pytest.raises(ModelFileError, match="no FLUX.1 component was recognised"):
         load_flux_transformer(unrelated)
     sd_vae = tiny_components("dev").vae.state_dict()
-    from engine.models.vae_keys import diffusers_vae_to_bfl
+    from engine.models.common.vae_keys import diffusers_vae_to_bfl
 
     four = {k: v for k, v in diffusers_vae_to_bfl(sd_vae).items()}
     four["decoder.conv_in.weight"] = four["decoder.conv_in.weight"][:, :4]
@@ -352,7 +352,7 @@ def test_missing_or_mismatched_tokenizer_says_what_and_where(models: Path, tmp_p
 
 
 def test_clip_tokenizer_from_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.models.tiny_tokenizers import train_clip_vocab
+    from engine.zoo.tokenizers import train_clip_vocab
 
     _, merges = train_clip_vocab()
     package = tmp_path / "site" / "open_clip"
@@ -396,7 +396,7 @@ def test_extra_model_paths_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                                  ("clip", (tmp_path / "shared/te").resolve(), True)]
     assert [c[0] for c in folders.calls[2:]] == ["checkpoints", "loras", "loras"]
 
-    from engine.folders import FolderPaths
+    from engine.core.folders import FolderPaths
 
     real = FolderPaths(tmp_path)
     load_extra_model_paths(config, real)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.folders import FolderPaths
-from engine.registry import NodeRegistry
-from engine.types import ANY
+from engine.core.folders import FolderPaths
+from engine.core.registry import NodeRegistry
+from engine.core.types import ANY
 from nodes.core.primitives import SWITCH_OUTPUT_TYPE
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "comfy_reference"
@@ -77,7 +77,7 @@ def test_object_info_matches_comfyui(name: str, our_info: dict) -> None:
     assert name in our_info, f"{name} is not registered"
     expected, ours = normalise(reference[name]), normalise(our_info[name])
     if name == "ComfySwitchNode" and SWITCH_OUTPUT_TYPE == ANY:
-        # Declared "*" while engine.types cannot connect V3 match types (see nodes/core/primitives.py).
+        # Declared "*" while engine.core.types cannot connect V3 match types (see nodes/core/primitives.py).
         expected["output"] = [ANY]
     # Key order matters for input_order only (which the comparison of lists covers), not for dicts.
     assert ours == expected

@@ -1,4 +1,4 @@
-"""engine.queue: heap order, history bounds, persistence and crash recovery of the SQLite prompt queue."""
+"""engine.queue.store: heap order, history bounds, persistence and crash recovery of the SQLite prompt queue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from engine.queue import (ERROR, INTERRUPTED, QUEUED, RUNNING, SUCCESS, PromptQueue, QueueLockedError)
+from engine.queue.store import (ERROR, INTERRUPTED, QUEUED, RUNNING, SUCCESS, PromptQueue, QueueLockedError)
 
 PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
 

@@ -26,11 +26,11 @@ import pytest_asyncio
 import ray
 from PIL import Image
 
-from engine.runtime import Runtime
+from engine.backends.runtime import Runtime
 from engine.server.app import create_app
-from engine.workers.cluster import connect
-from engine.workers.options import RayOptions
-from engine.workers.ray_backend import RayBackend
+from engine.backends.ray.cluster import connect
+from engine.backends.ray.options import RayOptions
+from engine.backends.ray.backend import RayBackend
 from tests.test_server_support import make_config, registry, sleep_graph
 from tests.web_helpers import free_port, tiny_zoo_models_dir
 

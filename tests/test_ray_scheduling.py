@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.executor_backend import WorkerLost
-from engine.folders import FolderPaths, UnsafePathError
-from engine.queue import PromptQueue, QueueItem
-from engine.registry import NodeRegistry
-from engine.schema import Combo, NodeResult, String, node
-from engine.workers.files import OutputStore, input_files, rename_records
-from engine.workers.scheduler import ModelIdentities, Scheduler, WorkerSlot, model_files
+from engine.backends.in_process import WorkerLost
+from engine.core.folders import FolderPaths, UnsafePathError
+from engine.queue.store import PromptQueue, QueueItem
+from engine.core.registry import NodeRegistry
+from engine.core.schema import Combo, NodeResult, String, node
+from engine.backends.ray.files import OutputStore, input_files, rename_records
+from engine.backends.ray.scheduler import ModelIdentities, Scheduler, WorkerSlot, model_files
 from tests.test_server_support import chain_graph, image_graph, sleep_graph
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_input_files_ship_only_contained_existing_uploads(tmp_path):
 # ----------------------------------------------------------------------------------------------- the actor
 @pytest.fixture(scope="module")
 def actor():
-    from engine.workers.actor import PromptActor
+    from engine.backends.ray.actor import PromptActor
 
     worker = PromptActor("worker-t", {"node_packages": ["nodes", "tests.ray_nodes"], "threads": None})
     yield worker
@@ -155,7 +155,7 @@ def run_messages(actor, prompt_id, prompt, inputs=()):
 
 
 def test_actor_streams_batched_events_then_its_result(actor):
-    from engine.executor import Executor
+    from engine.core.executor import Executor
 
     batches, messages = run_messages(actor, "chain", chain_graph(100))
     assert messages[0] == ("started", "worker-t") and messages[-1][0] == "result"
@@ -207,7 +207,7 @@ def test_actor_streams_previews_as_encoded_images(actor):
 
 
 def test_a_worker_on_shared_storage_writes_straight_into_the_servers_folders(tmp_path):
-    from engine.workers.actor import PromptActor
+    from engine.backends.ray.actor import PromptActor
 
     server = FolderPaths(tmp_path / "server")
     folders = {"base_dir": str(server.base_dir), "input_dir": str(server.input_dir),
@@ -282,8 +282,8 @@ def test_an_interrupted_prompt_whose_worker_dies_is_not_rerun(tmp_path):
 def test_ray_is_imported_only_when_asked_for():
     script = ("import sys, tempfile\n"
               "from engine.server.app import create_app\n"
-              "from engine.runtime import Runtime\n"
-              "import engine.workers, engine.workers.actor, engine.workers.scheduler, engine.workers.files\n"
+              "from engine.backends.runtime import Runtime\n"
+              "import engine.backends.ray, engine.backends.ray.actor, engine.backends.ray.scheduler, engine.backends.ray.files\n"
               "create_app(Runtime.create(base_dir=tempfile.mkdtemp(), models=None))\n"
               "assert 'ray' not in sys.modules, 'ray was imported'\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.models.handles import FluxSampling
+from engine.models.common.handles import FluxSampling
 from engine.sampling import schedules as S
 
 DEV = FluxSampling()
@@ -32,7 +32,7 @@ def pipeline_sigmas(variant: str, steps: int, width: int, height: int) -> torch.
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-    from engine.models.configs import load_config
+    from engine.models.common.configs import load_config
 
     config = load_config(f"flux1-{variant}-scheduler")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)

@@ -29,7 +29,7 @@ SIZE = (96, 96)  # the tiny model's processed size for the 64x64 val images
 
 
 def export(segmenter: Any, name: str, **request: Any) -> list:
-    from engine.models.mask2former_export import ExportRequest, export_segmenter
+    from engine.models.segmentation.export import ExportRequest, export_segmenter
 
     with single_thread():
         return export_segmenter(segmenter, workspace() / "models" / "segmentation", name, ExportRequest(**request))
@@ -37,14 +37,14 @@ def export(segmenter: Any, name: str, **request: Any) -> list:
 
 @functools.lru_cache(maxsize=None)
 def finetuned() -> Any:
-    from engine.models.mask2former import load_segmenter
+    from engine.models.segmentation.mask2former import load_segmenter
 
     return load_segmenter(finetuned_run().best_dir)
 
 
 @functools.lru_cache(maxsize=None)
 def val_set() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from engine.segmentation_training.dataset import load_sample, validate_dataset
+    from engine.training.segmentation.dataset import load_sample, validate_dataset
 
     info = validate_dataset(workspace() / "input" / "shapes", finetuned().labels)
     pairs = [load_sample(sample, False) for sample in info.val]
@@ -52,14 +52,14 @@ def val_set() -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def label_maps(segmenter: Any) -> list[np.ndarray]:
-    from engine.segmentation_training.metrics import predict_label_maps
+    from engine.training.segmentation.metrics import predict_label_maps
 
     with single_thread():
         return predict_label_maps(segmenter, val_set()[0])
 
 
 def miou(segmenter: Any) -> float:
-    from engine.segmentation_training.metrics import ConfusionMatrix
+    from engine.training.segmentation.metrics import ConfusionMatrix
 
     matrix = ConfusionMatrix(len(finetuned().labels))
     for truth, predicted in zip(val_set()[1], label_maps(segmenter)):
@@ -68,7 +68,7 @@ def miou(segmenter: Any) -> float:
 
 
 def logits_error(exported: Any, model: Any, size: tuple[int, int]) -> float:
-    from engine.models.mask2former_export import example_input
+    from engine.models.segmentation.export import example_input
 
     values = example_input(size, batch=3, seed=5)  # batch 3: the graphs were traced at 2, the batch is dynamic
     with torch.inference_mode():
@@ -90,7 +90,7 @@ def finetuned_onnx() -> dict[str, Any]:
 
 @pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnxruntime), "torchscript", "pt2"])
 def test_fp32_exports_of_the_finetuned_model_reproduce_its_label_maps(fmt):
-    from engine.models.mask2former_exported import load_exported_segmenter
+    from engine.models.segmentation.exported import load_exported_segmenter
 
     if fmt == "onnx":
         record = finetuned_onnx()["fp32"]
@@ -110,7 +110,7 @@ def test_fp32_exports_of_the_finetuned_model_reproduce_its_label_maps(fmt):
 @needs_onnxruntime
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
 def test_fp16_and_int8_onnx_lose_at_most_one_miou_point(dtype):
-    from engine.models.mask2former_exported import load_exported_segmenter
+    from engine.models.segmentation.exported import load_exported_segmenter
 
     record = finetuned_onnx()[dtype]
     exact, reduced = miou(finetuned()), miou(load_exported_segmenter(record.path))
@@ -124,9 +124,9 @@ def test_fp16_and_int8_onnx_lose_at_most_one_miou_point(dtype):
 
 @pytest.fixture(scope="module")
 def runtime() -> Any:
-    from engine.memory import MemoryManager
-    from engine.registry import NodeRegistry
-    from engine.runtime import Runtime
+    from engine.memory.manager import MemoryManager
+    from engine.core.registry import NodeRegistry
+    from engine.backends.runtime import Runtime
     from tests.test_flux_support import capture_image
 
     registry = NodeRegistry().discover("nodes")
@@ -151,8 +151,8 @@ def node_export(runtime: Any) -> Any:
 
 
 def test_export_node_writes_one_file_per_size_each_reproducing_the_tiny_model(runtime):
-    from engine.models.mask2former_exported import list_exported_segmenters, load_exported_segmenter
-    from engine.models.mask2former_pipeline import segment
+    from engine.models.segmentation.exported import list_exported_segmenters, load_exported_segmenter
+    from engine.models.segmentation.pipeline import segment
 
     result = node_export(runtime)
     assert result.status == "success", result.errors
@@ -203,8 +203,8 @@ def test_the_loader_runs_an_onnx_file_in_a_workflow_as_pytorch_does(runtime):
 
 
 def test_sizes_that_were_not_exported_are_refused_or_padded(runtime):
-    from engine.models.mask2former_exported import InputSizeError, load_exported_file, load_exported_segmenter
-    from engine.models.mask2former_pipeline import segment
+    from engine.models.segmentation.exported import InputSizeError, load_exported_file, load_exported_segmenter
+    from engine.models.segmentation.pipeline import segment
 
     assert node_export(runtime).status == "success"
     path = workspace() / "models/segmentation/tiny-export-96x96-fp32.pt"
@@ -227,7 +227,7 @@ def test_sizes_that_were_not_exported_are_refused_or_padded(runtime):
 
 @needs_onnxruntime
 def test_an_onnx_file_refuses_other_sizes():
-    from engine.models.mask2former_exported import InputSizeError, load_exported_file
+    from engine.models.segmentation.exported import InputSizeError, load_exported_file
 
     runner = load_exported_file(finetuned_onnx()["int8"].path)
     assert runner.size == SIZE and runner.meta["dtype"] == "int8"
@@ -236,13 +236,13 @@ def test_an_onnx_file_refuses_other_sizes():
 
 
 def load_segmenter_tiny() -> Any:
-    from engine.models.mask2former import load_segmenter
+    from engine.models.segmentation.mask2former import load_segmenter
 
     return load_segmenter(workspace() / "models/segmentation/tiny-mask2former-swin-ade")
 
 
 def test_bad_export_requests_are_refused_before_writing_anything(tmp_path):
-    from engine.models.mask2former_export import ExportError, ExportRequest, export_segmenter, parse_sizes
+    from engine.models.segmentation.export import ExportError, ExportRequest, export_segmenter, parse_sizes
 
     tiny = load_segmenter_tiny()
     with pytest.raises(ExportError, match="int8 is made by ONNX Runtime dynamic quantization: use format onnx"):
@@ -260,7 +260,7 @@ def test_bad_export_requests_are_refused_before_writing_anything(tmp_path):
 
 
 def test_the_loader_refuses_files_that_are_not_fluxgraph_exports(tmp_path):
-    from engine.models.mask2former_exported import ExportedModelError, load_exported_segmenter
+    from engine.models.segmentation.exported import ExportedModelError, load_exported_segmenter
 
     foreign = tmp_path / "foreign.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(foreign))

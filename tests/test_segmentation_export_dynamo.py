@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("FLUXGRAPH_SLOW_TESTS") != "1",
 def test_dynamo_onnx_export_reproduces_the_tiny_model_and_quantizes_the_pixel_level_module(tmp_path):
     import onnx
 
-    from engine.models.mask2former_export import ExportRequest, export_segmenter, int8_nodes
-    from engine.models.mask2former_exported import load_exported_segmenter
-    from engine.models.mask2former_pipeline import segment
+    from engine.models.segmentation.export import ExportRequest, export_segmenter, int8_nodes
+    from engine.models.segmentation.exported import load_exported_segmenter
+    from engine.models.segmentation.pipeline import segment
     from tests.test_segmentation_export import load_segmenter_tiny
 
     tiny = load_segmenter_tiny()

@@ -14,10 +14,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.models import mask2former_pipeline as pipeline  # noqa: E402
-from engine.models.mask2former import (Preprocessing, SegmenterLoadError, load_segmenter,  # noqa: E402
+from engine.models.segmentation import pipeline  # noqa: E402
+from engine.models.segmentation.mask2former import (Preprocessing, SegmenterLoadError, load_segmenter,  # noqa: E402
                                        shipped_configs)
-from engine.models.segmentation_zoo import TINY_FILE_NAME, TINY_FOLDER_NAME, write_tiny_segmenter  # noqa: E402
+from engine.zoo.segmentation import TINY_FILE_NAME, TINY_FOLDER_NAME, write_tiny_segmenter  # noqa: E402
 
 
 def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
@@ -103,7 +103,7 @@ def test_single_file_without_sidecar_finds_a_config_in_its_folder(zoo, tmp_path)
 def test_shipped_swin_large_config_is_the_full_size_architecture():
     from transformers import Mask2FormerConfig
 
-    from engine.models.mask2former import expected_shapes
+    from engine.models.segmentation.mask2former import expected_shapes
 
     [path] = [p for p in shipped_configs() if p.stem == "mask2former-swin-large-ade-semantic"]
     config = Mask2FormerConfig.from_json_file(str(path))

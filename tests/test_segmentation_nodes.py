@@ -12,11 +12,11 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.context import NodeContext  # noqa: E402
-from engine.folders import FolderPaths  # noqa: E402
-from engine.registry import NodeRegistry  # noqa: E402
-from engine.schema import ExecutionBlocker  # noqa: E402
-from engine.validate import validate_prompt  # noqa: E402
+from engine.core.context import NodeContext  # noqa: E402
+from engine.core.folders import FolderPaths  # noqa: E402
+from engine.core.registry import NodeRegistry  # noqa: E402
+from engine.core.schema import ExecutionBlocker  # noqa: E402
+from engine.core.validate import validate_prompt  # noqa: E402
 from nodes.bridges import inpaint  # noqa: E402
 from nodes.segmentation import crf, loader, morphology, preview, refine, segment, select  # noqa: E402
 
@@ -30,7 +30,7 @@ def smooth_image(height: int, width: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from engine.models.segmentation_zoo import write_tiny_segmenter
+    from engine.zoo.segmentation import write_tiny_segmenter
 
     base = tmp_path_factory.mktemp("segbase")
     paths = FolderPaths(base)

@@ -23,7 +23,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.segmentation_training.config import TrainConfig  # noqa: E402
+from engine.training.segmentation.config import TrainConfig  # noqa: E402
 
 # Settings that teach the tiny random model the synthetic shapes in under a hundred steps. Batches of 8 cost
 # little more than batches of 2 at this size (per-op overhead dominates), so steps are few and large.
@@ -36,8 +36,8 @@ STEPS_PER_EPOCH = 6
 @functools.lru_cache(maxsize=None)
 def workspace() -> Path:
     """models/segmentation/ with the tiny zoo, input/shapes/ with the synthetic dataset (once per process)."""
-    from engine.models.segmentation_zoo import write_tiny_segmenter
-    from engine.segmentation_training.synthetic import write_synthetic_dataset
+    from engine.zoo.segmentation import write_tiny_segmenter
+    from engine.training.segmentation.synthetic import write_synthetic_dataset
 
     base = Path(tempfile.mkdtemp(prefix="fluxgraph-segtrain-"))
     atexit.register(shutil.rmtree, base, True)
@@ -63,7 +63,7 @@ class single_thread:
 @functools.lru_cache(maxsize=None)
 def finetuned_run() -> Any:
     """The tiny model fine-tuned on the shapes dataset (shared with the export tests)."""
-    from engine.segmentation_training.trainer import train
+    from engine.training.segmentation.trainer import train
 
     config = TrainConfig(data_dir=str(workspace() / "input" / "shapes"),
                          output_dir=str(workspace() / "models" / "segmentation" / "shapes-run"),
@@ -97,7 +97,7 @@ def test_finetuning_raises_val_miou_well_above_its_start():
 
 
 def test_new_class_head_and_labels_are_saved_for_the_loader():
-    from engine.models.mask2former import load_segmenter
+    from engine.models.segmentation.mask2former import load_segmenter
 
     result = finetuned_run()
     segmenter = load_segmenter(result.best_dir)
@@ -118,7 +118,7 @@ class StopAt(Exception):
 
 
 def test_resume_from_a_mid_epoch_interruption_reproduces_the_uninterrupted_weights():
-    from engine.segmentation_training.trainer import TrainEvents, train
+    from engine.training.segmentation.trainer import TrainEvents, train
 
     with single_thread():
         straight = train(_small_config("straight"))
@@ -142,8 +142,8 @@ def test_resume_from_a_mid_epoch_interruption_reproduces_the_uninterrupted_weigh
 
 
 def test_resume_refuses_changed_settings_and_missing_checkpoints():
-    from engine.segmentation_training.checkpoint import CheckpointError
-    from engine.segmentation_training.trainer import train
+    from engine.training.segmentation.checkpoint import CheckpointError
+    from engine.training.segmentation.trainer import train
 
     finetuned_run()
     with pytest.raises(CheckpointError, match=r"learning_rate: 0.002 in the checkpoint, 0.001 now"):
@@ -156,7 +156,7 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints():
 
 
 def test_training_settings_are_checked_before_anything_loads():
-    from engine.segmentation_training.config import TrainConfigError
+    from engine.training.segmentation.config import TrainConfigError
 
     with pytest.raises(TrainConfigError, match="crop_size must be a multiple of 32"):
         _small_config("x", crop_size=100).check()
@@ -167,7 +167,7 @@ def test_training_settings_are_checked_before_anything_loads():
 
 
 def test_schedules_warm_up_then_decay():
-    from engine.segmentation_training.schedule import lr_factor
+    from engine.training.segmentation.schedule import lr_factor
 
     assert lr_factor(0, 100, warmup_steps=10) == pytest.approx(0.01)
     assert lr_factor(5, 100, warmup_steps=10) == pytest.approx((1 - 0.05) ** 0.9 * 0.505)
@@ -177,7 +177,7 @@ def test_schedules_warm_up_then_decay():
 
 
 def test_augmentation_is_deterministic_per_generator_and_pads_with_ignore():
-    from engine.segmentation_training.augment import AugmentSettings, augment
+    from engine.training.segmentation.augment import AugmentSettings, augment
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
@@ -196,9 +196,9 @@ def test_augmentation_is_deterministic_per_generator_and_pads_with_ignore():
 
 @pytest.fixture(scope="module")
 def runtime():
-    from engine.memory import MemoryManager
-    from engine.registry import NodeRegistry
-    from engine.runtime import Runtime
+    from engine.memory.manager import MemoryManager
+    from engine.core.registry import NodeRegistry
+    from engine.backends.runtime import Runtime
     from tests.test_flux_support import capture_image
 
     registry = NodeRegistry().discover("nodes")
@@ -260,9 +260,9 @@ def test_train_node_reports_progress_and_loss_and_resumes_after_an_interrupt(run
 
 
 def test_finetuned_checkpoint_loads_in_the_loader_and_segments_in_a_workflow(runtime):
-    from engine.models.mask2former import list_segmenters, load_segmenter
-    from engine.models.mask2former_pipeline import segment
-    from engine.segmentation_training.dataset import load_image
+    from engine.models.segmentation.mask2former import list_segmenters, load_segmenter
+    from engine.models.segmentation.pipeline import segment
+    from engine.training.segmentation.dataset import load_image
     from tests.test_flux_support import CAPTURED
 
     finetuned_run()

@@ -55,7 +55,7 @@ def test_ctrl_c_saves_the_step_and_resume_finishes_the_run(capsys, monkeypatch):
 
 
 def test_a_broken_dataset_exits_3_listing_its_problems(tmp_path, capsys):
-    from engine.segmentation_training.synthetic import write_synthetic_dataset
+    from engine.training.segmentation.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "broken", train=2, val=1, size=32)
     (data / "annotations" / "val" / "val_0000.png").unlink()

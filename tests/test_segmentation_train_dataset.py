@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.segmentation_training.dataset import DatasetError, validate_dataset
-from engine.segmentation_training.synthetic import CLASSES, write_synthetic_dataset
+from engine.training.segmentation.dataset import DatasetError, validate_dataset
+from engine.training.segmentation.synthetic import CLASSES, write_synthetic_dataset
 
 BASE_CLASSES = [f"class_{i}" for i in range(150)]
 

@@ -21,7 +21,7 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def runtime():
-    from engine.models.segmentation_zoo import write_tiny_segmenter
+    from engine.zoo.segmentation import write_tiny_segmenter
 
     base = zoo_base()
     write_tiny_segmenter(base / "models")
@@ -53,8 +53,8 @@ def saved(runtime, result, node_id: str) -> list[np.ndarray]:
 
 def present_class(runtime) -> str:
     """The class the tiny segmenter gives most pixels of the example image (its labels are random)."""
-    from engine.models.mask2former import load_segmenter
-    from engine.models.mask2former_pipeline import segment
+    from engine.models.segmentation.mask2former import load_segmenter
+    from engine.models.segmentation.pipeline import segment
 
     segmenter = load_segmenter(runtime.folders.model_path("segmentation", "tiny-mask2former-swin-ade"))
     picture = torch.from_numpy(np.array(Image.open(runtime.folders.input_dir / "segment_example.png")))

@@ -27,7 +27,7 @@ WORKFLOWS = PROJECT_ROOT / "workflows"
 def zoo_base(tmp_path_factory):
     if not (WORKFLOWS / "flux_schnell_txt2img.json").is_file():
         pytest.fail("workflows/flux_schnell_txt2img.json is missing")
-    from engine.models.zoo import write_tiny_zoo
+    from engine.zoo.writer import write_tiny_zoo
 
     base = tmp_path_factory.mktemp("flux_zoo")
     write_tiny_zoo(base / "models")
@@ -36,7 +36,7 @@ def zoo_base(tmp_path_factory):
 
 @pytest_asyncio.fixture
 async def client(aiohttp_client, zoo_base, tmp_path):
-    from engine.runtime import Runtime
+    from engine.backends.runtime import Runtime
 
     runtime = Runtime.create(base_dir=zoo_base, registry=registry())
     config = make_config(tmp_path, workflows_dir=WORKFLOWS)

@@ -26,7 +26,7 @@ SLOW_PACK = '''
 import os
 import time
 from pathlib import Path
-from engine.schema import Float, NodeResult, String, node
+from engine.core.schema import Float, NodeResult, String, node
 
 @node("SlowLogged", inputs=[String("label", "x"), Float("first_seconds", 0.0, min=0, max=600),
                             Float("later_seconds", 0.0, min=0, max=600)],

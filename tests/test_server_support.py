@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.registry import NodeRegistry
-from engine.runtime import Runtime
-from engine.schema import Combo, Float, Int, NodeResult, Output, Socket, String, node
+from engine.core.registry import NodeRegistry
+from engine.backends.runtime import Runtime
+from engine.core.schema import Combo, Float, Int, NodeResult, Output, Socket, String, node
 from engine.server.config import ServerConfig
 
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "comfy_reference"  # captures of ComfyUI 0.8.0

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.registry import NodeRegistry
-from engine.schema import AnyInput, Combo, Float, Int, Socket, String, node
-from engine.ui_export import api_to_ui
-from engine.ui_widgets import apply_text_replacements, expand_dynamic_prompt, map_widget_values
-from engine.ui_workflow import (WorkflowFormatError, annotate_node_errors, convert_request, convert_ui_workflow,
+from engine.core.registry import NodeRegistry
+from engine.core.schema import AnyInput, Combo, Float, Int, Socket, String, node
+from engine.workflow.exporter import api_to_ui
+from engine.workflow.widgets import apply_text_replacements, expand_dynamic_prompt, map_widget_values
+from engine.workflow.convert import (WorkflowFormatError, annotate_node_errors, convert_request, convert_ui_workflow,
                                 is_api_prompt, is_ui_workflow, ui_to_api)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ui"
@@ -793,8 +793,8 @@ def _real_registry() -> NodeRegistry:
 
 
 def test_flux_fixture_converts_and_validates_with_the_real_nodes(tmp_path):
-    from engine.folders import FolderPaths
-    from engine.validate import validate_prompt
+    from engine.core.folders import FolderPaths
+    from engine.core.validate import validate_prompt
 
     real = _real_registry()
     folders = FolderPaths(tmp_path)
@@ -860,8 +860,8 @@ def _tiny_flux_workflow(prompt_text: str | None = None) -> dict:
 @pytest.fixture(scope="module")
 def tiny_runtime(tmp_path_factory):
     _real_registry()
-    from engine.models.zoo import write_tiny_zoo
-    from engine.runtime import Runtime
+    from engine.zoo.writer import write_tiny_zoo
+    from engine.backends.runtime import Runtime
 
     base = tmp_path_factory.mktemp("ui_zoo")
     write_tiny_zoo(base / "models")

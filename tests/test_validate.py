@@ -1,6 +1,6 @@
 """Validation: every error kind, all reported at once, in ComfyUI's error shape."""
 
-from engine.validate import validate_prompt
+from engine.core.validate import validate_prompt
 from tests.reference import load_reference
 from tests.toy_nodes import toy_registry
 
@@ -172,9 +172,9 @@ def test_ten_thousand_node_chain_validates():
 
 
 def test_hooks_that_name_folders_receive_the_folder_layout(tmp_path):
-    from engine.executor import Executor
-    from engine.registry import NodeRegistry
-    from engine.schema import Output, String, node
+    from engine.core.executor import Executor
+    from engine.core.registry import NodeRegistry
+    from engine.core.schema import Output, String, node
 
     seen = {}
 
@@ -216,7 +216,7 @@ def test_value_not_in_list_suggests_close_matches():
 
 
 def test_graph_validators_report_on_the_blamed_node():
-    from engine.registry import NodeRegistry
+    from engine.core.registry import NodeRegistry
 
     from tests.toy_nodes import NODES
 
@@ -232,7 +232,7 @@ def test_graph_validators_report_on_the_blamed_node():
 
 
 def test_a_graph_validator_that_raises_fails_the_prompt_on_its_first_node():
-    from engine.registry import NodeRegistry
+    from engine.core.registry import NodeRegistry
 
     from tests.toy_nodes import NODES
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.schema import NodeSchema
-from engine.ui_widgets import has_control_widget, upload_sentinel, widget_inputs
+from engine.core.schema import NodeSchema
+from engine.workflow.widgets import has_control_widget, upload_sentinel, widget_inputs
 from tests.web_helpers import (ALLOWED_URLS, CHROMIUM, CHROMIUM_MISSING, NO_EXTERNAL_URL, WEB_DIR, LiveServer,
                                ServerProcess,
                                add_node_by_search, current_prompt, drag, drop_file, editor_input_kind,
@@ -46,14 +46,14 @@ def test_editor_files_work_offline():
 
 
 def _expected_widget_values_length(schema: NodeSchema) -> int:
-    """What engine.ui_widgets (the converter of saved workflows) expects in a node's widgets_values."""
+    """What engine.workflow.widgets (the converter of saved workflows) expects in a node's widgets_values."""
     return sum(1 + has_control_widget(inp) + (upload_sentinel(inp) is not None) for inp in widget_inputs(schema))
 
 
 def test_every_registry_node_maps_onto_editor_widgets(tmp_path):
     """Each input of every installed node becomes a widget or a socket the editor can draw, with a default
     it accepts, and the editor writes as many widgets_values as the engine's converter reads back."""
-    from engine.folders import FolderPaths
+    from engine.core.folders import FolderPaths
 
     registry = editor_registry()
     info = registry.object_info(FolderPaths(tmp_path))
@@ -159,8 +159,8 @@ def set_widget(page, node_id: int, name: str, value: str) -> None:
 @browser
 def test_every_node_renders_and_saves_what_the_engine_reads(page, server):
     """One node of every installed type: the DOM has the expected sockets and widgets, and the UI workflow
-    the editor saves converts (engine.ui_workflow) into exactly the API prompt the editor queues."""
-    from engine.ui_workflow import convert_ui_workflow
+    the editor saves converts (engine.workflow.convert) into exactly the API prompt the editor queues."""
+    from engine.workflow.convert import convert_ui_workflow
 
     registry = editor_registry()
     info = json.loads(urllib.request.urlopen(f"{server.url}/api/object_info").read())
@@ -543,9 +543,9 @@ def editor_only_nodes_workflow() -> dict:
 
 @browser
 def test_editor_only_nodes_queue_like_the_engine_converts_them(page):
-    """Reroute, Primitive, bypass and Note: the editor's queued prompt equals what engine.ui_workflow makes of
+    """Reroute, Primitive, bypass and Note: the editor's queued prompt equals what engine.workflow.convert makes of
     the same file, and it runs (the Primitive's width reaches the image)."""
-    from engine.ui_workflow import convert_ui_workflow
+    from engine.workflow.convert import convert_ui_workflow
 
     workflow = editor_only_nodes_workflow()
     load_workflow(page, workflow, "editor_only.json")

@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 
-from engine.models import zoo  # noqa: E402
-from engine.models.tiny import tiny_components  # noqa: E402
+from engine.zoo import writer as zoo  # noqa: E402
+from engine.zoo.flux1_tiny import tiny_components  # noqa: E402
 
 
 def _hashes(root: Path) -> dict[str, str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine.registry import NodeRegistry
-from engine.schema import (AnyInput, Boolean, Combo, ExecutionBlocker, Float, Int, NodeResult, Output, Socket,
+from engine.core.registry import NodeRegistry
+from engine.core.schema import (AnyInput, Boolean, Combo, ExecutionBlocker, Float, Int, NodeResult, Output, Socket,
                            String, node)
 
 CALLS: Counter = Counter()

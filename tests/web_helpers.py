@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.registry import NodeRegistry
-from engine.schema import Float, Int, Output, Socket, node
+from engine.core.registry import NodeRegistry
+from engine.core.schema import Float, Int, Output, Socket, node
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = PROJECT_ROOT / "web"
@@ -57,7 +57,7 @@ def editor_registry() -> NodeRegistry:
 
 
 def tiny_zoo_models_dir() -> Path:
-    """The tiny FLUX zoo (engine.models.zoo), written once per version of the code that makes it.
+    """The tiny FLUX zoo (engine.zoo.writer), written once per version of the code that makes it.
 
     Writing it takes ~20 s on two cores, so it is kept in the system's temporary folder under a name that
     hashes engine/models/*.py: a change to the zoo's code writes a fresh one.
@@ -67,10 +67,10 @@ def tiny_zoo_models_dir() -> Path:
     import shutil  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    from engine.models import zoo  # noqa: PLC0415
+    from engine.zoo import writer as zoo  # noqa: PLC0415
 
     digest = hashlib.sha256()
-    for source in sorted((PROJECT_ROOT / "engine" / "models").glob("*.py")):
+    for source in sorted([*(PROJECT_ROOT / "engine" / "models").rglob("*.py"), *(PROJECT_ROOT / "engine" / "zoo").rglob("*.py")]):
         digest.update(source.name.encode() + source.read_bytes())
     target = Path(tempfile.gettempdir()) / f"fluxgraph-test-zoo-{digest.hexdigest()[:16]}"
     if zoo.zoo_is_complete(target):
@@ -123,7 +123,7 @@ class LiveServer:
         def run() -> None:
             from aiohttp import web  # noqa: PLC0415
 
-            from engine.runtime import Runtime  # noqa: PLC0415
+            from engine.backends.runtime import Runtime  # noqa: PLC0415
             from engine.server.app import create_app  # noqa: PLC0415
             from engine.server.config import ServerConfig  # noqa: PLC0415
 

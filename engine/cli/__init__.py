@@ -27,7 +27,7 @@ from engine.cli.errors import (EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVAL
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
 from engine.cli.train_export import add_train_export_commands
 from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow_source
-from engine.vram.budget import add_memory_arguments
+from engine.memory.budget import add_memory_arguments
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "CliError",
            "ProgressPrinter", "apply_overrides", "build_parser", "format_validation_errors", "is_ui_workflow",
@@ -35,9 +35,9 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_U
 
 
 def _runtime(args: argparse.Namespace) -> Any:
-    from engine.memory import MemoryManager
-    from engine.runtime import Runtime
-    from engine.vram.budget import settings_from_args
+    from engine.memory.manager import MemoryManager
+    from engine.backends.runtime import Runtime
+    from engine.memory.budget import settings_from_args
 
     try:
         memory = settings_from_args(args)
@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt, extra_data, result = _prepare(args, runtime)
     if not result.ok or result.node_errors:  # a CLI run is all or nothing
         return _report_invalid(result)
-    from engine.graph import parse_prompt
+    from engine.core.graph import parse_prompt
 
     needed = parse_prompt(result.prompt).upstream(result.outputs)
     printer = ProgressPrinter(result.prompt, total_nodes=len(needed))
@@ -132,8 +132,8 @@ def _interrupt_on_sigint(executor: Any) -> Any:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from engine.folders import FolderPaths
-    from engine.registry import NodeRegistry
+    from engine.core.folders import FolderPaths
+    from engine.core.registry import NodeRegistry
 
     registry = NodeRegistry().discover("nodes")
     for pack, error in registry.failed.items():
@@ -152,7 +152,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from engine.folders import DEFAULT_MODEL_FOLDERS, FolderPaths
+    from engine.core.folders import DEFAULT_MODEL_FOLDERS, FolderPaths
 
     base = Path(args.base_dir or Path.cwd())
     folders = FolderPaths(base, models_dir=args.models_dir)
@@ -162,7 +162,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"{key}/{name}")
         return EXIT_OK
     try:
-        from engine.models import zoo
+        from engine.zoo import writer as zoo
         function = getattr(zoo, {"tiny": "write_tiny_zoo", "prepare": "prepare_models"}[args.action])
     except (ImportError, AttributeError) as exc:
         raise CliError(f"'fluxgraph models {args.action}' is unavailable in this build: {exc}") from exc

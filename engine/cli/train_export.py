@@ -93,13 +93,13 @@ def _add_export_segmenter(parser: argparse.ArgumentParser) -> None:
 
 
 def _folders(args: argparse.Namespace) -> Any:
-    from engine.folders import FolderPaths
+    from engine.core.folders import FolderPaths
 
     return FolderPaths(Path(args.base_dir or Path.cwd()), models_dir=args.models_dir)
 
 
 def _segmenter_path(folders: Any, name: str | None) -> Path:
-    from engine.models.mask2former import list_segmenters
+    from engine.models.segmentation.mask2former import list_segmenters
 
     if name and Path(name).exists():
         return Path(name)
@@ -116,11 +116,11 @@ def _segmenter_path(folders: Any, name: str | None) -> Path:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from engine.models.mask2former import SegmenterLoadError
-    from engine.models.mask2former_export import ExportError
-    from engine.models.mask2former_exported import ExportedModelError
-    from engine.segmentation_training.checkpoint import CheckpointError
-    from engine.segmentation_training.config import TrainConfigError
+    from engine.models.segmentation.mask2former import SegmenterLoadError
+    from engine.models.segmentation.export import ExportError
+    from engine.models.segmentation.exported import ExportedModelError
+    from engine.training.segmentation.checkpoint import CheckpointError
+    from engine.training.segmentation.config import TrainConfigError
 
     return SegmenterLoadError, ExportError, ExportedModelError, CheckpointError, TrainConfigError
 
@@ -164,11 +164,11 @@ def _epoch_line(summary: dict[str, Any]) -> str:
 def cmd_train_segmenter(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engine.folders import contained_path
-    from engine.segmentation_training.checkpoint import STATE_FILE
-    from engine.segmentation_training.config import TrainConfig
-    from engine.segmentation_training.dataset import DatasetError
-    from engine.segmentation_training.trainer import TrainEvents, train
+    from engine.core.folders import contained_path
+    from engine.training.segmentation.checkpoint import STATE_FILE
+    from engine.training.segmentation.config import TrainConfig
+    from engine.training.segmentation.dataset import DatasetError
+    from engine.training.segmentation.trainer import TrainEvents, train
 
     folders = _folders(args)
     data = Path(args.data)
@@ -237,8 +237,8 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
 # ----- export
 
 def cmd_export_segmenter(args: argparse.Namespace) -> int:
-    from engine.models.mask2former import load_segmenter
-    from engine.models.mask2former_export import ExportRequest, export_segmenter, parse_sizes
+    from engine.models.segmentation.mask2former import load_segmenter
+    from engine.models.segmentation.export import ExportRequest, export_segmenter, parse_sizes
 
     folders = _folders(args)
     try:

@@ -42,13 +42,13 @@ class LoadedWorkflow:
     prompt: dict[str, Any]
     extra_data: dict[str, Any]
     source_format: str  # what the file held, said to the user: "API format", "UI format (editor save)", ...
-    conversion: Any = None  # engine.ui_workflow.UiConversion for UI-format workflows
+    conversion: Any = None  # engine.workflow.convert.UiConversion for UI-format workflows
 
     def annotate(self, node_errors: dict[str, Any]) -> dict[str, Any]:
         """Validation errors naming the editor's node id and title, not only the generated prompt id."""
         if self.conversion is None:
             return node_errors
-        from engine.ui_workflow import annotate_node_errors
+        from engine.workflow.convert import annotate_node_errors
 
         return annotate_node_errors(node_errors, self.conversion)
 
@@ -95,13 +95,13 @@ def convert_ui_workflow(workflow: Any, registry: Any, folders: Any = None) -> An
     """The conversion (API prompt and where each node came from) of an editor-saved workflow; `folders`
     fills combos that have no saved value."""
     try:
-        from engine.ui_workflow import convert_ui_workflow as convert
+        from engine.workflow.convert import convert_ui_workflow as convert
     except ImportError as exc:
         raise CliError("this is a UI-format workflow (the editor's save format) and this build cannot convert "
-                       f"it: engine.ui_workflow is unavailable ({exc}); export it in API format instead") from exc
+                       f"it: engine.workflow.convert is unavailable ({exc}); export it in API format instead") from exc
     try:
         return convert(workflow, registry, choice_env=folders)
-    except ValueError as exc:  # engine.ui_format.WorkflowFormatError carries ComfyUI-shaped errors
+    except ValueError as exc:  # engine.workflow.ui_format.WorkflowFormatError carries ComfyUI-shaped errors
         if not hasattr(exc, "node_errors"):
             raise CliError(f"cannot convert the UI-format workflow: {exc}", EXIT_INVALID) from exc
         problems = SimpleNamespace(error=getattr(exc, "error", None), node_errors=exc.node_errors)

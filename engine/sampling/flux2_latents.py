@@ -1,7 +1,7 @@
 """FLUX.2 latents as the graph passes them, and what the sampler accepts for each model family.
 
 A FLUX.2 LATENT's `samples` are [B, 128, H/16, W/16] in model space (the FLUX.2 VAE handle patchifies and
-normalises, see engine.models.flux2_vae), so the latent format is the identity and there is no patch
+normalises, see engine.models.flux2.vae), so the latent format is the identity and there is no patch
 padding. A FLUX.1 LATENT is [B, 16, H/8, W/8] raw VAE latents.
 
 Blank latents of the other family (EmptySD3LatentImage / EmptyLatentImage with a FLUX.2 model,

@@ -18,10 +18,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from engine.memory import manager_from
+from engine.memory.manager import manager_from
 from engine.sampling.flux2_latents import fit_latent_to_model, is_flux2, model_latent_format
 from engine.sampling.flux2_latents import image_size as family_image_size
-from engine.models.lora_patch import apply_patches, patches_for
+from engine.models.lora.patch import apply_patches, patches_for
 from engine.sampling.fill import step_mask_function
 from engine.sampling.guidance import FluxDenoiser
 from engine.sampling.model_inputs import add_model_inputs

@@ -44,7 +44,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --executor ray: workers read inputs and write outputs directly in this "
                              "server's folders (mounted at the same path on every machine) instead of "
                              "receiving and sending the files")
-    from engine.vram.budget import add_memory_arguments  # noqa: PLC0415 - stdlib only
+    from engine.memory.budget import add_memory_arguments  # noqa: PLC0415 - stdlib only
 
     add_memory_arguments(parser)
 
@@ -66,7 +66,7 @@ def build_config(args: argparse.Namespace) -> Any:
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise SystemExit("--workers must be at least 1")
     listen = [a.strip() for a in args.listen.split(",") if a.strip()] if args.listen else []
-    from engine.vram.budget import settings_from_args  # noqa: PLC0415
+    from engine.memory.budget import settings_from_args  # noqa: PLC0415
 
     try:
         memory = settings_from_args(args)
@@ -82,8 +82,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def build_runtime(base_dir: str | None, memory: Any = None) -> Any:
     """The runtime, with a memory manager built from `memory` (MemorySettings; default settings if None)."""
-    from engine.memory import MemoryManager  # noqa: PLC0415 - no torch: it loads on first model use
-    from engine.runtime import Runtime  # noqa: PLC0415
+    from engine.memory.manager import MemoryManager  # noqa: PLC0415 - no torch: it loads on first model use
+    from engine.backends.runtime import Runtime  # noqa: PLC0415
 
     models = MemoryManager.from_settings(memory) if memory is not None else MemoryManager()
     runtime = Runtime.create(base_dir=base_dir, models=models)
@@ -105,10 +105,10 @@ def serve(args: argparse.Namespace) -> None:
         logging.getLogger("engine.server").warning(
             "listening beyond loopback without --auth-token: anyone on the network can queue prompts")
     runtime = build_runtime(args.base_dir, config.memory)
-    logging.getLogger("engine.memory").info("memory: %s", runtime.models.settings.describe())
+    logging.getLogger("engine.memory.manager").info("memory: %s", runtime.models.settings.describe())
     backend = None
     if config.executor != "inprocess":  # connect now: a bad --ray-address stops here with a clear message
-        from engine.executor_backend import make_backend  # noqa: PLC0415
+        from engine.backends.in_process import make_backend  # noqa: PLC0415
 
         backend = make_backend(runtime, config)
         try:

@@ -12,8 +12,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from engine.folders import UnsafePathError, contained_path
-from engine.queue import PromptQueue
+from engine.core.folders import UnsafePathError, contained_path
+from engine.queue.store import PromptQueue
 from engine.server import routes_files, routes_info, routes_prompt
 from engine.server.config import ServerConfig
 from engine.server.errors import ApiError, json_response
@@ -101,13 +101,13 @@ def _add_static(app: web.Application, web_dir: Path) -> None:
 
 def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQueue | None = None,
                backend: Any = None) -> web.Application:
-    """`backend`: an executor backend (engine.executor_backend); by default the one `config.executor` names."""
+    """`backend`: an executor backend (engine.backends.in_process); by default the one `config.executor` names."""
     config = config or ServerConfig()
     queue = queue or PromptQueue(queue_path(runtime), max_history=config.max_history)
     state_holder: dict[str, ServerState] = {}
     hub = EventHub(lambda: state_holder["state"].feature_flags())
     if backend is None:
-        from engine.executor_backend import make_backend  # noqa: PLC0415
+        from engine.backends.in_process import make_backend  # noqa: PLC0415
 
         backend = make_backend(runtime, config)
     worker = PromptWorker(runtime, queue, hub, preview_size=config.preview_size, backend=backend)

@@ -28,11 +28,11 @@ class ServerConfig:
     web_dir: Path = PROJECT_ROOT / "web"
     workflows_dir: Path = PROJECT_ROOT / "workflows"
     preview_size: int = 512
-    executor: str = "inprocess"  # "ray": prompts run on Ray actors (engine/workers, docs/scaleout.md)
+    executor: str = "inprocess"  # "ray": prompts run on Ray actors (engine/backends/ray, docs/scaleout.md)
     ray_address: str | None = None  # an existing Ray cluster; None starts a local instance on loopback
     workers: int | None = None  # Ray workers (default: one per GPU, or 1 on a CPU-only machine)
     ray_shared_storage: bool = False  # workers use the server's folders directly (same path on every machine)
-    memory: Any = None  # engine.vram.budget.MemorySettings from --vram-budget/--lowvram/...; None: defaults
+    memory: Any = None  # engine.memory.budget.MemorySettings from --vram-budget/--lowvram/...; None: defaults
 
     @property
     def bind_addresses(self) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.json_text import dumps  # noqa: F401  (re-exported: the routes import it from here)
+from engine.core.json_text import dumps  # noqa: F401  (re-exported: the routes import it from here)
 
 
 class ApiError(Exception):

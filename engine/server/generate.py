@@ -1,6 +1,6 @@
 """POST /api/generate: a plain request (prompt, model variant, size, steps, seed, guidance) -> a queued graph.
 
-The graph is a shipped workflow (API format; which file per variant: `engine.server.variants`), with the
+The graph is a shipped workflow (API format; which file per variant: `engine.recipes.variants`), with the
 request's values written into the nodes that hold them (found by class and input name, so any equivalent
 wiring works). A variant is *installed* when its workflow exists and every file it names is present (its
 graph passes validation); an unknown or missing variant gets a 400 that lists the installed ones. FLUX.2
@@ -24,7 +24,7 @@ from engine.server.errors import ApiError, dumps, json_response, json_type, read
 from engine.server.generate_conditioning import apply_conditioning, conditioning_workflow, parse_conditioning
 from engine.server.routes_prompt import submit_prompt
 from engine.server.state import ServerState, state_of
-from engine.server.variants import (MAX_REFERENCE_IMAGES, add_reference_images, describe_variant, known_variants,
+from engine.recipes.variants import (MAX_REFERENCE_IMAGES, add_reference_images, describe_variant, known_variants,
                                     workflow_file)
 
 SEED_MAX = 2**64 - 1

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from engine.folders import FILE_TYPES, UnsafePathError, contained_path, split_annotation
+from engine.core.folders import FILE_TYPES, UnsafePathError, contained_path, split_annotation
 from engine.server.errors import ApiError
 from engine.server.state import state_of
 

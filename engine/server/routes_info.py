@@ -17,10 +17,10 @@ from typing import Any
 from aiohttp import web
 
 import engine
-from engine.folders import DEFAULT_MODEL_FOLDERS
+from engine.core.folders import DEFAULT_MODEL_FOLDERS
 from engine.server.errors import ApiError, json_response
 from engine.server.state import state_of
-from engine.system_memory import ram_info
+from engine.memory.system_ram import ram_info
 
 # The ComfyUI protocol level these routes follow (clients read `comfyui_version`).
 COMPATIBLE_COMFYUI_VERSION = "0.8.0"

@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.queue import QUEUED, RUNNING
+from engine.queue.store import QUEUED, RUNNING
 from engine.server.errors import (ApiError, dumps, expect_bool, expect_id_list, finite_number, json_response,
                                   json_type, query_int, read_json, read_json_object)
-from engine.server.prompt_paths import unsafe_path_errors
+from engine.core.prompt_paths import unsafe_path_errors
 from engine.server.state import ServerState, state_of
 
 MAX_ID_LENGTH = 256

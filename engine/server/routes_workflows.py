@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.folders import UnsafePathError, contained_path
+from engine.core.folders import UnsafePathError, contained_path
 from engine.server.errors import ApiError, json_response, read_json
 from engine.server.state import state_of
 
@@ -46,7 +46,7 @@ async def convert_workflow(request: web.Request) -> web.Response:
     Body `{"workflow": <UI workflow>}`; answers `{prompt, dropped, warnings, origins}` or a 400 in ComfyUI's
     `{error, node_errors}` shape.
     """
-    from engine.ui_workflow import convert_request
+    from engine.workflow.convert import convert_request
 
     runtime = state_of(request).runtime
     status, body = convert_request(await read_json(request), runtime.registry, runtime.folders)

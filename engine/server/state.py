@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.queue import PromptQueue
+from engine.queue.store import PromptQueue
 from engine.server.config import ServerConfig
 from engine.server.websocket import EventHub
 from engine.server.worker import PromptWorker
@@ -15,7 +15,7 @@ from engine.server.worker import PromptWorker
 
 @dataclass
 class ServerState:
-    runtime: Any  # engine.runtime.Runtime: folders, registry, cache, executor, models
+    runtime: Any  # engine.backends.runtime.Runtime: folders, registry, cache, executor, models
     queue: PromptQueue
     hub: EventHub
     worker: PromptWorker

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
-from engine.folders import FILE_TYPES
+from engine.core.folders import FILE_TYPES
 from engine.server.errors import ApiError, json_response
 from engine.server.routes_files import check_relative_name, resolve_user_file
 from engine.server.state import ServerState, state_of

@@ -1,6 +1,6 @@
 """The websocket `/ws?clientId=...` and the hub that routes events to sockets.
 
-Routing follows ComfyUI (PROTOCOL.md §4.1): messages about a prompt go to the socket whose id is the prompt's
+Routing follows ComfyUI (docs/protocol.md §4.1): messages about a prompt go to the socket whose id is the prompt's
 `client_id`; for a prompt without one, the execution messages are dropped, while `progress`, previews,
 `execution_interrupted` and custom node messages are broadcast. Queue status goes to everyone.
 

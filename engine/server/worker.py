@@ -21,8 +21,8 @@ import time
 import traceback
 from typing import Any
 
-from engine.executor_backend import InProcessBackend, WorkerLost
-from engine.queue import ERROR, INTERRUPTED, SUCCESS, PromptQueue, QueueItem
+from engine.backends.in_process import InProcessBackend, WorkerLost
+from engine.queue.store import ERROR, INTERRUPTED, SUCCESS, PromptQueue, QueueItem
 from engine.server.websocket import EventHub
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.schema import Combo, ExecutionBlocker, Float, Int, Output, Socket, String, node
-from engine.types import LATENT, MASK, SEGMENTATION
+from engine.core.schema import Combo, ExecutionBlocker, Float, Int, Output, Socket, String, node
+from engine.core.types import LATENT, MASK, SEGMENTATION
 from nodes.segmentation.select import (_class_choices, class_mask, requested_classes, validate_class_inputs)
 
 

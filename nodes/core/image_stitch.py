@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Boolean, Combo, Int, Socket, node
-from engine.types import IMAGE
+from engine.core.schema import Boolean, Combo, Int, Socket, node
+from engine.core.types import IMAGE
 
 DIRECTIONS = ("right", "down", "left", "up")
 SPACING_COLORS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "red": (1.0, 0.0, 0.0),
@@ -29,7 +29,7 @@ def stitch(image1: Any, image2: Any, direction: str, match_image_size: bool, spa
            spacing_color: str) -> Any:
     import torch
 
-    from engine.images import repeat_to_batch, resize_images
+    from engine.media.images import repeat_to_batch, resize_images
 
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r} is not one of {list(DIRECTIONS)}")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Boolean, Input, Output, node
-from engine.types import ANY, BOOLEAN, FLOAT, IMAGE, INT, STRING, types_compatible
+from engine.core.schema import Boolean, Input, Output, node
+from engine.core.types import ANY, BOOLEAN, FLOAT, IMAGE, INT, STRING, types_compatible
 
 # ComfyUI's primitives accept any 64-bit value (its bound is symmetric: -(2**63 - 1)).
 INT64_LIMIT = 2**63 - 1
@@ -16,7 +16,7 @@ INT64_LIMIT = 2**63 - 1
 MATCH_TYPE = "COMFY_MATCHTYPE_V3"
 SWITCH_TEMPLATE = {"allowed_types": "*", "template_id": "switch"}
 # Links *into* the switch skip the generic type check (its validate hook compares the two branches).
-# Links *out of* it are checked against the consumer by engine.types, which may not know match types:
+# Links *out of* it are checked against the consumer by engine.core.types, which may not know match types:
 # then the output is declared "*" so that the switch can feed any input.
 SWITCH_OUTPUT_TYPE = MATCH_TYPE if types_compatible(MATCH_TYPE, IMAGE) else ANY
 

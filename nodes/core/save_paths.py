@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from engine.folders import UnsafePathError, contained_path
+from engine.core.folders import UnsafePathError, contained_path
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Float, Input, Socket, node
-from engine.types import CLIP, CONDITIONING, STRING
+from engine.core.schema import Float, Input, Socket, node
+from engine.core.types import CLIP, CONDITIONING, STRING
 
 from .common import memory
 
@@ -25,7 +25,7 @@ def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -
                          "without text encoders?)")
     import contextlib
 
-    from engine.models.lora_patch import apply_patches, patches_for
+    from engine.models.lora.patch import apply_patches, patches_for
 
     text_memory = _text_memory(ctx, clip)
     with contextlib.ExitStack() as stack:
@@ -41,7 +41,7 @@ def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -
 def _text_memory(ctx: Any, clip: Any) -> Any:
     """The run's manager, or a CPU one when the CLIP loader asked for device 'cpu'."""
     if dict(getattr(clip, "extra", ())).get("device") == "cpu":
-        from engine.memory import MemoryManager
+        from engine.memory.manager import MemoryManager
 
         return MemoryManager(device="cpu")
     return memory(ctx)

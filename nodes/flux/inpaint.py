@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Boolean, Float, Int, Output, Socket, node
-from engine.types import CONDITIONING, IMAGE, LATENT, MASK, MODEL, VAE
+from engine.core.schema import Boolean, Float, Int, Output, Socket, node
+from engine.core.types import CONDITIONING, IMAGE, LATENT, MASK, MODEL, VAE
 
 from .common import memory
 

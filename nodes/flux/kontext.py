@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Socket, node
-from engine.types import IMAGE
+from engine.core.schema import Socket, node
+from engine.core.types import IMAGE
 
 # (width, height) of the resolutions FLUX.1 Kontext was trained on (the FLUX Kontext release's list).
 PREFERRED_KONTEXT_RESOLUTIONS = (
@@ -27,7 +27,7 @@ def kontext_size(width: int, height: int) -> tuple[int, int]:
       description="Resizes the image to the Kontext training resolution of the closest aspect ratio "
                   "(center crop to that aspect, then Lanczos).")
 def flux_kontext_image_scale(ctx: Any, image: Any):
-    from engine.images import resize_images
+    from engine.media.images import resize_images
 
     width, height = kontext_size(int(image.shape[2]), int(image.shape[1]))
     return (resize_images(image, width, height, "lanczos", "center"),)

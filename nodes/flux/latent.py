@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Int, Socket, node
-from engine.types import IMAGE, LATENT, VAE
+from engine.core.schema import Int, Socket, node
+from engine.core.types import IMAGE, LATENT, VAE
 
 from .common import MAX_RESOLUTION, memory
 

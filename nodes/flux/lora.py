@@ -1,6 +1,6 @@
 """LoraLoader and LoraLoaderModelOnly for FLUX.1 LoRAs (BFL/ComfyUI, kohya and diffusers/PEFT layouts).
 
-The loaders add patches to new MODEL / CLIP handles (engine/models/lora.py); the base model is never
+The loaders add patches to new MODEL / CLIP handles (engine/models/lora/loader.py); the base model is never
 reloaded. Modules of the file that match nothing are listed in the node's output log ("text") with their
 count, and logged.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Combo, Float, NodeResult, Socket, node
-from engine.types import CLIP, MODEL
+from engine.core.schema import Combo, Float, NodeResult, Socket, node
+from engine.core.types import CLIP, MODEL
 
 from .loaders import _folders, _lister
 
@@ -20,7 +20,7 @@ def _strength(name: str) -> Any:
 
 
 def _run(ctx: Any, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float):
-    from engine.models.lora import apply_lora
+    from engine.models.lora.loader import apply_lora
 
     if model is not None and getattr(model, "transformer", None) is None:
         raise TypeError(f"model input is not a FLUX diffusion model (got {type(model).__name__})")

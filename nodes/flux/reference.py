@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Combo, Socket, node
-from engine.types import CONDITIONING, LATENT
+from engine.core.schema import Combo, Socket, node
+from engine.core.types import CONDITIONING, LATENT
 
 # Literal copy of engine.sampling.reference.METHOD_CHOICES so that declaring the node imports no torch.
 _METHOD_CHOICES = ("offset", "index", "uxo/uno", "index_timestep_zero")

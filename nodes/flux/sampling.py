@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Combo, Float, Int, Output, Socket, node
-from engine.types import CONDITIONING, GUIDER, LATENT, MODEL, NOISE, SAMPLER, SIGMAS
+from engine.core.schema import Combo, Float, Int, Output, Socket, node
+from engine.core.types import CONDITIONING, GUIDER, LATENT, MODEL, NOISE, SAMPLER, SIGMAS
 
 from .common import (MAX_RESOLUTION, cfg_input, memory, progress_callback, sampler_combo, scheduler_combo,
                      seed_input, steps_input)

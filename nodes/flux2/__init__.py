@@ -6,7 +6,7 @@ CFGGuider, SamplerCustomAdvanced, ReferenceLatent, VAEEncode / VAEDecode dispatc
 Declarations import no torch; the ML code is in engine/sampling/flux2_*.py and engine/models/flux2_*.py.
 """
 
-from engine.models.flux2_family_check import family_errors
+from engine.models.common.family_check import family_errors
 
 from . import latent
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Int, node
-from engine.types import LATENT, SIGMAS
+from engine.core.schema import Int, node
+from engine.core.types import LATENT, SIGMAS
 from nodes.flux.common import MAX_RESOLUTION
 from nodes.flux.latent import size_problem
 

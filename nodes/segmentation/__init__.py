@@ -2,7 +2,7 @@
 refinement and a coloured preview; fine-tuning (TrainSegmenter) and export to ONNX / TorchScript / pt2
 (ExportSegmenter), whose files the loader runs too.
 
-Declarations import no torch; node functions load engine.models.mask2former* and the heavy helpers of this pack
+Declarations import no torch; node functions load engine.models.segmentation.mask2former* and the heavy helpers of this pack
 when they run, so discovering the pack and serving `/object_info` stay fast.
 """
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-LABELS_FILE = Path(__file__).resolve().parents[2] / "engine" / "models" / "configs" / "ade20k_labels.json"
+LABELS_FILE = Path(__file__).resolve().parents[2] / "engine" / "models" / "common" / "configs" / "ade20k_labels.json"
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Boolean, Combo, Int, Output, Socket, node
-from engine.types import MASK
+from engine.core.schema import Boolean, Combo, Int, Output, Socket, node
+from engine.core.types import MASK
 
 OPERATIONS = ["none", "dilate", "erode", "open", "close"]
 KERNEL_SHAPES = ["disk", "square"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import colorsys
 from typing import Any
 
-from engine.schema import Boolean, Float, Output, Socket, node
-from engine.types import IMAGE, SEGMENTATION
+from engine.core.schema import Boolean, Float, Output, Socket, node
+from engine.core.types import IMAGE, SEGMENTATION
 
 ROW_HEIGHT = 14
 SWATCH = 10

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from engine.schema import ExecutionBlocker, Float, Int, Output, Socket, node
-from engine.types import IMAGE, MASK, SEGMENTATION
+from engine.core.schema import ExecutionBlocker, Float, Int, Output, Socket, node
+from engine.core.types import IMAGE, MASK, SEGMENTATION
 
 MAX_CLASSES = 32  # most frequent classes of an image that a label map refinement chooses between
 
@@ -114,7 +114,7 @@ def mask_refine_crf(ctx: Any, image: Any, mask: Any = None, segmentation: Any = 
                     bilateral_sigma_xy: float = 80.0, bilateral_sigma_rgb: float = 13.0,
                     bilateral_weight: float = 10.0, smooth_sigma_xy: float = 3.0, smooth_weight: float = 3.0,
                     confidence: float = 0.8, max_side: int = 256):
-    from engine.memory import default_device
+    from engine.memory.manager import default_device
 
     from .crf import CRFParams
 

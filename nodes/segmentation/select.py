@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.schema import Combo, Float, Output, Socket, String, node
-from engine.types import MASK, SEGMENTATION
+from engine.core.schema import Combo, Float, Output, Socket, String, node
+from engine.core.types import MASK, SEGMENTATION
 
 from .labels import ade20k_names, resolve_classes, split_class_list
 

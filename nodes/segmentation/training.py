@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.schema import Boolean, Combo, Float, Int, NodeResult, Output, String, node
-from engine.types import SEGMENTER, STRING
+from engine.core.schema import Boolean, Combo, Float, Int, NodeResult, Output, String, node
+from engine.core.types import SEGMENTER, STRING
 
 SCHEDULES = ["poly", "cosine"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
@@ -23,7 +23,7 @@ DATASET_SEARCH_DEPTH = 2  # input/NAME and input/GROUP/NAME
 def _pytorch_segmenters(folders: Any) -> list[str]:
     if folders is None:
         return []
-    from engine.models.mask2former import list_segmenters
+    from engine.models.segmentation.mask2former import list_segmenters
 
     return list_segmenters(folders)
 
@@ -47,8 +47,8 @@ def dataset_choices(folders: Any) -> list[str]:
 
 def _dataset_changed(dataset: str, folders: Any = None, **_: Any) -> str:
     """The dataset's files (names, sizes, times) are part of the cache key: editing the dataset retrains."""
-    from engine.folders import contained_path
-    from engine.segmentation_training.dataset import fingerprint
+    from engine.core.folders import contained_path
+    from engine.training.segmentation.dataset import fingerprint
 
     if folders is None:
         return dataset
@@ -56,7 +56,7 @@ def _dataset_changed(dataset: str, folders: Any = None, **_: Any) -> str:
 
 
 def run_folder(folders: Any, output_name: str) -> Path:
-    from engine.folders import contained_path
+    from engine.core.folders import contained_path
 
     name = output_name.strip().strip("/")
     if not name:
@@ -106,11 +106,11 @@ def train_segmenter(ctx: Any, base_model: str, dataset: str, output_name: str, e
                     learning_rate: float, schedule: str, warmup_steps: int, freeze_backbone: bool,
                     grad_accumulation: int, crop_size: int, precision: str, seed: int, resume: bool,
                     weight_decay: float = 0.05, reduce_labels: bool = False, num_points: int = 0):
-    from engine.folders import contained_path
-    from engine.models.mask2former import load_segmenter
-    from engine.segmentation_training.checkpoint import STATE_FILE
-    from engine.segmentation_training.config import TrainConfig
-    from engine.segmentation_training.trainer import TrainEvents, train
+    from engine.core.folders import contained_path
+    from engine.models.segmentation.mask2former import load_segmenter
+    from engine.training.segmentation.checkpoint import STATE_FILE
+    from engine.training.segmentation.config import TrainConfig
+    from engine.training.segmentation.trainer import TrainEvents, train
 
     folders = ctx.folders
     run_dir = run_folder(folders, output_name)

@@ -104,7 +104,7 @@ export class NodeDef {
   }
 }
 
-// Editor-only node types that never reach the API prompt (§7.1 of PROTOCOL.md).
+// Editor-only node types that never reach the API prompt (§7.1 of docs/protocol.md).
 const UI_ONLY_INFO = {
   Note: {
     display_name: "Note", category: "utils", ui_only: true, output: [],

@@ -1,5 +1,5 @@
 // Reads the text chunks of a PNG (tEXt, iTXt, zTXt): SaveImage stores `prompt` (API format) and
-// `workflow` (UI format) there (§7.3 of PROTOCOL.md).
+// `workflow` (UI format) there (§7.3 of docs/protocol.md).
 
 const SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
 

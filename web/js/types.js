@@ -1,4 +1,4 @@
-// Which output type may feed which input type: the same rule as engine/types.py (ComfyUI's rule).
+// Which output type may feed which input type: the same rule as engine/core/types.py (ComfyUI's rule).
 // Equal types connect, "*" connects to anything, comma-separated unions connect when they overlap,
 // and a combo output (a list of options) feeds only a combo input.
 

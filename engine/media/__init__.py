@@ -1,0 +1,2 @@
+"""IMAGE / MASK tensors <-> PIL and PNG files, shared by every node pack.
+"""

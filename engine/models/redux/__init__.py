@@ -1,0 +1,2 @@
+"""FLUX Redux: the SigLIP vision tower (CLIP_VISION) and the Redux image embedder (STYLE_MODEL).
+"""

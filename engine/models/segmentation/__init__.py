@@ -1,0 +1,2 @@
+"""Mask2Former segmenters (SEGMENTER): loading, the inference pipeline, export and exported files.
+"""

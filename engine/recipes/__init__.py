@@ -1,0 +1,4 @@
+"""Prompt-to-prompt graph builders behind `/api/generate`: a plain request -> an API-format prompt.
+
+No HTTP here: the server parses requests and maps `RecipeError` to its error shape.
+"""
