@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core.executor import Executor  # noqa: E402
 from engine.core.validate import validate_prompt  # noqa: E402
-from tests.toy_nodes import toy_registry  # noqa: E402
+from tests.support.toy_nodes import toy_registry  # noqa: E402
 
 
 def chain(n: int) -> dict:

@@ -178,7 +178,7 @@ def main() -> None:
 
     from engine.backends.ray.cluster import connect
     from engine.backends.ray.options import RayOptions
-    from tests.web_helpers import tiny_zoo_models_dir
+    from tests.support.web import tiny_zoo_models_dir
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # the in-process executor gets one compute thread, like each worker
