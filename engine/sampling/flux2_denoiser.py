@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from engine.sampling.conditioning import FluxCond, _entries, fit_batch
-from engine.sampling.guidance import FluxDenoiser, module_dtype
+from engine.models.common.dtypes import module_dtype
+from engine.sampling.guidance import FluxDenoiser
 from engine.sampling.reference import reference_latents
 from engine.sampling.schedules import FlowSchedule
 

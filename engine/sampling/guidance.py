@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from engine.models.common.dtypes import module_dtype
 from engine.sampling.conditioning import FluxCond, fit_batch, parse_flux_conditioning
 from engine.sampling.latents import image_ids, pack_latents, text_ids, unpack_latents
 from engine.sampling.schedules import FlowSchedule
@@ -22,17 +23,6 @@ def transformer_widths(transformer: Any) -> tuple[int, int]:
     """(joint_attention_dim, pooled_projection_dim) of a FluxTransformer2DModel."""
     config = transformer.config
     return int(config.joint_attention_dim), int(config.pooled_projection_dim)
-
-
-def module_dtype(module: Any) -> torch.dtype:
-    """The dtype a module computes in: fp8-stored weights (upcast per layer) do not count."""
-    dtype = getattr(module, "dtype", None)
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype.itemsize >= 2:
-        return dtype
-    for param in module.parameters():
-        if param.is_floating_point() and param.dtype.itemsize >= 2:
-            return param.dtype
-    return torch.float32
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engine.sampling.guidance import module_dtype
+from engine.models.common.dtypes import module_dtype
 
 VAE_SCALE = 8
 

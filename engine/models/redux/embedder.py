@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.models.common.build import instantiate, load_folder_weights
+from engine.models.common.dtypes import module_dtype
 from engine.models.common.file_kind import wrong_loader_message
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 
@@ -52,8 +53,6 @@ def load_style_model(path: str | Path) -> ReduxStyleModel:
 def style_tokens(style: ReduxStyleModel, clip_vision_output: Any, memory: Any) -> Any:
     """The Redux tokens [N, T, text width] of the encoded images."""
     import torch
-
-    from engine.sampling.guidance import module_dtype
 
     if not isinstance(style, ReduxStyleModel):
         raise TypeError(f"style_model input is not a FLUX Redux model (got {type(style).__name__})")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.models.common.build import instantiate, load_folder_weights
+from engine.models.common.dtypes import module_dtype
 from engine.models.common.file_kind import wrong_loader_message
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 
@@ -147,8 +148,6 @@ def preprocess(images: Any, size: int, crop: str, mean: tuple, std: tuple) -> An
 def encode_images(handle: ClipVisionModel, images: Any, crop: str, memory: Any) -> ClipVisionOutput:
     """CLIPVisionEncode."""
     import torch
-
-    from engine.sampling.guidance import module_dtype
 
     if not isinstance(handle, ClipVisionModel):
         raise TypeError(f"clip_vision input is not a SigLIP vision model (got {type(handle).__name__})")
