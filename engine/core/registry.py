@@ -3,8 +3,9 @@
 A pack is a subpackage exposing `NODES`, a sequence of `NodeSchema`, and optionally `GRAPH_VALIDATORS`:
 checks that need the whole prompt (e.g. a FLUX.1 model wired into a FLUX.2 graph), each a callable
 `(prompt, folders) -> {node_id: message}`. A pack that fails to import is
-reported in `failed` and skipped; the rest keep working. The registry is an object passed to whoever needs
-it, never a module-level global.
+reported in `failed` and skipped; the rest keep working. Each schema is checked when registered
+(`engine.core.schema_checks`): a declaration that does not fit its function fails its pack the same way.
+The registry is an object passed to whoever needs it, never a module-level global.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import traceback
 from typing import Any, Callable, Iterable, Iterator
 
 from engine.core.schema import NodeSchema
+from engine.core.schema_checks import check_schema
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ class NodeRegistry:
             self.register(schema)
 
     def register(self, schema: NodeSchema) -> None:
+        """Add a node; raises `SchemaError` when its declaration is wrong."""
+        check_schema(schema)
         if schema.name in self._schemas and self._schemas[schema.name] is not schema:
             log.warning("node %s registered twice; the later declaration wins", schema.name)
         self._schemas[schema.name] = schema

@@ -23,6 +23,7 @@ MASK = "MASK"
 CLIP_VISION = "CLIP_VISION"
 CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
 STYLE_MODEL = "STYLE_MODEL"
+CONTROL_NET = "CONTROL_NET"
 NOISE = "NOISE"
 GUIDER = "GUIDER"
 SAMPLER = "SAMPLER"
@@ -30,9 +31,21 @@ SIGMAS = "SIGMAS"
 SEGMENTER = "SEGMENTER"
 SEGMENTATION = "SEGMENTATION"
 
+# Every type name a node may declare on a socket (a node declaring another name is refused at registration,
+# which catches typos such as "LATENTS"). Combos are lists of options, declared as COMBO.
+KNOWN_TYPES = frozenset({
+    INT, FLOAT, STRING, BOOLEAN, COMBO, ANY, MATCH_TYPE, MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK,
+    CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, CONTROL_NET, NOISE, GUIDER, SAMPLER, SIGMAS, SEGMENTER, SEGMENTATION,
+})
+
 
 def _type_set(type_name: str) -> frozenset[str]:
     return frozenset(part.strip() for part in type_name.split(","))
+
+
+def unknown_type_names(type_name: str) -> list[str]:
+    """The parts of a (comma-union) type name that are not known types; empty when it is fine."""
+    return [part for part in type_name.split(",") if part.strip() not in KNOWN_TYPES]
 
 
 def types_compatible(output_type: object, input_type: object) -> bool:

@@ -96,7 +96,7 @@ def volatile(ctx, value):
     return (value,)
 
 
-@node("Describe", inputs=[Socket("thing", "THING")], outputs=["STRING"])
+@node("Describe", inputs=[Socket("thing", "MODEL")], outputs=["STRING"])
 def describe(ctx, thing):
     return (repr(thing),)
 
