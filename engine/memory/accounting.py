@@ -104,8 +104,7 @@ class AccountingBackend:
         parts = tuple(PartSpec(p.name, p.nbytes, p.block, movable) for p in model.parts)
         return parts, model.name, f"{model.name}.safetensors" if model.file_backed else ""
 
-    def apply(self, model: SimModel, resident: frozenset[str], streamed: tuple[str, ...],
-              patches: tuple = ()) -> None:
+    def apply(self, model: SimModel, resident: frozenset[str], streamed: tuple[str, ...]) -> None:
         placed = self._placed[model.name]
         if placed.streamed and placed.streamed != tuple(streamed):
             self.accounting.release(("window", model.name))

@@ -9,8 +9,8 @@ the rest of its blocks streamed through a two-block window, prefetched one block
 
 Out of memory while loading or running: caches are freed, other models evicted and more blocks streamed,
 then the call is retried once; if it fails again an `OutOfMemoryError` says how much was needed and which
-flag helps. Weight patches (LoRA) given to `use(..., patches=...)` are applied as weights reach the device
-through `patch_weight(patches, key, weight)` (see docs/memory.md), never written into the loaded weights.
+flag helps. LoRA patches are not the manager's business: `engine.models.lora.patch.apply_patches` swaps
+patched tensors in, and the manager restores the originals before it moves a patched module (docs/memory.md).
 
 Importing this module and constructing a manager import no torch (server start-up stays fast); torch
 loads when a model is first used.
@@ -24,11 +24,11 @@ from collections import deque
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from engine.memory.budget import MemorySettings
 from engine.memory.errors import DeviceMemoryError, ModelFileChangedError, NotEnoughMemoryError
-from engine.memory.patches import ExternalPatches, default_patch_weight
+from engine.memory.patches import ExternalPatches
 from engine.memory.plan import ModelEntry, Plan, plan_use
 from engine.memory.recovery import CallRecovery, drop_frames
 
@@ -60,18 +60,14 @@ def same_device(a: Any, b: Any) -> bool:
 class MemoryManager(CallRecovery):
     def __init__(self, device: Any = None, dtype: Any = None, offload_device: Any = "cpu",
                  keep_loaded: bool = True, *, settings: MemorySettings | None = None, backend: Any = None,
-                 patch_weight: Callable[[tuple, str, Any], Any] = default_patch_weight,
                  external_patches: Any = None) -> None:
         self.settings = settings or MemorySettings()
         self._device_spec = device if device is not None else self.settings.device
         self.dtype = dtype  # preferred compute dtype for loaders (None: keep the weights' dtype)
         self._offload_spec = offload_device
         self.keep_loaded = keep_loaded and self.settings.keep_loaded
-        self.patch_weight = patch_weight
         self.external_patches = external_patches if external_patches is not None else ExternalPatches()
         self._backend = backend
-        if backend is not None and getattr(backend, "patch_weight", False) is None:
-            backend.patch_weight = patch_weight  # a backend built by the caller applies our patch hook
         self._device: Any = None
         self._lock = threading.RLock()
         self._entries: dict[int, ModelEntry] = {}
@@ -109,8 +105,7 @@ class MemoryManager(CallRecovery):
         if self._backend is None:
             from engine.memory.torch_backend import TorchBackend
 
-            self._backend = TorchBackend(self.device, offload_device=self._offload_spec,
-                                         patch_weight=self.patch_weight)
+            self._backend = TorchBackend(self.device, offload_device=self._offload_spec)
         return self._backend
 
     @property
@@ -123,12 +118,12 @@ class MemoryManager(CallRecovery):
 
     # ----- the interface nodes use
     @contextlib.contextmanager
-    def use(self, module: Any, *, patches: tuple = (), activation_bytes: int | None = None) -> Iterator[Any]:
+    def use(self, module: Any, *, activation_bytes: int | None = None) -> Iterator[Any]:
         """`with manager.use(module) as m:` runs `m` on the execution device (partially, if it must)."""
         if module is None:
             yield None
             return
-        entry = self._acquire(module, tuple(patches), activation_bytes)
+        entry = self._acquire(module, activation_bytes)
         error: BaseException | None = None
         try:
             yield module
@@ -143,9 +138,9 @@ class MemoryManager(CallRecovery):
             self.backend.empty_cache()
             raise error
 
-    def load(self, module: Any, *, patches: tuple = ()) -> Any:
+    def load(self, module: Any) -> Any:
         """Place `module` for running now, without holding it in use (it may be evicted for another)."""
-        entry = self._acquire(module, tuple(patches), None)
+        entry = self._acquire(module, None)
         self._release(entry, offload=False)
         return module
 
@@ -197,7 +192,7 @@ class MemoryManager(CallRecovery):
             self._estimates.pop(key, None)
             self._extra_reserve.pop(key, None)
 
-    def _acquire(self, module: Any, patches: tuple, activation_bytes: int | None) -> ModelEntry:
+    def _acquire(self, module: Any, activation_bytes: int | None) -> ModelEntry:
         with self._lock:
             entry = self._register(module)
             changed = self.backend.changed_files(module)
@@ -208,7 +203,7 @@ class MemoryManager(CallRecovery):
             if activation_bytes is not None:
                 self._estimates[entry.key] = activation_bytes
             try:
-                self._place_with_recovery(entry, module, patches)
+                self._place_with_recovery(entry, module)
             except BaseException:
                 entry.in_use -= 1
                 raise
@@ -221,9 +216,9 @@ class MemoryManager(CallRecovery):
             if offload and entry.in_use == 0 and not self.keep_loaded and module is not None:
                 self._offload_entry(entry)
 
-    def _place_with_recovery(self, entry: ModelEntry, module: Any, patches: tuple) -> None:
+    def _place_with_recovery(self, entry: ModelEntry, module: Any) -> None:
         try:
-            self._place(entry, module, patches)
+            self._place(entry, module)
             return
         except Exception as exc:
             if not self._is_oom(exc):
@@ -235,7 +230,7 @@ class MemoryManager(CallRecovery):
         self.backend.empty_cache()
         _total, free = self.backend.device_memory()
         try:
-            self._place(entry, module, patches, cap=free, retry=True)
+            self._place(entry, module, cap=free, retry=True)
         except Exception as exc:
             if not self._is_oom(exc):
                 raise
@@ -244,8 +239,7 @@ class MemoryManager(CallRecovery):
             self.backend.empty_cache()
             raise error from None
 
-    def _place(self, entry: ModelEntry, module: Any, patches: tuple, cap: int | None = None,
-               retry: bool = False) -> None:
+    def _place(self, entry: ModelEntry, module: Any, cap: int | None = None, retry: bool = False) -> None:
         """Plan and carry out the placement of `entry`; a retry after running out may stream in any mode."""
         budget = self.weights_budget(entry)
         if cap is not None:
@@ -255,30 +249,30 @@ class MemoryManager(CallRecovery):
         if not plan.fits and (self.settings.allow_partial or retry):
             raise NotEnoughMemoryError(entry.label, plan.needed_bytes, budget or 0, self.settings.mode,
                                        self.device_type)
-        if self._unchanged(entry, plan, patches) or self._keep_current(entry, plan, patches):
+        if self._unchanged(entry, plan) or self._keep_current(entry, plan):
             return
         for key in plan.evict:
             self._offload_entry(self._entries[key])
         self._before_move(module)
-        self.backend.apply(module, plan.resident, plan.streamed, patches)
+        self.backend.apply(module, plan.resident, plan.streamed)
         entry.resident, entry.streamed, entry.window_bytes = set(plan.resident), plan.streamed, plan.window_bytes
-        entry.patches, entry.placed = patches, True
+        entry.placed = True
         self.events.append(("place", entry.label, len(plan.resident), len(plan.streamed)))
 
     def _is_oom(self, exc: BaseException) -> bool:
         return not isinstance(exc, DeviceMemoryError) and self.backend.is_out_of_memory(exc)
 
-    def _unchanged(self, entry: ModelEntry, plan: Plan, patches: tuple) -> bool:
+    def _unchanged(self, entry: ModelEntry, plan: Plan) -> bool:
         return (entry.placed and not plan.evict and entry.resident == set(plan.resident)
-                and entry.streamed == plan.streamed and entry.patches == patches)
+                and entry.streamed == plan.streamed)
 
     def _before_move(self, module: Any) -> None:
         if self.external_patches.applied(module):
             self.external_patches.restore(module)
 
-    def _keep_current(self, entry: ModelEntry, plan: Plan, patches: tuple) -> bool:
+    def _keep_current(self, entry: ModelEntry, plan: Plan) -> bool:
         """A measured budget moves a little from call to call: keep a partial placement that still fits."""
-        if not entry.streamed or not plan.streamed or plan.evict or entry.patches != patches:
+        if not entry.streamed or not plan.streamed or plan.evict:
             return False
         if entry.device_bytes > plan.needed_bytes:
             return False
@@ -352,5 +346,4 @@ def manager_from(models: Any) -> MemoryManager:
     return MemoryManager(device="cpu")
 
 
-__all__ = ["MemoryManager", "MemorySettings", "default_device", "module_device", "same_device", "manager_from",
-           "default_patch_weight"]
+__all__ = ["MemoryManager", "MemorySettings", "default_device", "module_device", "same_device", "manager_from"]

@@ -4,7 +4,7 @@ Loading through a mapping costs no RAM: a tensor's pages are read from the file 
 something touches them, and `release_pages` hands them back, so a model larger than the budget can run with
 only the blocks in use present in memory. The mapping is private copy-on-write: writing into such a tensor
 never changes the file, but releasing its pages would discard what was written, so the memory manager only
-releases weights it knows are unmodified (patches go through the manager, never into these tensors). Where
+releases weights it knows are unmodified (LoRA patches swap new tensors in, never write into these). Where
 strict overcommit accounting refuses such a mapping the file is mapped read-only instead.
 
 The table of live mappings below mirrors kernel state (which address ranges belong to which file). It is

@@ -1,12 +1,11 @@
 """Weight patches (LoRA) and the memory manager.
 
-Two ways in, both safe with partial loading and streaming:
-- the manager's hook: `manager.use(module, patches=(p, ...))` computes each weight as it reaches the device
-  with `patch_weight(patches, key, weight)` (default: each patch's `patch_weight(key, weight)` in turn,
-  returning a new tensor). Loaded weights are never written; offloading drops the patched copies.
-- `engine.models.lora.patch.apply_patches`, which swaps patched tensors into the parameters itself: the
-  streaming transports copy whatever a parameter points at, and before the manager moves a module's weights
-  it restores the originals (that module re-applies its patches at its next `apply_patches`).
+Weights are patched in one place: `engine.models.lora.patch.apply_patches`, which swaps patched tensors into
+the parameters and restores the originals bit for bit. The manager never patches anything; it only has to
+know about those swaps. The streaming transports copy whatever a parameter points at, so a patched weight
+streams like any other, and before the manager moves a module's weights it restores the originals (that
+module re-applies its patches at its next `apply_patches`), so a patch is never lost silently nor left
+pointing at memory the manager freed.
 """
 
 from __future__ import annotations
@@ -14,25 +13,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-def default_patch_weight(patches: tuple, key: str, weight: Any) -> Any:
-    """Apply each patch's `patch_weight(key, weight)` in order (the LoRA pack's patch objects provide it)."""
-    for patch in patches:
-        apply = getattr(patch, "patch_weight", None)
-        if apply is None:
-            raise TypeError(f"weight patch {type(patch).__name__} has no patch_weight(key, weight) method")
-        weight = apply(key, weight)
-    return weight
-
 
 class ExternalPatches:
-    """Patches applied to modules outside the manager, by `engine.models.lora.patch.apply_patches`.
+    """The manager's view of `engine.models.lora.patch`: is a module patched, and putting its originals back.
 
-    Its patched weights are swapped into the parameters; before the manager moves weights it restores the
-    originals (that module re-applies its patches at its next `apply_patches`), so a patch is never lost
-    silently nor left pointing at memory the manager freed."""
+    The LoRA module is looked up, not imported: memory sits below models, and when nobody imported it,
+    nothing was patched."""
 
     def _lora(self) -> Any:
-        return sys.modules.get("engine.models.lora.patch")  # not imported: nothing was patched through it
+        return sys.modules.get("engine.models.lora.patch")
 
     def applied(self, module: Any) -> bool:
         lora = self._lora()
@@ -42,5 +31,3 @@ class ExternalPatches:
         lora = self._lora()
         if lora is not None:
             lora.restore_weights(module)
-
-

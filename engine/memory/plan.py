@@ -35,7 +35,6 @@ class ModelEntry:
     last_used: int = 0
     in_use: int = 0
     source: str = ""
-    patches: tuple = ()  # the weight patches the device copy was made with
     placed: bool = False  # the backend holds this model as `resident`/`streamed` say
 
     @property

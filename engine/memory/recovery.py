@@ -43,7 +43,7 @@ class CallRecovery:
             with self._lock:  # another image size or batch: make room (or take it back) before running
                 self._estimates[entry.key] = estimate
                 self._extra_reserve.pop(entry.key, None)  # what was learned applied to other inputs
-                self._place_with_recovery(entry, module, entry.patches)
+                self._place_with_recovery(entry, module)
         try:
             return original(*args, **kwargs)
         except Exception as exc:
@@ -78,7 +78,7 @@ class CallRecovery:
             plan = plan_shrink(entry, shortfall)
             if not plan.fits:
                 return  # nothing more can be streamed: the retry shows whether freeing caches was enough
-            self.backend.apply(module, plan.resident, plan.streamed, entry.patches)
+            self.backend.apply(module, plan.resident, plan.streamed)
             entry.resident, entry.streamed, entry.window_bytes = set(plan.resident), plan.streamed, plan.window_bytes
 
     def _out_of_memory(self, entry: ModelEntry, exc: BaseException, retried: bool) -> OutOfMemoryError:

@@ -3,8 +3,8 @@
 The manager decides (engine.memory.plan); this carries the decision out, part by part and tensor by tensor,
 so a model never exists twice in memory: a weight copied onto the device drops its owned CPU copy (a
 file-backed weight keeps only its file view, which costs nothing), and a weight leaving the device either
-re-points at its file view or is copied home. Patched weights (LoRA) are computed from the clean weights as
-they reach the device and simply dropped when they leave.
+re-points at its file view or is copied home. LoRA-patched weights are swapped in by
+`engine.models.lora.patch`, not here: whatever tensor a parameter points at is what gets moved.
 
 CUDA-only steps (pinned packing, side-stream copies) run only when the device is CUDA; on the CPU, the
 device is RAM, resident file-backed parts keep their pages and streamed parts give them back after each
@@ -27,7 +27,6 @@ from engine.memory.transports import CudaStreams, MappedTransport, SlotTransport
 
 WRAPPED_METHODS = ("forward", "encode", "decode")  # entry points that may be retried after out-of-memory
 PIN_HEADROOM = 2 << 30  # RAM left free when deciding whether streamed blocks may be pinned
-Patcher = Callable[[str, Any], Any]
 
 
 @dataclass
@@ -36,7 +35,6 @@ class _State:
     resident: set[str] = field(default_factory=set)
     streamed: tuple[str, ...] = ()
     streamer: Streamer | None = None
-    patches: tuple[Any, ...] = ()
     opaque: bool = False
 
     def part(self, name: str) -> Part:
@@ -48,8 +46,7 @@ class _State:
 
 class TorchBackend:
     def __init__(self, device: Any, *, offload_device: Any = "cpu", cpu_streaming: str = "mapped",
-                 pin_memory: bool | None = None, streams_factory: Callable[[Any], Any] | None = None,
-                 patch_weight: Callable[[tuple, str, Any], Any] | None = None) -> None:
+                 pin_memory: bool | None = None, streams_factory: Callable[[Any], Any] | None = None) -> None:
         import torch
 
         self.torch = torch
@@ -63,7 +60,6 @@ class TorchBackend:
         self.cpu_streaming = cpu_streaming
         self.pin_memory = self.is_cuda if pin_memory is None else pin_memory
         self.streams_factory = streams_factory or (CudaStreams if self.is_cuda else None)
-        self.patch_weight = patch_weight
         self._states: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
 
     # ----- what a model is made of
@@ -91,8 +87,7 @@ class TorchBackend:
         return state
 
     # ----- placement
-    def apply(self, module: Any, resident: frozenset[str], streamed: tuple[str, ...],
-              patches: tuple[Any, ...] = ()) -> None:
+    def apply(self, module: Any, resident: frozenset[str], streamed: tuple[str, ...]) -> None:
         """Make exactly `resident` parts live on the device and `streamed` stream; the rest off the device."""
         state = self._state(module)
         if state.opaque:
@@ -100,12 +95,6 @@ class TorchBackend:
                 module.to(self.device)
                 state.resident = {BASE}
             return
-        if patches != state.patches:
-            self._close_streamer(state)
-            for name in list(state.resident):
-                self._off(state.part(name))
-            state.resident.clear()
-            state.patches = patches
         if state.streamer is not None and tuple(streamed) != state.streamed:
             self._close_streamer(state)
         for name in state.resident - set(resident):  # make room before anything is allocated
@@ -114,13 +103,13 @@ class TorchBackend:
         self._buffers_to(module, self.device)
         for part in state.parts:
             if part.name in resident and part.name not in state.resident:
-                self._on(part, patches)
+                self._on(part)
                 state.resident.add(part.name)
         if streamed and state.streamer is None:
             parts = [state.part(name) for name in streamed]
             for part in parts:
                 self._off(part)
-            state.streamer = Streamer(module, parts, self._transport(parts, patches))
+            state.streamer = Streamer(module, parts, self._transport(parts))
             state.streamed = tuple(streamed)
 
     def offload(self, module: Any) -> None:
@@ -147,27 +136,17 @@ class TorchBackend:
                         slot.param.data = slot.source
             state.streamed = ()
 
-    def _patcher(self, patches: tuple[Any, ...]) -> Patcher | None:
-        if not patches or self.patch_weight is None:
-            return None
-        return lambda key, weight: self.patch_weight(patches, key, weight)
-
-    def _on(self, part: Part, patches: tuple[Any, ...]) -> None:
-        patcher = self._patcher(patches)
+    def _on(self, part: Part) -> None:
         for slot in part.params:
             current = slot.param.data
             if current.device == self.device and not (self.on_cpu and slot.holds_own()):
-                continue  # already on the device (copied, or patched by us or by someone else)
+                continue  # already on the device (copied, or a patched tensor swapped in)
             weight = slot.off_device()
             if not self.on_cpu:
                 weight = weight.to(self.device, non_blocking=weight.is_pinned())
                 if slot.source is not None:
                     release_pages([slot.source])  # pages touched by the copy: the file keeps the clean copy
-                    slot.home = None
-                elif patcher is None:
-                    slot.home = None  # the device now holds the only copy
-            if patcher is not None:
-                weight = patcher(slot.name, weight)
+                slot.home = None  # the device now holds the only owned copy
             slot.param.data = weight
 
     def _off(self, part: Part) -> None:
@@ -184,16 +163,15 @@ class TorchBackend:
             if buf.device != device:
                 owner._buffers[attr] = buf.to(device)
 
-    def _transport(self, parts: list[Part], patches: tuple[Any, ...]) -> Any:
+    def _transport(self, parts: list[Part]) -> Any:
         by_name = {p.name: p for p in parts}
-        patcher = self._patcher(patches)
         if self.on_cpu and self.cpu_streaming == "mapped":
-            return MappedTransport(by_name, patcher)
+            return MappedTransport(by_name)
         streams = self.streams_factory(self.device) if self.streams_factory is not None else None
         # pinned copies of file-backed weights are new RAM; owned weights are replaced by theirs
         new_bytes = sum(slot.nbytes for part in parts for slot in part.params if slot.home is None)
         pin = self.pin_memory and _ram_available() - new_bytes > PIN_HEADROOM
-        return SlotTransport(self.device, by_name, patcher, streams=streams, pin=pin)
+        return SlotTransport(self.device, by_name, streams=streams, pin=pin)
 
     # ----- bookkeeping for stats and safety
     def host_bytes(self, module: Any) -> int:

@@ -8,7 +8,7 @@
   which is how the same logic is tested on the CPU.
 A parameter that someone else pointed at another tensor while it was off the device (engine.models.lora.patch
 swaps in patched weights) is respected: that tensor is what gets copied, and it is what the parameter
-points at again after the block.
+points at again after the block. Nothing here computes a patch.
 - `MappedTransport`: for a CPU device. Parameters stay views of the memory-mapped file; fetching asks the
   kernel to read the next block's pages ahead, finishing a block hands its pages back, so resident memory
   holds only the resident parts and about two blocks.
@@ -16,13 +16,12 @@ points at again after the block.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from engine.memory.layout import Part
 from engine.memory.mapped import prefetch_pages, release_pages
 
 ALIGN = 256  # byte alignment of every tensor inside a slot (fast kernels, valid dtype views)
-Patcher = Callable[[str, Any], Any]
 
 
 def _aligned(n: int) -> int:
@@ -58,14 +57,12 @@ class CudaStreams:
 
 
 class SlotTransport:
-    def __init__(self, device: Any, parts: dict[str, Part], patcher: Patcher | None = None,
-                 streams: Any = None, pin: bool = False) -> None:
+    def __init__(self, device: Any, parts: dict[str, Part], streams: Any = None, pin: bool = False) -> None:
         import torch
 
         self.torch = torch
         self.device = device
         self.parts = parts
-        self.patcher = patcher
         self.streams = streams
         self.slot_bytes = max(packed_size(p) for p in parts.values())
         self.buffers = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in range(2)]
@@ -113,7 +110,7 @@ class SlotTransport:
     def _copy(self, part: Part, buffer: Any, non_blocking: bool) -> list[int]:
         """Copy the block into `buffer`; returns the data pointers copied from, one per parameter."""
         flat = self.flat.get(part.name)
-        sources = [s.param.data for s in part.params]  # our home, or a tensor swapped in by a patcher
+        sources = [s.param.data for s in part.params]  # our home, or a patched tensor swapped in
         if flat is not None and all(s.holds_own() for s in part.params):
             buffer[: flat.numel()].copy_(flat, non_blocking=non_blocking)
             return [t.data_ptr() for t in sources]
@@ -136,7 +133,7 @@ class SlotTransport:
             view = _view(buffer, offset, slot.param)
             if index >= len(copied) or copied[index] != current.data_ptr():
                 view.copy_(current)  # swapped (patched) after the prefetch: copy what is there now
-            slot.param.data = self.patcher(slot.name, view) if self.patcher is not None else view
+            slot.param.data = view
             offset += _aligned(slot.nbytes)
 
     def done(self, block: str, slot_index: int) -> None:
@@ -163,32 +160,21 @@ class SlotTransport:
 class MappedTransport:
     """CPU device, file-backed blocks: page read-ahead before, page release after."""
 
-    def __init__(self, parts: dict[str, Part], patcher: Patcher | None = None) -> None:
+    def __init__(self, parts: dict[str, Part]) -> None:
         self.parts = parts
-        self.patcher = patcher
         self.slot_bytes = max(p.nbytes for p in parts.values())
         self.pinned_bytes = 0
-        self.restore: dict[str, list[Any]] = {}
 
     def fetch(self, block: str, slot_index: int) -> None:
         prefetch_pages(s.source for s in self.parts[block].params)
 
     def wait(self, block: str, slot_index: int) -> None:
-        if self.patcher is not None:
-            params = self.parts[block].params
-            self.restore[block] = [s.param.data for s in params]
-            for slot in params:
-                slot.param.data = self.patcher(slot.name, slot.param.data)
+        pass  # the parameters already are views of the file: reading them is the transfer
 
     def done(self, block: str, slot_index: int) -> None:
-        params = self.parts[block].params
-        for slot, before in zip(params, self.restore.pop(block, [])):
-            slot.param.data = before
-        release_pages(s.source for s in params)
+        release_pages(s.source for s in self.parts[block].params)
 
     def close(self) -> None:
-        for block in list(self.restore):
-            self.done(block, 0)
         for part in self.parts.values():
             release_pages(s.source for s in part.params)
 

@@ -34,7 +34,7 @@ class FluxModel:
     family: str = "flux1"  # "flux1" or "flux2"
     guidance_embeds: bool = True
     sampling: FluxSampling = field(default_factory=FluxSampling)
-    patches: tuple[Any, ...] = ()  # LoRA and other weight patches, applied by the memory manager
+    patches: tuple[Any, ...] = ()  # LoRA patches, applied for a run by engine.models.lora.patch
     # Model-level options set by nodes (e.g. DifferentialDiffusion); kept as a sorted tuple for hashing.
     options: tuple[tuple[str, Any], ...] = ()
     source: str = ""  # file or folder it was loaded from, for error messages

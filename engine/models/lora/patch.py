@@ -10,7 +10,8 @@ A `LoraPatch` is a list of low-rank deltas `scale * up @ down` on named Linear w
 which makes the module's weights equal base + sum(strength * delta) inside the block. The patched state is
 kept after the block (the next run with the same patches costs nothing); a run with other patches (or none)
 restores the originals first, then applies its own. `restore_weights(module)` puts the originals back
-explicitly (the memory manager should call it before it drops or offloads a patched module).
+explicitly (the memory manager calls it before it moves or offloads a patched module: engine/memory/patches.py).
+This is the one mechanism that patches weights; the memory manager only moves whatever tensors it finds.
 
 Originals are kept exactly: a CPU weight is swapped for a patched copy and the original tensor object is
 kept (no copy at all); a GPU weight is backed up once (on the device when it has room for it, else in CPU
@@ -53,17 +54,6 @@ class LoraPatch:
     @property
     def key(self) -> tuple:
         return (self.identity, self.strength)
-
-    def patch_weight(self, key: str, weight: Any) -> Any:
-        """`weight` (the parameter `key`, e.g. "transformer_blocks.0.attn.to_q.weight") with this patch's
-        deltas added, as a new tensor; for a memory manager that patches weights as it places them."""
-        deltas = [d for d in self.deltas if f"{d.module}.weight" == key]
-        if not deltas or self.strength == 0.0:
-            return weight
-        total = weight.float()
-        for number, delta in enumerate(deltas):
-            total = _add_delta(total, delta, self.strength * delta.scale, weight.device, fresh=number == 0, out=None)
-        return total.to(weight.dtype)
 
 
 def patches_for(patches: Iterable[Any], part: str) -> tuple[LoraPatch, ...]:
