@@ -7,7 +7,6 @@ This module imports torch and PIL, so only node packs (never the engine core) im
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -15,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
+
+from engine.core.atomic_files import atomic_write
 
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
 CROP_METHODS = ("disabled", "center")
@@ -169,18 +170,11 @@ def png_info(text_chunks: Mapping[str, str]) -> PngImagePlugin.PngInfo:
 
 def save_png_atomic(picture: Image.Image, path: Path, text_chunks: Mapping[str, str] | None = None,
                     compress_level: int = 4) -> Path:
-    """Write a PNG so that readers never see half a file: temp file in the same folder, then os.replace."""
+    """Write a PNG so that readers never see half a file (engine.core.atomic_files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            picture.save(stream, format="PNG", pnginfo=png_info(text_chunks or {}),
-                         compress_level=compress_level)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as stream:
+        picture.save(stream, format="PNG", pnginfo=png_info(text_chunks or {}), compress_level=compress_level)
     return path
 
 
