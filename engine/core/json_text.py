@@ -49,7 +49,7 @@ def _fallback(value: Any) -> Any:
         if isinstance(value, os.PathLike):
             return os.fspath(value)
         return str(value)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any object may fail to describe itself; dumps must not
         return f"<{type(value).__name__}>"
 
 
@@ -98,5 +98,5 @@ def _key(key: Any) -> Any:
         return key
     try:
         return str(key)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a key whose __str__ raises still gets a name
         return f"<{type(key).__name__}>"
