@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from engine.core.atomic_files import atomic_write
+
 PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl"})
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
@@ -204,16 +206,11 @@ def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str],
     encoded += b" " * (-len(encoded) % 8)
     # A new file renamed over the old one: models loaded from the old file keep reading its (memory-mapped)
     # bytes instead of seeing them change or vanish under them.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as fh:
-            fh.write(struct.pack("<Q", len(encoded)))
-            fh.write(encoded)
-            for raw in blobs:
-                fh.write(raw.numpy().tobytes())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(struct.pack("<Q", len(encoded)))
+        fh.write(encoded)
+        for raw in blobs:
+            fh.write(raw.numpy().tobytes())
     return path
 
 

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+from engine.core.atomic_files import write_text_atomic
 from engine.models.segmentation.mask2former import Preprocessing
 
 STATE_FILE = "training_state.pt"
@@ -82,10 +83,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    path = Path(run_dir) / HISTORY_FILE
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(history, indent=2))
-    os.replace(temporary, path)
+    write_text_atomic(Path(run_dir) / HISTORY_FILE, json.dumps(history, indent=2))
 
 
 def resume_folder(target: str | Path) -> Path:
