@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
+from engine.core.atomic_files import write_bytes_atomic
 from engine.core.folders import FILE_TYPES
 from engine.server.errors import ApiError, json_response
 from engine.server.routes_files import check_relative_name, resolve_user_file
@@ -142,7 +142,7 @@ def store_file(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
             return candidate  # identical content already there: reuse it
         index += 1
         candidate = f"{stem} ({index}){suffix}"
-    _write_atomic(folder / candidate, data)
+    write_bytes_atomic(folder / candidate, data)
     return candidate
 
 
@@ -152,19 +152,6 @@ def _sha256(path: Path) -> bytes:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.digest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _overwrite(form: UploadForm) -> bool:
