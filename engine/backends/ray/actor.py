@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.backends.in_process import encode_preview, free_runtime
+from engine.core.atomic_files import write_bytes_atomic
 from engine.memory.system_ram import ram_info
 from engine.backends.ray.files import file_records, record_key
 
@@ -153,9 +154,7 @@ class PromptActor:
             if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-            partial.write_bytes(data)
-            os.replace(partial, path)
+            write_bytes_atomic(path, data)
 
     def _on_preview(self, prompt_id: str, node_id: str, preview: Any) -> None:
         channel = self._channel
