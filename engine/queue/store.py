@@ -15,79 +15,29 @@ Sensitive `extra_data` keys (service tokens) are kept in memory only, never writ
 
 The worker thread and the event loop share one instance: every method takes one lock, and `get` blocks on
 a condition. Listeners registered with `add_listener` are told (outside the lock) whenever the queue changes.
+The table and how its rows read back are in `engine.queue.rows`; the one-process lock in `engine.queue.owner_lock`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import heapq
-import json
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from engine.core.json_text import dumps
+from engine.queue.owner_lock import QueueLockedError, acquire_owner_lock
+from engine.queue.rows import (ERROR, FINISHED_STATUSES, INTERRUPTED, QUEUED, RUNNING, SCHEMA, SUCCESS, QueueItem,
+                               Transaction, history_entry, job_entry, queued_item)
 
-QUEUED, RUNNING, SUCCESS, ERROR, INTERRUPTED = "queued", "running", "success", "error", "interrupted"
-FINISHED_STATUSES = (SUCCESS, ERROR, INTERRUPTED)
+__all__ = ["DEFAULT_MAX_HISTORY", "ERROR", "FINISHED_STATUSES", "INTERRUPTED", "QUEUED", "RUNNING", "SUCCESS",
+           "PromptQueue", "QueueItem", "QueueLockedError", "split_sensitive"]
+
 SENSITIVE_EXTRA_KEYS = frozenset({"auth_token_comfy_org", "api_key_comfy_org"})
 DEFAULT_MAX_HISTORY = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS prompts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- queue order, breaks ties between equal numbers
-    prompt_id TEXT NOT NULL UNIQUE,
-    number,                                  -- no type affinity: ints stay ints, floats stay floats
-    prompt TEXT NOT NULL,
-    extra_data TEXT NOT NULL,
-    outputs_to_execute TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,     -- how many times a worker started it
-    resumed INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    done_seq INTEGER,                        -- history order (completion order)
-    outputs TEXT,
-    messages TEXT,
-    meta TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS prompts_status ON prompts(status);
-CREATE INDEX IF NOT EXISTS prompts_done ON prompts(done_seq);
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value);
-"""
-
-
-class QueueLockedError(RuntimeError):
-    """Another process already owns this queue database."""
-
-
-@dataclass
-class QueueItem:
-    number: int | float
-    prompt_id: str
-    prompt: dict[str, Any]
-    extra_data: dict[str, Any]
-    outputs_to_execute: list[str]
-    sensitive: dict[str, Any] = field(default_factory=dict)  # memory only
-    resumed: bool = False
-    seq: int = 0
-
-    def as_list(self) -> list[Any]:
-        """ComfyUI's 5-element queue item, as /queue and /history show it."""
-        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
-
-    def full_extra_data(self) -> dict[str, Any]:
-        """extra_data with the sensitive keys put back, for the executor."""
-        return {**self.extra_data, **self.sensitive}
-
-    def _heap_key(self) -> tuple[int, Any, int]:
-        return (0 if self.resumed else 1, self.number, self.seq)
 
 
 def split_sensitive(extra_data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -108,13 +58,13 @@ class PromptQueue:
         self._listeners: list[Callable[[], None]] = []
         self._flags: dict[str, Any] = {}
         self._closed = False
-        self._owner_lock = _acquire_owner_lock(self.db_path)
+        self._owner_lock = acquire_owner_lock(self.db_path)
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a crash
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
         self._pending: dict[str, QueueItem] = {}
         self._heap: list[tuple[tuple[int, Any, int], str]] = []
         self._running: dict[str, QueueItem] = {}
@@ -138,10 +88,7 @@ class PromptQueue:
                     self.recovered.append(row["prompt_id"])
         rows = self._db.execute("SELECT * FROM prompts WHERE status=? ORDER BY seq", (QUEUED,)).fetchall()
         for row in rows:
-            item = QueueItem(row["number"], row["prompt_id"], json.loads(row["prompt"]),
-                             json.loads(row["extra_data"]), json.loads(row["outputs_to_execute"]),
-                             resumed=bool(row["resumed"]), seq=row["seq"])
-            self._push(item)
+            self._push(queued_item(row))
 
     def _next_number(self) -> int:
         row = self._db.execute("SELECT value FROM settings WHERE key='counter'").fetchone()
@@ -150,12 +97,12 @@ class PromptQueue:
         return number
 
     # ------------------------------------------------------------------ plumbing
-    def _transaction(self, durable: bool = True) -> "_Transaction":
-        return _Transaction(self._db, durable)
+    def _transaction(self, durable: bool = True) -> Transaction:
+        return Transaction(self._db, durable)
 
     def _push(self, item: QueueItem) -> None:
         self._pending[item.prompt_id] = item
-        heapq.heappush(self._heap, (item._heap_key(), item.prompt_id))
+        heapq.heappush(self._heap, (item.run_order(), item.prompt_id))
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """`callback()` runs after every change of the pending/running set (from the changing thread)."""
@@ -237,7 +184,7 @@ class PromptQueue:
     def _pop_chosen(self, choose: Callable[[list[QueueItem]], QueueItem | None]) -> QueueItem | None:
         if not self._pending:
             return None
-        chosen = choose(sorted(self._pending.values(), key=QueueItem._heap_key))
+        chosen = choose(sorted(self._pending.values(), key=QueueItem.run_order))
         # Its heap entry stays behind and is skipped when popped, like a deleted item's.
         return self._pending.pop(chosen.prompt_id, None) if chosen is not None else None
 
@@ -281,7 +228,7 @@ class PromptQueue:
     def pending(self) -> list[QueueItem]:
         """Pending items in run order."""
         with self._lock:
-            return sorted(self._pending.values(), key=QueueItem._heap_key)
+            return sorted(self._pending.values(), key=QueueItem.run_order)
 
     def delete_queued(self, prompt_ids: Iterable[str]) -> list[str]:
         """Drop pending prompts (a running one is left alone: interrupt it instead). Returns those removed."""
@@ -358,7 +305,7 @@ class PromptQueue:
             limit = -1 if max_items is None else max(0, max_items)
             rows = self._db.execute(f"SELECT * FROM prompts WHERE {where} ORDER BY done_seq LIMIT ? OFFSET ?",
                                     (*params, limit, offset)).fetchall()
-        return {row["prompt_id"]: _history_entry(row) for row in rows}
+        return {row["prompt_id"]: history_entry(row) for row in rows}
 
     def delete_history(self, prompt_ids: Iterable[str]) -> None:
         with self._lock, self._transaction():
@@ -377,23 +324,9 @@ class PromptQueue:
                 return None
             position = None
             if row["status"] == QUEUED:
-                order = [item.prompt_id for item in sorted(self._pending.values(), key=QueueItem._heap_key)]
+                order = [item.prompt_id for item in sorted(self._pending.values(), key=QueueItem.run_order)]
                 position = order.index(prompt_id) if prompt_id in order else None
-        started, finished = row["started_at"], row["finished_at"]
-        job: dict[str, Any] = {
-            "prompt_id": row["prompt_id"],
-            "status": row["status"],
-            "number": row["number"],
-            "resumed": bool(row["resumed"]),
-            "queue_position": position,
-            "outputs": json.loads(row["outputs"]) if row["outputs"] else {},
-            "created_at": row["created_at"],
-            "started_at": started,
-            "finished_at": finished,
-            "execution_time": (finished - started) if (started and finished) else None,
-            "error": json.loads(row["error"]) if row["error"] else None,
-        }
-        return job
+        return job_entry(row, position)
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
@@ -410,66 +343,3 @@ class PromptQueue:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error) on an autocommit connection."""
-
-    def __init__(self, db: sqlite3.Connection, durable: bool = True) -> None:
-        self._db = db
-        self._durable = durable
-
-    def __enter__(self) -> None:
-        if not self._durable:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            if not self._durable:
-                self._db.execute("PRAGMA synchronous=FULL")
-
-
-def _history_entry(row: sqlite3.Row) -> dict[str, Any]:
-    status = row["status"]
-    messages = json.loads(row["messages"]) if row["messages"] else []
-    error = json.loads(row["error"]) if row["error"] else None
-    if error and not messages and error.get("type") in ("server_stopped_twice", "cancelled"):
-        # No executor message exists for these endings: record one so history tells why.
-        messages = [["execution_error" if status == ERROR else "execution_interrupted",
-                     {"prompt_id": row["prompt_id"], "exception_message": error["message"],
-                      "timestamp": int((row["finished_at"] or 0) * 1000)}]]
-    status_block: dict[str, Any] = {
-        "status_str": "success" if status == SUCCESS else "error",  # ComfyUI folds interrupted into error
-        "completed": status == SUCCESS,
-        "messages": messages,
-    }
-    if row["resumed"]:
-        status_block["resumed"] = True
-    prompt = [row["number"], row["prompt_id"], json.loads(row["prompt"]), json.loads(row["extra_data"]),
-              json.loads(row["outputs_to_execute"])]
-    return {"prompt": prompt, "outputs": json.loads(row["outputs"] or "{}"), "status": status_block,
-            "meta": json.loads(row["meta"] or "{}")}
-
-
-class _OwnerLock:
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the file releases the flock
-            self._handle = None
-
-
-def _acquire_owner_lock(db_path: Path) -> _OwnerLock:
-    """One process per queue database: two servers would both resume the same running prompt."""
-    handle = open(db_path.with_name(db_path.name + ".lock"), "a+")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise QueueLockedError(f"the queue database {db_path} is in use by another fluxgraph process") from None
-    return _OwnerLock(handle)
