@@ -18,7 +18,8 @@ import random
 from typing import Any
 
 from engine.core.registry import NodeRegistry
-from engine.workflow.converter import Converter, NodeOrigin, UiConversion
+from engine.workflow.conversion import NodeOrigin, UiConversion
+from engine.workflow.converter import Converter
 from engine.workflow.exporter import api_to_ui
 from engine.workflow.ui_format import UiWorkflow, WorkflowFormatError, is_api_prompt, is_ui_workflow, parse_ui_workflow
 

@@ -10,15 +10,17 @@ ComfyUI editor's ExecutableNodeDTO resolves inputs.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engine.core.registry import NodeRegistry
 from engine.core.types import STRING
-from engine.workflow.ui_format import (MODE_BYPASS, MODE_NEVER, UiInput, UiLink, UiNode, UiWorkflow, WorkflowFormatError,
-                              node_error)
+from engine.workflow.bypass import bypass_input_index
+from engine.workflow.conversion import NodeOrigin, UiConversion
 from engine.workflow.subgraphs import (MAX_SUBGRAPH_DEPTH, Scope, boundary_output_link, instance_sockets,
-                                 promoted_values)
+                                       promoted_values)
+from engine.workflow.ui_format import (MODE_BYPASS, MODE_NEVER, UiInput, UiLink, UiNode, UiWorkflow,
+                                       WorkflowFormatError, node_error)
 from engine.workflow.widgets import apply_text_replacements, expand_dynamic_prompt, map_widget_values
 
 # Frontend-only node types that never reach a prompt and pass nothing on.
@@ -28,34 +30,6 @@ UI_ONLY_TYPES = frozenset({"Note", "MarkdownNote", "Label (rgthree)", "Bookmark 
 # Executable value nodes that are folded into their consumers as literals.
 VALUE_PRIMITIVE_TYPES = frozenset({"PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
                                    "PrimitiveStringMultiline", "PrimitiveBoolean"})
-
-
-@dataclass(frozen=True)
-class NodeOrigin:
-    """Where a prompt node came from in the editor's graph."""
-
-    ui_id: str
-    type: str
-    title: str
-    subgraphs: tuple[tuple[str, str], ...] = ()  # (instance ui id, subgraph name), outermost first
-
-    def describe(self) -> str:
-        text = f"#{self.ui_id} '{self.title}'"
-        for instance_id, name in reversed(self.subgraphs):
-            text += f" in subgraph #{instance_id} '{name}'"
-        return text
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.ui_id, "type": self.type, "title": self.title,
-                "subgraphs": [{"id": i, "name": n} for i, n in self.subgraphs], "description": self.describe()}
-
-
-@dataclass
-class UiConversion:
-    prompt: dict[str, Any]
-    origins: dict[str, NodeOrigin] = field(default_factory=dict)
-    dropped: dict[str, str] = field(default_factory=dict)  # prompt id -> why it was left out
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -76,31 +50,6 @@ class _Muted:
 
 class _CycleError(Exception):
     pass
-
-
-def _types_match(a: Any, b: Any) -> bool:
-    """LiteGraph's connection rule: wildcards match anything; otherwise case-insensitive, unions overlap."""
-    if a in ("", "*", 0, None) or b in ("", "*", 0, None):
-        return True
-    left = {part.strip() for part in str(a).lower().split(",")}
-    right = {part.strip() for part in str(b).lower().split(",")}
-    return bool(left & right)
-
-
-def bypass_input_index(sockets: list[UiInput], slot: int, output_type: Any, wanted: Any) -> int | None:
-    """Which input a bypassed node passes to output `slot`, for a consumer that wants type `wanted`."""
-    if wanted in ("", "*", None):
-        return slot if slot < len(sockets) else (0 if sockets else None)
-    if slot < len(sockets) and _types_match(sockets[slot].type, output_type) and _types_match(sockets[slot].type,
-                                                                                              wanted):
-        return slot
-    for index, socket in enumerate(sockets):
-        if socket.type == wanted:
-            return index
-    for index, socket in enumerate(sockets):
-        if _types_match(socket.type, output_type) and _types_match(socket.type, wanted):
-            return index
-    return None
 
 
 class Converter:
