@@ -3,14 +3,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from engine.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main  # noqa: E402
-from tests.training.test_segmentation_train import single_thread, workspace  # noqa: E402
+from engine.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
+from tests.support.segmentation import single_thread, workspace
 
 TRAIN = ["train", "segmenter", "--base", "tiny-mask2former-swin-ade", "--epochs", "2", "--batch-size", "2",
          "--crop-size", "64", "--num-points", "256"]

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors, save_safetensors
-from tests.support.flux import make_runtime, single_torch_thread, zoo_base  # noqa: F401
+from tests.support.flux import make_runtime, zoo_base
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 
 def models():

@@ -8,23 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch = pytest.importorskip("torch")
-
-from engine.zoo import writer as zoo  # noqa: E402
-from engine.models.flux1.checkpoint import load_flux_checkpoint  # noqa: E402
-from engine.models.common.detect import detect_components, detect_flux_variant  # noqa: E402
-from engine.core.extra_model_paths import ExtraModelPathsError, load_extra_model_paths  # noqa: E402
-from engine.models.flux1.keys import (bfl_shapes_to_diffusers, diffusers_to_bfl,  # noqa: E402
+from engine.zoo import writer as zoo
+from engine.models.flux1.checkpoint import load_flux_checkpoint
+from engine.models.common.detect import detect_components, detect_flux_variant
+from engine.core.extra_model_paths import ExtraModelPathsError, load_extra_model_paths
+from engine.models.flux1.keys import (bfl_shapes_to_diffusers, diffusers_to_bfl,
                                      infer_diffusers_config)
-from engine.models.flux1.transformer import load_flux_transformer, shipped_config_if_matching  # noqa: E402
-from engine.models.common.safetensors_io import (ModelFileError, dequantize_scaled_fp8, key_prefixes,  # noqa: E402
+from engine.models.flux1.transformer import load_flux_transformer, shipped_config_if_matching
+from engine.models.common.safetensors_io import (ModelFileError, dequantize_scaled_fp8, key_prefixes,
                                           open_safetensors, save_safetensors)
-from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder  # noqa: E402
-from engine.zoo.flux1_tiny import tiny_components  # noqa: E402
-from engine.models.common.tokenizer_files import TokenizerMissingError, find_tokenizer  # noqa: E402
-from engine.models.flux1.vae import load_flux_vae  # noqa: E402
+from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder
+from engine.zoo.flux1_tiny import tiny_components
+from engine.models.common.tokenizer_files import TokenizerMissingError, find_tokenizer
+from engine.models.flux1.vae import load_flux_vae
 
 
 @pytest.fixture(scope="module")

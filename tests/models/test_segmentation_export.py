@@ -6,7 +6,6 @@ runs exported files in a workflow."""
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from typing import Any
 
@@ -14,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tests.training.test_segmentation_train import execute, finetuned_run, single_thread, workspace  # noqa: E402
+from tests.support.segmentation import (execute, finetuned_run, load_segmenter_tiny, segmentation_runtime,
+                                        single_thread, workspace)
 
 try:
     import onnxruntime  # noqa: F401
@@ -124,14 +122,7 @@ def test_fp16_and_int8_onnx_lose_at_most_one_miou_point(dtype):
 
 @pytest.fixture(scope="module")
 def runtime() -> Any:
-    from engine.memory.manager import MemoryManager
-    from engine.core.registry import NodeRegistry
-    from engine.backends.runtime import Runtime
-    from tests.support.flux import capture_image
-
-    registry = NodeRegistry().discover("nodes")
-    registry.register(capture_image)
-    return Runtime.create(workspace(), registry=registry, models=MemoryManager(device="cpu"))
+    return segmentation_runtime()
 
 
 def export_prompt(fmt: str, sizes: str, name: str, dtype: str = "fp32") -> dict:
@@ -233,12 +224,6 @@ def test_an_onnx_file_refuses_other_sizes():
     assert runner.size == SIZE and runner.meta["dtype"] == "int8"
     with pytest.raises(InputSizeError, match=r"shapes-onnx-96x96-int8.onnx was exported for input size 96x96 only"):
         runner.run(torch.zeros(2, 3, 96, 64))
-
-
-def load_segmenter_tiny() -> Any:
-    from engine.models.segmentation.mask2former import load_segmenter
-
-    return load_segmenter(workspace() / "models/segmentation/tiny-mask2former-swin-ade")
 
 
 def test_bad_export_requests_are_refused_before_writing_anything(tmp_path):

@@ -1,6 +1,6 @@
 """The dynamo ONNX exporter (torch.export-based): exact like the default TorchScript-based exporter, but about a
 minute per size even for the tiny model on two CPU cores, so it runs only when FLUXGRAPH_SLOW_TESTS=1 (the
-default exporter is covered by tests/test_segmentation_export.py)."""
+default exporter is covered by tests/models/test_segmentation_export.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 import torch
+
+from tests.support.segmentation import load_segmenter_tiny
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
 pytestmark = pytest.mark.skipif(os.environ.get("FLUXGRAPH_SLOW_TESTS") != "1",
@@ -21,7 +23,6 @@ def test_dynamo_onnx_export_reproduces_the_tiny_model_and_quantizes_the_pixel_le
     from engine.models.segmentation.export import ExportRequest, export_segmenter, int8_nodes
     from engine.models.segmentation.exported import load_exported_segmenter
     from engine.models.segmentation.pipeline import segment
-    from tests.models.test_segmentation_export import load_segmenter_tiny
 
     tiny = load_segmenter_tiny()
     records = export_segmenter(tiny, tmp_path, "tiny-dynamo", ExportRequest(

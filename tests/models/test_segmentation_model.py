@@ -4,7 +4,6 @@ on the tiny random Mask2Former-Swin of the real architecture."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -12,12 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from engine.models.segmentation import pipeline  # noqa: E402
-from engine.models.segmentation.mask2former import (Preprocessing, SegmenterLoadError, load_segmenter,  # noqa: E402
+from engine.models.segmentation import pipeline
+from engine.models.segmentation.mask2former import (Preprocessing, SegmenterLoadError, load_segmenter,
                                        shipped_configs)
-from engine.zoo.segmentation import TINY_FILE_NAME, TINY_FOLDER_NAME, write_tiny_segmenter  # noqa: E402
+from engine.zoo.segmentation import write_tiny_segmenter
 
 
 def smooth_image(height: int, width: int, seed: int) -> np.ndarray:

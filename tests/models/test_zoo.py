@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch = pytest.importorskip("torch")
-
-from engine.zoo import writer as zoo  # noqa: E402
-from engine.zoo.flux1_tiny import tiny_components  # noqa: E402
+from engine.zoo import writer as zoo
+from engine.zoo.flux1_tiny import tiny_components
 
 
 def _hashes(root: Path) -> dict[str, str]:

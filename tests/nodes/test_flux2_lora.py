@@ -8,7 +8,9 @@ import torch
 
 from engine.models.common.safetensors_io import save_safetensors
 from tests.support.flux2 import SENSITIVITY, TOLERANCE, flux2_graph
-from tests.support.flux import make_runtime, run_prompt, single_torch_thread, zoo_base  # noqa: F401
+from tests.support.flux import make_runtime, run_prompt, zoo_base
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 RANK = 4
 

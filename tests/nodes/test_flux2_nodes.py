@@ -13,11 +13,12 @@ from engine.core.context import NodeContext
 from engine.core.folders import FolderPaths
 from engine.core.registry import NodeRegistry
 from tests.support.flux2 import SENSITIVITY, flux2_graph, write_reference_image
-from tests.support.flux import make_runtime, run_prompt, single_torch_thread  # noqa: F401
-from tests.core.test_object_info_core import normalise
+from tests.support.flux import make_runtime, run_prompt
+from tests.support.reference import load_reference, normalise
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT.parent / "shared" / "comfy_reference" / "object_info_more.json"
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +28,10 @@ def runtime():
 
 @pytest.mark.parametrize("name", ["EmptyFlux2LatentImage", "Flux2Scheduler"])
 def test_object_info_matches_comfyui(name, tmp_path):
-    if not REFERENCE.is_file():
-        pytest.skip(f"ComfyUI reference capture {REFERENCE} is not in this checkout")
     registry = NodeRegistry().discover("nodes")
     assert "nodes.flux2" not in registry.failed, registry.failed.get("nodes.flux2")
     ours = normalise(registry[name].object_info(FolderPaths(tmp_path)))
-    assert ours == normalise(json.loads(REFERENCE.read_text())[name])
+    assert ours == normalise(load_reference("object_info_more.json")[name])
 
 
 def test_clip_loader_offers_flux2_in_comfyuis_order(tmp_path):

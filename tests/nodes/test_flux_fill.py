@@ -19,7 +19,9 @@ import torch
 from tests.support.conditioning import (SENSITIVITY, TOLERANCE, as_image, decode_and_capture, input_image,
                                         load_workflow, loaders, max_diff, mean_diff, reference_pipeline,
                                         run_graph, runtime_with_inputs, sampler, saved_png)
-from tests.support.flux import single_torch_thread  # noqa: F401
+from tests.support.segmentation import present_class
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 PROMPT = "a red apple on a wooden table"
 
@@ -258,7 +260,6 @@ def test_segment_fill_workflow_fills_the_chosen_class(runtime):
     import numpy as np
 
     from engine.zoo.segmentation import write_tiny_segmenter
-    from tests.workflows.test_segmentation_workflows import present_class
 
     write_tiny_segmenter(runtime.folders.models_dir)
     workflow = load_workflow("segment_fill.json")

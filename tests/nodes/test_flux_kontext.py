@@ -14,10 +14,14 @@ import functools
 import pytest
 import torch
 
+from engine.core.folders import FolderPaths
+from engine.core.registry import NodeRegistry
 from tests.support.conditioning import (SENSITIVITY, TOLERANCE, as_image, decode_and_capture, input_image,
                                         load_workflow, loaders, max_diff, mean_diff, reference_pipeline,
                                         run_graph, runtime_with_inputs, sampler, saved_png)
-from tests.support.flux import single_torch_thread  # noqa: F401
+from tests.support.reference import normalise, object_info_reference
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 PROMPT = "make the sky red"
 
@@ -199,9 +203,5 @@ CONDITIONING_NODES = [
 
 @pytest.mark.parametrize("name", CONDITIONING_NODES)
 def test_conditioning_node_declarations_match_comfyui(name, tmp_path):
-    from engine.core.folders import FolderPaths
-    from engine.core.registry import NodeRegistry
-    from tests.core.test_object_info_core import _reference, normalise
-
     ours = NodeRegistry().discover("nodes").object_info(FolderPaths(tmp_path))  # no model files: empty combos
-    assert normalise(ours[name]) == normalise(_reference()[name])
+    assert normalise(ours[name]) == normalise(object_info_reference()[name])

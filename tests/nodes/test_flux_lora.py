@@ -18,7 +18,9 @@ import torch
 
 from tests.support.conditioning import (SENSITIVITY, TOLERANCE, as_image, decode_and_capture, load_workflow, loaders,
                                         max_diff, mean_diff, run_graph, runtime_with_inputs, sampler, saved_png)
-from tests.support.flux import single_torch_thread, zoo_base  # noqa: F401
+from tests.support.flux import zoo_base
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 PROMPT = "a watercolor painting of a lighthouse"
 LAYOUTS = ("comfy", "comfy-updown", "kohya", "peft")

@@ -6,9 +6,6 @@ through the executor over the zoo's files.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -16,11 +13,11 @@ from engine.core.context import Interrupted, NodeContext
 from engine.core.folders import FolderPaths
 from engine.core.registry import NodeRegistry
 from nodes.flux import common, conditioning as C, latent as LT, loaders as LD, sampling as SN
-from tests.support.flux import (make_runtime, run_prompt, single_torch_thread,  # noqa: F401
-                                     txt2img_prompt, zoo_base)
-from tests.core.test_object_info_core import normalise
+from tests.support.flux import make_runtime, run_prompt, txt2img_prompt, zoo_base
+from tests.support.reference import normalise, object_info_reference
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "comfy_reference"
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
+
 FLUX_NODES = [schema.name for schema in __import__("nodes.flux", fromlist=["NODES"]).NODES]
 # Combos where we list a subset of ComfyUI's options (what is implemented), in ComfyUI's order.
 SUBSET_COMBOS = {"sampler_name", "scheduler", "type"}
@@ -40,16 +37,6 @@ def encoded(parts):
     return C.clip_text_encode(NodeContext(), "a red fox in the snow", clip)[0]
 
 
-def _reference() -> dict:
-    captures = {}
-    for name in ("object_info_core.json", "object_info_more.json"):
-        path = REFERENCE_DIR / name
-        if not path.is_file():
-            pytest.skip(f"ComfyUI reference capture {path} is not in this checkout")
-        captures.update(json.loads(path.read_text()))
-    return captures
-
-
 def _options(spec: list) -> list:
     head = spec[0]
     return list(head) if isinstance(head, list) else list(spec[1]["options"])
@@ -57,7 +44,7 @@ def _options(spec: list) -> list:
 
 @pytest.mark.parametrize("name", FLUX_NODES)
 def test_object_info_matches_comfyui(name, tmp_path):
-    reference = _reference()
+    reference = object_info_reference()
     registry = NodeRegistry().discover("nodes")
     assert "nodes.flux" not in registry.failed, registry.failed.get("nodes.flux")
     ours = normalise(registry[name].object_info(FolderPaths(tmp_path)))

@@ -19,7 +19,9 @@ from PIL import Image
 from tests.support.conditioning import (INPUTS, SENSITIVITY, TOLERANCE, as_image, base_pipeline, decode_and_capture,
                                         load_workflow, loaders, max_diff, mean_diff, run_graph, runtime_with_inputs,
                                         sampler, saved_png)
-from tests.support.flux import single_torch_thread, zoo_base  # noqa: F401
+from tests.support.flux import zoo_base
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 PROMPT = "a cozy reading corner"
 STYLE = "redux_style.png"

@@ -3,22 +3,19 @@ SegmentationPreview, MaskToInpaint, including bad input."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from engine.core.context import NodeContext  # noqa: E402
-from engine.core.folders import FolderPaths  # noqa: E402
-from engine.core.registry import NodeRegistry  # noqa: E402
-from engine.core.schema import ExecutionBlocker  # noqa: E402
-from engine.core.validate import validate_prompt  # noqa: E402
-from nodes.bridges import inpaint  # noqa: E402
-from nodes.segmentation import crf, loader, morphology, preview, refine, segment, select  # noqa: E402
+from engine.core.context import NodeContext
+from engine.core.folders import FolderPaths
+from engine.core.registry import NodeRegistry
+from engine.core.schema import ExecutionBlocker
+from engine.core.validate import validate_prompt
+from nodes.bridges import inpaint
+from nodes.segmentation import crf, loader, morphology, preview, refine, segment, select
 
 
 def smooth_image(height: int, width: int, seed: int) -> torch.Tensor:

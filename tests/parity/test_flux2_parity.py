@@ -16,7 +16,9 @@ import torch
 
 from tests.support.flux2 import (SENSITIVITY, TOLERANCE, flux2_graph, reference_images, reference_pipeline,
                                       write_reference_image)
-from tests.support.flux import make_runtime, run_prompt, single_torch_thread  # noqa: F401
+from tests.support.flux import make_runtime, run_prompt
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ import functools
 import pytest
 import torch
 
-from tests.support.flux import (PROMPT, make_runtime, run_prompt, single_torch_thread,  # noqa: F401
-                                     txt2img_prompt, zoo_base)
+from tests.support.flux import PROMPT, make_runtime, run_prompt, txt2img_prompt, zoo_base
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 TOLERANCE = 1e-4
 SENSITIVITY = 0.01  # mean abs change an input must cause, so a parity pass is meaningful

@@ -16,7 +16,8 @@ from engine.sampling import latents as L
 from engine.sampling import noise as N
 from engine.sampling import samplers as SM
 from engine.sampling.schedules import FlowSchedule, scheduler_sigmas
-from tests.support.flux import single_torch_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 MU, STD = 0.3, 0.5
 

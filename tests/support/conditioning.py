@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.models.common.configs import load_config
 from tests.support.flux import CAPTURED, make_runtime, zoo_base
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
@@ -85,7 +86,7 @@ def decode_and_capture(graph: dict, samples: list, key: str = "out") -> dict:
 @functools.lru_cache(maxsize=None)
 def base_pipeline() -> Any:
     """diffusers FluxPipeline over the zoo's dev folder (its text encoders, VAE, tokenizers are shared)."""
-    from diffusers import FluxPipeline
+    from diffusers import FluxPipeline  # noqa: PLC0415 - diffusers takes seconds to import
 
     pipe = FluxPipeline.from_pretrained(str(zoo_base() / "models/diffusers/flux1-dev-tiny"), torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -94,9 +95,7 @@ def base_pipeline() -> Any:
 
 def reference_pipeline(cls: Any, transformer_folder: str, scheduler: str) -> Any:
     """`cls` (FluxFillPipeline, FluxKontextPipeline) over the base parts and a zoo transformer folder."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-    from engine.models.common.configs import load_config
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel  # noqa: PLC0415 - slow import
 
     base = base_pipeline()
     transformer = FluxTransformer2DModel.from_pretrained(str(zoo_base() / "models/diffusers" / transformer_folder))

@@ -14,25 +14,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from engine.backends.runtime import Runtime
+from engine.core.registry import NodeRegistry
 from engine.core.schema import Socket, String, node
 from engine.core.types import IMAGE
+from engine.memory.manager import MemoryManager
+from engine.zoo.writer import write_tiny_zoo
 
 CAPTURED: dict[str, Any] = {}
 PROMPT = "a photo of a cat sitting on a red sofa"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Tiny models run faster on one thread: with several, thread hand-offs cost more than the maths
-    (10x slower on a loaded 2-core machine). Import this fixture into a test module to apply it there."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @node("CaptureImage", category="testing", inputs=[Socket("images", IMAGE), String("key")], outputs=[],
@@ -45,8 +35,6 @@ def capture_image(ctx: Any, images: Any, key: str):
 @functools.lru_cache(maxsize=None)
 def zoo_base() -> Path:
     """A base folder whose models/ holds the tiny zoo (written once per process)."""
-    from engine.zoo.writer import write_tiny_zoo
-
     base = Path(tempfile.mkdtemp(prefix="fluxgraph-flux-tests-"))
     atexit.register(shutil.rmtree, base, True)
     write_tiny_zoo(base / "models")
@@ -55,10 +43,6 @@ def zoo_base() -> Path:
 
 def make_runtime() -> Any:
     """A fresh runtime (own cache) over the zoo, with the capture node registered, on the CPU."""
-    from engine.memory.manager import MemoryManager
-    from engine.core.registry import NodeRegistry
-    from engine.backends.runtime import Runtime
-
     registry = NodeRegistry().discover("nodes")
     registry.register(capture_image)
     return Runtime.create(zoo_base(), registry=registry, models=MemoryManager(device="cpu"))

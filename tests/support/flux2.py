@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.zoo.flux2 import PIPELINE_FOLDERS, tiny_flux2
 from tests.support.flux import PROMPT, zoo_base
 
 TOLERANCE = 1e-4
@@ -79,10 +80,8 @@ def flux2_graph(variant: str = "klein", *, width: int = 64, height: int = 48, ba
 @functools.lru_cache(maxsize=None)
 def reference_pipeline(variant: str) -> Any:
     """The reference pipeline over the zoo's weights (from its diffusers folder where the zoo has one)."""
-    from diffusers import Flux2KleinPipeline, Flux2Pipeline
-    from diffusers.utils import logging as diffusers_logging
-
-    from engine.zoo.flux2 import PIPELINE_FOLDERS, tiny_flux2
+    from diffusers import Flux2KleinPipeline, Flux2Pipeline  # noqa: PLC0415 - diffusers takes seconds to import
+    from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415 - as above
 
     diffusers_logging.set_verbosity_error()
     if variant not in PIPELINE_FOLDERS:

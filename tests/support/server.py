@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from engine.core.registry import NodeRegistry
 from engine.backends.runtime import Runtime
 from engine.core.schema import Combo, Float, Int, NodeResult, Output, Socket, String, node
 from engine.server.config import ServerConfig
+from tests.support.reference import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "comfy_reference"  # captures of ComfyUI 0.8.0
+REFERENCE = REFERENCE_DIR  # captures of ComfyUI 0.8.0
 
 
 @node("TestSleep", inputs=[Int("value", 0, min=0, max=1000), Float("seconds", 0.01, min=0.0, max=60.0),
@@ -38,8 +41,6 @@ def toy_fail(ctx, value):
 
 @node("TestPreview", inputs=[Int("value", 0)], outputs=[Output("INT")], category="test")
 def toy_preview(ctx, value):
-    from PIL import Image
-
     ctx.progress(1, 1, Image.new("RGB", (16, 8), (255, 0, 0)))
     return (value,)
 

@@ -8,15 +8,28 @@ skip only when it is absent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from aiohttp import web
+
+from engine.backends.runtime import Runtime
 from engine.core.registry import NodeRegistry
 from engine.core.schema import Float, Int, Output, Socket, node
+from engine.server.app import create_app
+from engine.server.config import ServerConfig
+from engine.zoo import writer as zoo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = PROJECT_ROOT / "web"
@@ -62,15 +75,9 @@ def tiny_zoo_models_dir() -> Path:
     Writing it takes ~20 s on two cores, so it is kept in the system's temporary folder under a name that
     hashes engine/models/*.py: a change to the zoo's code writes a fresh one.
     """
-    import hashlib  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
-    from engine.zoo import writer as zoo  # noqa: PLC0415
-
     digest = hashlib.sha256()
-    for source in sorted([*(PROJECT_ROOT / "engine" / "models").rglob("*.py"), *(PROJECT_ROOT / "engine" / "zoo").rglob("*.py")]):
+    sources = [*(PROJECT_ROOT / "engine" / "models").rglob("*.py"), *(PROJECT_ROOT / "engine" / "zoo").rglob("*.py")]
+    for source in sorted(sources):
         digest.update(source.name.encode() + source.read_bytes())
     target = Path(tempfile.gettempdir()) / f"fluxgraph-test-zoo-{digest.hexdigest()[:16]}"
     if zoo.zoo_is_complete(target):
@@ -121,12 +128,6 @@ class LiveServer:
         self._stopped.clear()
 
         def run() -> None:
-            from aiohttp import web  # noqa: PLC0415
-
-            from engine.backends.runtime import Runtime  # noqa: PLC0415
-            from engine.server.app import create_app  # noqa: PLC0415
-            from engine.server.config import ServerConfig  # noqa: PLC0415
-
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
@@ -185,11 +186,6 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> "ServerProcess":
-        import os  # noqa: PLC0415
-        import subprocess  # noqa: PLC0415
-        import sys  # noqa: PLC0415
-        import urllib.request  # noqa: PLC0415
-
         env = {**os.environ, "PYTHONPATH": f"{self.packs_dir}{os.pathsep}{PROJECT_ROOT}",
                "FLUXGRAPH_EXTRA_NODE_PACKAGES": "webtestnodes", "HF_HUB_OFFLINE": "1"}
         log = open(self.base_dir / f"server-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 - the child writes it

@@ -7,12 +7,8 @@ time waiting for each other (measured 8x slower per step); one thread is as fast
 
 from __future__ import annotations
 
-import atexit
-import functools
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,55 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from engine.training.segmentation.config import TrainConfig  # noqa: E402
-
-# Settings that teach the tiny random model the synthetic shapes in under a hundred steps. Batches of 8 cost
-# little more than batches of 2 at this size (per-op overhead dominates), so steps are few and large.
-FAST_SETTINGS = dict(batch_size=8, crop_size=64, learning_rate=2e-3, warmup_steps=20, num_points=256,
-                     backbone_lr_multiplier=1.0, scale_min=0.75, scale_max=1.5)
-FINETUNE_EPOCHS = 20  # 48 images, batch 8: 120 steps
-STEPS_PER_EPOCH = 6
-
-
-@functools.lru_cache(maxsize=None)
-def workspace() -> Path:
-    """models/segmentation/ with the tiny zoo, input/shapes/ with the synthetic dataset (once per process)."""
-    from engine.zoo.segmentation import write_tiny_segmenter
-    from engine.training.segmentation.synthetic import write_synthetic_dataset
-
-    base = Path(tempfile.mkdtemp(prefix="fluxgraph-segtrain-"))
-    atexit.register(shutil.rmtree, base, True)
-    write_tiny_segmenter(base / "models")
-    write_synthetic_dataset(base / "input" / "shapes", train=48, val=8, size=64, seed=0)
-    write_synthetic_dataset(base / "input" / "small", train=4, val=2, size=64, seed=1)
-    return base
-
-
-def tiny_base() -> str:
-    return str(workspace() / "models" / "segmentation" / "tiny-mask2former-swin-ade")
-
-
-class single_thread:
-    def __enter__(self) -> None:
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_num_threads(self.threads)
-
-
-@functools.lru_cache(maxsize=None)
-def finetuned_run() -> Any:
-    """The tiny model fine-tuned on the shapes dataset (shared with the export tests)."""
-    from engine.training.segmentation.trainer import train
-
-    config = TrainConfig(data_dir=str(workspace() / "input" / "shapes"),
-                         output_dir=str(workspace() / "models" / "segmentation" / "shapes-run"),
-                         base_model=tiny_base(), epochs=FINETUNE_EPOCHS, evaluate_first=True, **FAST_SETTINGS)
-    with single_thread():
-        return train(config)
+from engine.training.segmentation.config import TrainConfig
+from tests.support.segmentation import (FAST_SETTINGS, FINETUNE_EPOCHS, STEPS_PER_EPOCH, execute, finetuned_run,
+                                        segmentation_runtime, single_thread, tiny_base, workspace)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -196,14 +146,7 @@ def test_augmentation_is_deterministic_per_generator_and_pads_with_ignore():
 
 @pytest.fixture(scope="module")
 def runtime():
-    from engine.memory.manager import MemoryManager
-    from engine.core.registry import NodeRegistry
-    from engine.backends.runtime import Runtime
-    from tests.support.flux import capture_image
-
-    registry = NodeRegistry().discover("nodes")
-    registry.register(capture_image)
-    return Runtime.create(workspace(), registry=registry, models=MemoryManager(device="cpu"))
+    return segmentation_runtime()
 
 
 def train_prompt(output_name: str, resume: bool = False) -> dict:
@@ -212,20 +155,6 @@ def train_prompt(output_name: str, resume: bool = False) -> dict:
         "batch_size": 2, "learning_rate": 0.001, "schedule": "cosine", "warmup_steps": 1, "freeze_backbone": True,
         "grad_accumulation": 1, "crop_size": 64, "precision": "auto", "seed": 3, "resume": resume,
         "num_points": 256}}}
-
-
-def execute(runtime, prompt: dict, events: list | None = None, on_event: Any = None):
-    checked = runtime.validate(prompt)
-    assert checked.ok and not checked.node_errors, (checked.error, checked.node_errors)
-
-    def record(kind: str, data: dict) -> None:
-        if events is not None:
-            events.append((kind, data))
-        if on_event is not None:
-            on_event(kind, data)
-
-    with single_thread():
-        return runtime.executor.execute(checked.prompt, prompt_id="train", on_event=record)
 
 
 def test_train_node_reports_progress_and_loss_and_resumes_after_an_interrupt(runtime):

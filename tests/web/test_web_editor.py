@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from engine.core.folders import FolderPaths
 from engine.core.schema import NodeSchema
 from engine.workflow.widgets import has_control_widget, upload_sentinel, widget_inputs
 from tests.support.web import (ALLOWED_URLS, CHROMIUM, CHROMIUM_MISSING, NO_EXTERNAL_URL, WEB_DIR, LiveServer,
@@ -22,10 +22,7 @@ from tests.support.web import (ALLOWED_URLS, CHROMIUM, CHROMIUM_MISSING, NO_EXTE
                                load_workflow, node_selector, open_editor, output_socket, saved_workflow,
                                screenshot, tiny_zoo_models_dir, wait_until, watch_node, node_states, widget,
                                WORKFLOWS_DIR)
-
-REFERENCE = Path("/work/shared/comfy_reference")
-if not REFERENCE.is_dir():
-    REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "comfy_reference"
+from tests.support.reference import object_info_reference
 
 # ------------------------------------------------------------------------------------ without a browser
 
@@ -53,8 +50,6 @@ def _expected_widget_values_length(schema: NodeSchema) -> int:
 def test_every_registry_node_maps_onto_editor_widgets(tmp_path):
     """Each input of every installed node becomes a widget or a socket the editor can draw, with a default
     it accepts, and the editor writes as many widgets_values as the engine's converter reads back."""
-    from engine.core.folders import FolderPaths
-
     registry = editor_registry()
     info = registry.object_info(FolderPaths(tmp_path))
     assert len(info) >= 40
@@ -87,8 +82,7 @@ def test_every_registry_node_maps_onto_editor_widgets(tmp_path):
 ])
 def test_reference_captures_map_like_comfyui(node, sockets, length):
     """The layouts match what ComfyUI's editor saves for the captured /object_info entries (§7.2)."""
-    info = {**json.loads((REFERENCE / "object_info_core.json").read_text()),
-            **json.loads((REFERENCE / "object_info_more.json").read_text())}
+    info = object_info_reference()
     layout = editor_node_layout(info[node])
     assert layout["sockets"] == sockets
     assert layout["widgets_values_length"] == length

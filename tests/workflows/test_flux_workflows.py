@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.support.flux import (make_runtime, run_prompt, single_torch_thread,  # noqa: F401
-                                     txt2img_prompt)
+from tests.support.flux import make_runtime, run_prompt, txt2img_prompt
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 

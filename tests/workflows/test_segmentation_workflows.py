@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tests.support.flux import make_runtime, zoo_base  # noqa: E402
+from tests.support.flux import make_runtime, zoo_base
+from tests.support.segmentation import present_class
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 SIZE = 128
@@ -49,18 +46,6 @@ def saved(runtime, result, node_id: str) -> list[np.ndarray]:
     images = result.outputs[node_id]["images"]
     return [np.asarray(Image.open(runtime.folders.output_dir / i["subfolder"] / i["filename"]))
             for i in images]
-
-
-def present_class(runtime) -> str:
-    """The class the tiny segmenter gives most pixels of the example image (its labels are random)."""
-    from engine.models.segmentation.mask2former import load_segmenter
-    from engine.models.segmentation.pipeline import segment
-
-    segmenter = load_segmenter(runtime.folders.model_path("segmentation", "tiny-mask2former-swin-ade"))
-    picture = torch.from_numpy(np.array(Image.open(runtime.folders.input_dir / "segment_example.png")))
-    [result] = segment(segmenter, [picture.float()[None] / 255.0])
-    ids, counts = torch.unique(result.label_map, return_counts=True)
-    return segmenter.labels[int(ids[counts.argmax()])]
 
 
 def test_segment_classes_workflow_saves_a_mask_and_a_preview(runtime):
