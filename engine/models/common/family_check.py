@@ -17,8 +17,8 @@ from typing import Any
 from engine.models.common.family import describe_parts, model_parts
 from engine.models.common.safetensors_io import ModelFileError
 
-_LOADER_FILES = {"UNETLoader": ("unet_name", "diffusion_models"), "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
-                 "VAELoader": ("vae_name", "vae")}
+_LOADER_FILES = {"UNETLoader": ("unet_name", "diffusion_models"),
+                 "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "VAELoader": ("vae_name", "vae")}
 _CONSUMERS = ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced", "CFGGuider", "BasicGuider", "VAEDecode",
               "VAEDecodeTiled", "VAEEncode")
 _MODEL_LOADERS = ("UNETLoader", "CheckpointLoaderSimple")

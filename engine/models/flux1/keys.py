@@ -7,6 +7,7 @@ Both directions are needed: loading BFL/ComfyUI files, and writing the tiny zoo 
 
 The one non-rename: BFL's final modulation is (shift, scale), diffusers' AdaLayerNormContinuous is
 (scale, shift), so the halves are swapped.
+`FLUX1` is the family description the shared loading steps take (engine/models/common/transformer_family.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from engine.models.common import bfl_keys
 from engine.models.common.bfl_keys import BflLayout
+from engine.models.common.transformer_family import Shape, TransformerFamily, infer_transformer_config
 
 # BFL suffix -> diffusers suffix, for plain renames (".weight"/".bias" appended by the converter).
 _TOP = {
@@ -55,17 +57,17 @@ class FluxKeyError(KeyError):
     """A key the converter does not know: the file is not a FLUX.1 transformer (or a newer layout)."""
 
 
-_LAYOUT = BflLayout(top=_TOP, double=_DOUBLE, single=_SINGLE, error=FluxKeyError, single_fused=_SINGLE_FUSED)
+LAYOUT = BflLayout(top=_TOP, double=_DOUBLE, single=_SINGLE, error=FluxKeyError, single_fused=_SINGLE_FUSED)
 
 
 def bfl_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """Convert a BFL-keyed FLUX.1 state dict (prefix already removed) to diffusers keys."""
-    return bfl_keys.bfl_to_diffusers(_LAYOUT, state)
+    return bfl_keys.bfl_to_diffusers(LAYOUT, state)
 
 
 def diffusers_to_bfl(state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `bfl_to_diffusers` (used to write files in the BFL layout)."""
-    return bfl_keys.diffusers_to_bfl(_LAYOUT, state)
+    return bfl_keys.diffusers_to_bfl(LAYOUT, state)
 
 
 def rope_axes(head_dim: int) -> list[int]:
@@ -76,37 +78,22 @@ def rope_axes(head_dim: int) -> list[int]:
     return [head_dim // 8, head_dim * 7 // 16, head_dim * 7 // 16]
 
 
-def infer_diffusers_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """A FluxTransformer2DModel config from diffusers-keyed tensor shapes (see docs/models.md for the rules)."""
-    def shape(key: str) -> tuple[int, ...]:
-        if key not in shapes:
-            raise FluxKeyError(key)
-        return shapes[key]
-
-    hidden, in_channels = shape("x_embedder.weight")
-    head_dim = shape("transformer_blocks.0.attn.norm_q.weight")[0]
-    if hidden % head_dim:
-        raise ValueError(f"hidden width {hidden} is not a multiple of the head width {head_dim}")
+def _own_config(shape: Shape, hidden: int) -> dict[str, Any]:
     ff = shape("transformer_blocks.0.ff.net.0.proj.weight")[0]
     if ff != 4 * hidden:
         raise ValueError(f"MLP width {ff} is not 4 x hidden width {hidden}; diffusers' FLUX.1 transformer "
                          "supports only mlp_ratio 4")
-    double = {int(k.split(".")[1]) for k in shapes if k.startswith("transformer_blocks.")}
-    single = {int(k.split(".")[1]) for k in shapes if k.startswith("single_transformer_blocks.")}
-    return {
-        "_class_name": "FluxTransformer2DModel",
-        "patch_size": 1,
-        "in_channels": in_channels,
-        "out_channels": shape("proj_out.weight")[0],
-        "num_layers": max(double) + 1,
-        "num_single_layers": max(single) + 1 if single else 0,
-        "attention_head_dim": head_dim,
-        "num_attention_heads": hidden // head_dim,
-        "joint_attention_dim": shape("context_embedder.weight")[1],
-        "pooled_projection_dim": shape("time_text_embed.text_embedder.linear_1.weight")[1],
-        "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in shapes,
-        "axes_dims_rope": rope_axes(head_dim),
-    }
+    return {"pooled_projection_dim": shape("time_text_embed.text_embedder.linear_1.weight")[1]}
+
+
+FLUX1 = TransformerFamily(name="FLUX.1", class_name="FluxTransformer2DModel", layout=LAYOUT,
+                          guidance_key="time_text_embed.guidance_embedder.linear_1.weight", rope_axes=rope_axes,
+                          own_config=_own_config)
+
+
+def infer_diffusers_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A FluxTransformer2DModel config from diffusers-keyed tensor shapes (see docs/models.md for the rules)."""
+    return infer_transformer_config(FLUX1, shapes)
 
 
 def bfl_shapes_to_diffusers(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

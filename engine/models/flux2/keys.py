@@ -1,14 +1,15 @@
 """FLUX.2 transformer weights: Black Forest Labs / ComfyUI key layout <-> diffusers Flux2Transformer2DModel.
 
 Our own converter (both directions: loading BFL files, writing the tiny zoo), for the same reason as
-`flux_keys`: every size comes from the tensors. FLUX.2's layout is simpler than FLUX.1's: no biases, the
-modulations are shared by all blocks (`double_stream_modulation_{img,txt}`, `single_stream_modulation`),
-and the single block's fused `linear1` maps to one diffusers tensor (`attn.to_qkv_mlp_proj`) unsplit. Only
-the double blocks' fused q/k/v are split in three, and the final modulation's halves are swapped (BFL
-(shift, scale), diffusers (scale, shift)).
+FLUX.1's (engine/models/flux1/keys.py): every size comes from the tensors. FLUX.2's layout is simpler than
+FLUX.1's: no biases, the modulations are shared by all blocks (`double_stream_modulation_{img,txt}`,
+`single_stream_modulation`), and the single block's fused `linear1` maps to one diffusers tensor
+(`attn.to_qkv_mlp_proj`) unsplit. Only the double blocks' fused q/k/v are split in three, and the final
+modulation's halves are swapped (BFL (shift, scale), diffusers (scale, shift)).
 
 Config conventions for what shapes cannot show (diffusers' defaults, true of every released FLUX.2):
 rope over 4 axes of head_dim / 4 each (32, 32, 32, 32 for 128), rope theta 2000, eps 1e-6.
+`FLUX2` is the family description the shared loading steps take (engine/models/common/transformer_family.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from engine.models.common import bfl_keys
 from engine.models.common.bfl_keys import BflLayout
+from engine.models.common.transformer_family import Shape, TransformerFamily, infer_transformer_config
 
 _TOP = {
     "img_in": "x_embedder",
@@ -59,17 +61,17 @@ class Flux2KeyError(KeyError):
     """A key the converter does not know: not a FLUX.2 transformer."""
 
 
-_LAYOUT = BflLayout(top=_TOP, double=_DOUBLE, single=_SINGLE, error=Flux2KeyError)  # linear1 kept whole
+LAYOUT = BflLayout(top=_TOP, double=_DOUBLE, single=_SINGLE, error=Flux2KeyError)  # linear1 kept whole
 
 
 def bfl_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """Convert a BFL-keyed FLUX.2 state dict (prefix already removed) to diffusers keys."""
-    return bfl_keys.bfl_to_diffusers(_LAYOUT, state)
+    return bfl_keys.bfl_to_diffusers(LAYOUT, state)
 
 
 def diffusers_to_bfl(state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `bfl_to_diffusers` (writes the tiny zoo's files in the BFL layout)."""
-    return bfl_keys.diffusers_to_bfl(_LAYOUT, state)
+    return bfl_keys.diffusers_to_bfl(LAYOUT, state)
 
 
 def rope_axes(head_dim: int) -> list[int]:
@@ -80,40 +82,20 @@ def rope_axes(head_dim: int) -> list[int]:
     return [head_dim // ROPE_AXES] * ROPE_AXES
 
 
-def _count(shapes: dict[str, Any], prefix: str) -> int:
-    found = {int(k.split(".")[1]) for k in shapes if k.startswith(prefix)}
-    return max(found) + 1 if found else 0
-
-
-def infer_diffusers_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """A Flux2Transformer2DModel config from diffusers-keyed tensor shapes."""
-    def shape(key: str) -> tuple[int, ...]:
-        if key not in shapes:
-            raise Flux2KeyError(key)
-        return shapes[key]
-
-    hidden, in_channels = shape("x_embedder.weight")
-    head_dim = shape("transformer_blocks.0.attn.norm_q.weight")[0]
-    if hidden % head_dim:
-        raise ValueError(f"hidden width {hidden} is not a multiple of the head width {head_dim}")
+def _own_config(shape: Shape, hidden: int) -> dict[str, Any]:
     ff_inner = shape("transformer_blocks.0.ff.linear_out.weight")[1]
     mlp_ratio = ff_inner / hidden
     if int(hidden * mlp_ratio) != ff_inner:
         raise ValueError(f"MLP width {ff_inner} is not a whole multiple of hidden width {hidden}")
-    return {
-        "_class_name": "Flux2Transformer2DModel",
-        "patch_size": 1,
-        "in_channels": in_channels,
-        "out_channels": shape("proj_out.weight")[0],
-        "num_layers": _count(shapes, "transformer_blocks."),
-        "num_single_layers": _count(shapes, "single_transformer_blocks."),
-        "attention_head_dim": head_dim,
-        "num_attention_heads": hidden // head_dim,
-        "joint_attention_dim": shape("context_embedder.weight")[1],
-        "timestep_guidance_channels": shape("time_guidance_embed.timestep_embedder.linear_1.weight")[1],
-        "mlp_ratio": mlp_ratio,
-        "axes_dims_rope": rope_axes(head_dim),
-        "rope_theta": ROPE_THETA,
-        "eps": 1e-6,
-        "guidance_embeds": "time_guidance_embed.guidance_embedder.linear_1.weight" in shapes,
-    }
+    return {"timestep_guidance_channels": shape("time_guidance_embed.timestep_embedder.linear_1.weight")[1],
+            "mlp_ratio": mlp_ratio, "rope_theta": ROPE_THETA, "eps": 1e-6}
+
+
+FLUX2 = TransformerFamily(name="FLUX.2", class_name="Flux2Transformer2DModel", layout=LAYOUT,
+                          guidance_key="time_guidance_embed.guidance_embedder.linear_1.weight", rope_axes=rope_axes,
+                          own_config=_own_config)
+
+
+def infer_diffusers_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A Flux2Transformer2DModel config from diffusers-keyed tensor shapes."""
+    return infer_transformer_config(FLUX2, shapes)

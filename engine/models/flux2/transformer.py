@@ -3,8 +3,8 @@
 Sources: BFL / ComfyUI single files (`double_blocks.*`, `single_blocks.*`, the shared
 `*_stream_modulation.lin` keys), bare or under `model.diffusion_model.` / `diffusion_model.`; diffusers-keyed
 files; diffusers folders (a pipeline's `transformer/` or a transformer folder). The config is always inferred
-from the shapes (`flux2_keys.infer_diffusers_config`), so every FLUX.2 size loads without new code; the
-variant comes from `flux2_variants`.
+from the shapes (`engine.models.flux2.keys.FLUX2`), so every FLUX.2 size loads without new code; the
+variant comes from `engine.models.flux2.variants`.
 
 `load_diffusion_model` is UNETLoader's entry point: it sends FLUX.2 weights here and everything else to the
 FLUX.1 loader. `weight_dtype` works as for FLUX.1 (fp8 storage of the block Linear weights).
@@ -15,14 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.models.common.build import instantiate, load_folder_weights, model_subfolder, read_folder_config
+from engine.models.common.build import load_folder_weights, model_subfolder, read_folder_config, weights_dtype
 from engine.models.common.family import model_parts, require_family_part
-from engine.models.flux2.keys import Flux2KeyError, bfl_to_diffusers, infer_diffusers_config
-from engine.models.flux2.variants import detect_flux2_variant, flux2_variant_info, folder_is_distilled
-from engine.models.flux1.transformer import (WEIGHT_DTYPES, _default_compute_dtype, _fp8_dtype,
-                                            _store_blocks_in_fp8, load_flux_transformer)
+from engine.models.common.fp8 import check_weight_dtype
 from engine.models.common.handles import FluxModel, FluxSampling
 from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
+from engine.models.common.transformer_family import build_transformer, transformer_config
+from engine.models.flux1.transformer import load_flux_transformer
+from engine.models.flux2.keys import FLUX2, Flux2KeyError, bfl_to_diffusers
+from engine.models.flux2.variants import detect_flux2_variant, flux2_variant_info, folder_is_distilled
 
 FLUX2_SAMPLING = FluxSampling()  # the shift itself is FLUX.2's empirical rule (engine.sampling.flux2_schedule)
 
@@ -42,8 +43,7 @@ def load_diffusion_model(path: str | Path, weight_dtype: str = "default", comput
 def load_flux2_transformer(path: str | Path, weight_dtype: str = "default", compute_dtype: Any = None,
                            variant: str | None = None) -> FluxModel:
     """A MODEL handle (family "flux2") for the FLUX.2 transformer in `path` (file or diffusers folder)."""
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {list(WEIGHT_DTYPES)}")
+    check_weight_dtype(weight_dtype)
     path = Path(path)
     distilled = None
     if path.is_dir():
@@ -61,7 +61,7 @@ def load_flux2_transformer(path: str | Path, weight_dtype: str = "default", comp
         state = sf.load(part.prefix) if part.prefix else sf.load(
             keys=[k for k in sf.keys() if not k.startswith(("text_encoders.", "vae.", "first_stage_model."))])
         if "scaled_fp8" in state or any(k.endswith(".scale_weight") for k in state):
-            state = dequantize_scaled_fp8(state, _default_compute_dtype(state))
+            state = dequantize_scaled_fp8(state, weights_dtype(state))
         if part.layout == "bfl":
             try:
                 state = bfl_to_diffusers(state)
@@ -76,23 +76,9 @@ def build_flux2_model(state: dict[str, Any], source: str | Path, name_hint: str 
                       compute_dtype: Any = None, variant: str | None = None,
                       distilled: bool | None = None) -> FluxModel:
     """FluxModel (family "flux2") from a diffusers-keyed state dict."""
-    from diffusers import Flux2Transformer2DModel
-
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    try:
-        config = infer_diffusers_config(shapes)
-    except Flux2KeyError as exc:
-        raise ModelFileError(source, f"not a FLUX.2 transformer: tensor {exc.args[0]!r} is missing") from None
-    except ValueError as exc:
-        raise ModelFileError(source, str(exc)) from None
+    config = transformer_config(FLUX2, state, source)
     variant = variant or detect_flux2_variant(config, name_hint, metadata, distilled)
     info = flux2_variant_info(variant)
-    compute = compute_dtype if compute_dtype is not None else _default_compute_dtype(state)
-    init = {k: v for k, v in config.items() if not k.startswith("_")}
-    fp8 = _fp8_dtype(weight_dtype, state)
-    model = instantiate(lambda: Flux2Transformer2DModel(**init), state, source,
-                        dtype=compute if fp8 is None else None)
-    if fp8 is not None:
-        _store_blocks_in_fp8(model, fp8, compute)
+    model = build_transformer(FLUX2, config, state, source, weight_dtype, compute_dtype)
     return FluxModel(transformer=model, variant=info.name, family="flux2", guidance_embeds=config["guidance_embeds"],
                      sampling=FLUX2_SAMPLING, source=str(source))

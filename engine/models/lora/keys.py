@@ -9,9 +9,9 @@ Layouts (a file may mix them, e.g. transformer in one and text encoder in anothe
   `text_encoder_2.` (T5).
 BFL modules that diffusers splits (fused q/k/v, the single blocks' linear1) give each diffusers module its
 rows of the up matrix with the shared down matrix; the final modulation's halves are swapped. The row map is
-found by running `flux_keys.bfl_to_diffusers` on a row-index probe, so it follows the loader's own key
-conversion and works at any width (diffusers' kohya converter hard-codes 3072 / 12288, and it ignores
-BFL-layout `lora_A`/`lora_B` keys with only a log line). Nothing is dropped silently: modules that match no
+found by running the family's BFL -> diffusers conversion (engine/models/common/bfl_keys.py) on a row-index
+probe, so it follows the loader's own key conversion and works at any width (diffusers' kohya converter
+hard-codes 3072 / 12288, and it ignores BFL-layout `lora_A`/`lora_B` keys with only a log line). Nothing is dropped silently: modules that match no
 model, and keys of kinds not supported (DoRA scales, LoKr, full diffs), are returned as `unmatched`.
 """
 
@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.models.lora.patch import LoraPatch, WeightDelta
+from engine.models.common import bfl_keys
 from engine.models.common.safetensors_io import ModelFileError
+from engine.models.flux1.keys import LAYOUT as FLUX1_LAYOUT
+from engine.models.flux2.keys import FLUX2_DIFFUSERS_MARKER, LAYOUT as FLUX2_LAYOUT
+from engine.models.lora.patch import LoraPatch, WeightDelta
 
 _DOWN = (".lora_A.weight", ".lora_down.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
 _UP = (".lora_B.weight", ".lora_up.weight", ".lora.up.weight", ".lora_linear_layer.up.weight")
@@ -123,15 +126,11 @@ def _bfl_routes_for_shapes(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> d
     import torch
 
     table = dict(shapes)
-    if "single_stream_modulation.linear.weight" in table:  # FLUX.2: its own BFL layout (flux2_keys)
-        from engine.models.flux2.keys import Flux2KeyError as FluxKeyError
-        from engine.models.flux2.keys import bfl_to_diffusers, diffusers_to_bfl
-    else:
-        from engine.models.flux1.keys import FluxKeyError, bfl_to_diffusers, diffusers_to_bfl
+    layout = FLUX2_LAYOUT if FLUX2_DIFFUSERS_MARKER in table else FLUX1_LAYOUT
     try:
-        bfl = diffusers_to_bfl({k: torch.empty(s, device="meta") for k, s in table.items()})
-    except FluxKeyError:
-        return {}  # not a FLUX.1 transformer: only diffusers names apply
+        bfl = bfl_keys.diffusers_to_bfl(layout, {k: torch.empty(s, device="meta") for k, s in table.items()})
+    except layout.error:
+        return {}  # not a FLUX transformer: only diffusers names apply
     routes: dict[str, list[tuple[str, Any]]] = {}
     for key, tensor in bfl.items():
         if not key.endswith(".weight") or tensor.ndim != 2:
@@ -140,7 +139,7 @@ def _bfl_routes_for_shapes(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> d
         if key.endswith(".linear1.weight"):  # the converter sizes linear1's parts from linear2
             linear2 = key.replace(".linear1.", ".linear2.")
             probe[linear2] = torch.empty(bfl[linear2].shape, device="meta")
-        parts = [(k[: -len(".weight")], v[:, 0].long()) for k, v in bfl_to_diffusers(probe).items()
+        parts = [(k[: -len(".weight")], v[:, 0].long()) for k, v in bfl_keys.bfl_to_diffusers(layout, probe).items()
                  if not v.is_meta]
         module = key[: -len(".weight")]
         if len(parts) == 1 and parts[0][0] != module and torch.equal(parts[0][1], torch.arange(tensor.shape[0])):

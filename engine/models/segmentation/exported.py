@@ -1,9 +1,10 @@
 """Exported Mask2Former files (ONNX, TorchScript, pt2) loaded as a SEGMENTER.
 
-An `ExportedSegmenter` stands in for `engine.models.segmentation.mask2former.Segmenter` in the inference pipeline: it has
-the labels and preprocessing the file carries, and `module_for()` returns a callable that takes the normalised
-`pixel_values` and returns the class and mask logits. ONNX files run in ONNX Runtime (no torch model code is
-involved; torch only carries tensors), TorchScript and pt2 files with torch alone (no transformers).
+An `ExportedSegmenter` stands in for `engine.models.segmentation.mask2former.Segmenter` in the inference
+pipeline: it has the labels and preprocessing the file carries, and `module_for()` returns a callable that
+takes the normalised `pixel_values` and returns the class and mask logits. ONNX files run in ONNX Runtime (no
+torch model code is involved; torch only carries tensors), TorchScript and pt2 files with torch alone (no
+transformers).
 
 Sizes: each file accepts the one input size it was exported at (the graph bakes in its feature-map sizes).
 Loading a file also loads the other sizes of the same export (files `NAME-HxW-DTYPE.EXT` beside it whose
