@@ -21,7 +21,8 @@ from engine.models.common.safetensors_io import (ModelFileError, dequantize_scal
                                           open_safetensors, save_safetensors)
 from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder
 from engine.zoo.flux1_tiny import tiny_components
-from engine.models.common.tokenizer_files import TokenizerMissingError, find_tokenizer
+from engine.models.common.tokenizer_files import TokenizerMissingError
+from engine.models.flux1.tokenizer_files import find_tokenizer
 from engine.models.flux1.vae import load_flux_vae
 
 

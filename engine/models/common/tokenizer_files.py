@@ -1,146 +1,74 @@
-"""Find CLIP-L and T5-XXL tokenizers offline; single-file text encoder weights never include them.
+"""Finding a tokenizer offline, for any text encoder: single-file encoder weights never include one.
 
-Search order for a text encoder whose embedding table has V rows:
-1. the pipeline's own `tokenizer/` / `tokenizer_2/` folder, when loading a diffusers folder;
-2. `models/tokenizers/clip_l/` or `models/tokenizers/t5xxl/` (and `<kind>-*/` siblings such as the tiny
-   zoo's `clip_l-tiny/`), under every directory registered for the `tokenizers` folder key;
-3. CLIP only: the original CLIP BPE merges file `bpe_simple_vocab_16e6.txt.gz` shipped inside the
-   `open_clip` (PyPI open-clip-torch) or `clip` (clip-anytorch) packages, when one is installed; located
-   without importing the package.
-A candidate is used only if its vocabulary fits the weights (CLIP: exactly V tokens; T5: between V-128 and
-V, as the real T5 pads 32100 tokens to 32128 rows), so the tiny zoo's tokenizers are never paired with real
-weights. If nothing fits, `TokenizerMissingError` says what to put where.
+Each family describes its tokenizer kinds (`TokenizerSearch`: FLUX.1's CLIP-L and T5 in
+engine/models/flux1/tokenizer_files.py, FLUX.2's Qwen3 and Mistral in engine/models/flux2/tokenizer_files.py);
+`find_fitting_tokenizer` does the search they share. Candidates, in order:
+1. the folders the caller prefers (a pipeline's own `tokenizer/` folder when loading a diffusers folder);
+2. `<root>/<folder>/`, then its `<folder>-*/` siblings (the tiny zoo's `clip_l-tiny/`), under every directory
+   registered for the `tokenizers` folder key;
+3. files the kind finds elsewhere (CLIP's merges file inside an installed package).
+The first candidate whose tokenizer fits the encoder's vocabulary is used, so the tiny zoo's tokenizers are
+never paired with real weights. If none does, `TokenizerMissingError` says what to put where and why each
+candidate was refused.
 """
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from engine.models.common.safetensors_io import ModelFileError
-
-TOKENIZER_HELP = {
-    "clip_l": "the CLIP ViT-L/14 tokenizer: vocab.json + merges.txt (or tokenizer.json), as in the "
-              "`tokenizer/` folder of black-forest-labs/FLUX.1-dev or openai/clip-vit-large-patch14, or CLIP's "
-              "bpe_simple_vocab_16e6.txt.gz",
-    "t5xxl": "the T5 v1.1 tokenizer: spiece.model (or tokenizer.json), as in the `tokenizer_2/` folder of "
-             "black-forest-labs/FLUX.1-dev or google/t5-v1_1-xxl",
-}
-CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-CLIP_PACKAGES = ("open_clip", "clip")
-_CLIP_MERGES = 49152 - 256 - 2  # as the original CLIP tokenizer reads its merges file
 
 
 class TokenizerMissingError(ModelFileError):
     """No tokenizer that fits these text encoder weights could be found offline."""
 
 
-def tokenizer_dirs(search_roots: Iterable[Path], kind: str) -> list[Path]:
-    """`<root>/<kind>` then `<root>/<kind>-*` for each root: existing folders holding tokenizer files."""
+@dataclass(frozen=True)
+class TokenizerSearch:
+    name: str  # in messages: "clip_l", "qwen3"
+    folder: str  # under each tokenizers root: "clip_l", "mistral3"
+    help: str  # what to put there, and where to get it
+    readable: Callable[[Path], bool]  # the folder holds files this kind can load
+    load: Callable[[Path], Any]  # a folder (or a file found by `elsewhere`) -> tokenizer
+    refusal: Callable[[Any, int], str | None]  # (tokenizer, vocabulary rows) -> why it does not fit, or None
+    refused: str  # how the message introduces the refused candidates
+    elsewhere: Callable[[], list[Path]] = list  # candidates after the folders
+
+
+def candidate_dirs(search_roots: Iterable[Path], name: str) -> list[Path]:
+    """`<root>/<name>` then `<root>/<name>-*` for each root that has them."""
     found: list[Path] = []
     for root in search_roots:
         root = Path(root)
-        exact = root / kind
-        if exact.is_dir():
-            found.append(exact)
+        if (root / name).is_dir():
+            found.append(root / name)
         if root.is_dir():
-            found.extend(sorted(p for p in root.glob(f"{kind}-*") if p.is_dir()))
-    return [folder for folder in found if has_tokenizer_files(folder)]
+            found.extend(sorted(p for p in root.glob(f"{name}-*") if p.is_dir()))
+    return found
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", CLIP_BPE_FILE)
-
-
-def has_tokenizer_files(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
-
-
-def load_tokenizer_dir(folder: Path, kind: str) -> Any:
-    """A transformers tokenizer from a folder (tokenizer.json, vocab.json+merges.txt, spiece.model, or CLIP's
-    gz merges)."""
-    from transformers import CLIPTokenizer, T5Tokenizer
-
-    if kind == "clip_l" and (folder / CLIP_BPE_FILE).is_file() and not (folder / "vocab.json").is_file() \
-            and not (folder / "tokenizer.json").is_file():
-        return clip_tokenizer_from_bpe_gz(folder / CLIP_BPE_FILE)
-    cls = CLIPTokenizer if kind == "clip_l" else T5Tokenizer
-    try:
-        return cls.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # transformers raises many types for unreadable folders
-        raise ModelFileError(folder, f"could not load the {kind} tokenizer from this folder: {exc}") from exc
-
-
-def clip_tokenizer_from_bpe_gz(path: Path) -> Any:
-    """CLIP's tokenizer from the original merges file: vocab = bytes, bytes+</w>, merges, bos, eos."""
-    from transformers import CLIPTokenizer
-
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        lines = fh.read().split("\n")[1:_CLIP_MERGES + 1]
-    merges = [tuple(line.split()) for line in lines if len(line.split()) == 2]
-    symbols = list(_bytes_to_unicode().values())
-    vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(vocab_list)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table (a published algorithm)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
-def packaged_clip_bpe() -> Path | None:
-    """CLIP's merges file inside an installed open_clip / clip package (found without importing it)."""
-    for package in CLIP_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            continue
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            candidate = Path(location) / CLIP_BPE_FILE
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def tokenizer_fits(tokenizer: Any, kind: str, vocab_rows: int) -> bool:
-    size = len(tokenizer)
-    return size == vocab_rows if kind == "clip_l" else vocab_rows - 128 < size <= vocab_rows
-
-
-def find_tokenizer(kind: str, vocab_rows: int, weights: str | Path, search_roots: Iterable[Path] = (),
-                   preferred: Iterable[Path] = ()) -> Any:
-    """The first tokenizer for `kind` ("clip_l" | "t5xxl") that fits `vocab_rows` (order: module docstring)."""
+def find_fitting_tokenizer(search: TokenizerSearch, vocab_rows: int, weights: str | Path,
+                           search_roots: Iterable[Path] = (), preferred: Iterable[Path] = ()) -> Any:
+    """The first tokenizer of `search`'s kind that fits `vocab_rows` (order: module docstring)."""
     roots = list(search_roots)
-    candidates = [Path(p) for p in preferred if Path(p).is_dir() and has_tokenizer_files(Path(p))]
-    candidates += tokenizer_dirs(roots, kind)
+    folders = [Path(p) for p in preferred] + candidate_dirs(roots, search.folder)
+
+    def candidates() -> Iterator[Path]:
+        yield from (folder for folder in folders if folder.is_dir() and search.readable(folder))
+        yield from search.elsewhere()  # looked for only when no folder fits
+
     rejected: list[str] = []
-    for folder in candidates:
-        tokenizer = load_tokenizer_dir(folder, kind)
-        if tokenizer_fits(tokenizer, kind, vocab_rows):
+    for candidate in candidates():
+        tokenizer = search.load(candidate)
+        refusal = search.refusal(tokenizer, vocab_rows)
+        if refusal is None:
             return tokenizer
-        rejected.append(f"{folder} ({len(tokenizer)} tokens)")
-    if kind == "clip_l":
-        packaged = packaged_clip_bpe()
-        if packaged is not None:
-            tokenizer = clip_tokenizer_from_bpe_gz(packaged)
-            if tokenizer_fits(tokenizer, kind, vocab_rows):
-                return tokenizer
-            rejected.append(f"{packaged} ({len(tokenizer)} tokens)")
-    where = roots[0] / kind if roots else Path("models/tokenizers") / kind
-    message = (f"no {kind} tokenizer found for these weights ({vocab_rows} embedding rows). Put "
-               f"{TOKENIZER_HELP[kind]} into {where}/")
+        rejected.append(f"{candidate} ({refusal})")
+    where = roots[0] / search.folder if roots else Path("models/tokenizers") / search.folder
+    message = (f"no {search.name} tokenizer found for these weights ({vocab_rows} embedding rows). Put "
+               f"{search.help} into {where}/")
     if rejected:
-        message += f". Found but not matching the vocabulary size: {', '.join(rejected)}"
+        message += f". Found but {search.refused}: {', '.join(rejected)}"
     raise TokenizerMissingError(weights, message)

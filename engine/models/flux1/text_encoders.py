@@ -20,7 +20,7 @@ from engine.models.common.configs import load_config
 from engine.models.common.detect import detect_components
 from engine.models.common.handles import FluxTextEncoders
 from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
-from engine.models.common.tokenizer_files import find_tokenizer
+from engine.models.flux1.tokenizer_files import find_tokenizer
 
 CLIP_IGNORED = ("text_projection.weight", "logit_scale", "embeddings.position_ids")
 CLIP_HEAD_DIM = 64

@@ -12,7 +12,7 @@ that index would silently change).
 Sizes come from the shapes. What they cannot show is each family's convention: Qwen3 rope theta 1e6, RMS
 eps 1e-6 (head width from its q/k norms); Mistral Small rope theta 1e9, RMS eps 1e-5, 8 key/value heads
 (head width = k_proj rows / 8). A folder's own config.json is used as it is.
-Tokenizers are found offline (`flux2_tokenizer_files`).
+Tokenizers are found offline (`engine.models.flux2.tokenizer_files`).
 """
 
 from __future__ import annotations

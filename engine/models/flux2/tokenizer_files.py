@@ -1,6 +1,6 @@
-"""Find the Qwen3 (klein) and Mistral (dev) tokenizers offline; single-file text encoders never include them.
+"""The Qwen3 (klein) and Mistral (dev) tokenizers of FLUX.2, found offline (engine/models/common/tokenizer_files.py).
 
-Search order for an encoder whose embedding table has V rows:
+Candidates for an encoder whose embedding table has V rows:
 1. the pipeline's `tokenizer/` folder (or the transformers folder itself) when loading a folder;
 2. `models/tokenizers/qwen3/` or `models/tokenizers/mistral3/`, then `<kind>-*/` siblings (the tiny zoo's
    `qwen3-tiny/`), under every directory registered for the `tokenizers` folder key.
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.models.common.safetensors_io import ModelFileError
-from engine.models.common.tokenizer_files import TokenizerMissingError
+from engine.models.common.tokenizer_files import TokenizerSearch, find_fitting_tokenizer
 
 TOKENIZER_KINDS = {"qwen3": "qwen3", "mistral": "mistral3"}
 TOKENIZER_HELP = {
@@ -28,17 +28,6 @@ TOKENIZER_HELP = {
 }
 VOCAB_SLACK = 1024
 FAMILY_TOKENS = {"qwen3": "<|im_start|>", "mistral": "[INST]"}
-
-
-def _candidates(roots: Iterable[Path], name: str) -> list[Path]:
-    found: list[Path] = []
-    for root in roots:
-        root = Path(root)
-        if (root / name).is_dir():
-            found.append(root / name)
-        if root.is_dir():
-            found.extend(sorted(p for p in root.glob(f"{name}-*") if p.is_dir()))
-    return found
 
 
 def _chat_template(folder: Path) -> str | None:
@@ -72,29 +61,28 @@ def load_flux2_tokenizer_dir(folder: Path) -> Any:
     return tokenizer
 
 
+def _refusal(architecture: str) -> Callable[[Any, int], str | None]:
+    """Why a tokenizer does not fit: its vocabulary (V - 1024 < tokens <= V), its family, no chat template."""
+    def refusal(tokenizer: Any, vocab_rows: int) -> str | None:
+        size = len(tokenizer)
+        if not vocab_rows - VOCAB_SLACK < size <= vocab_rows:
+            return f"{size} tokens"
+        if FAMILY_TOKENS[architecture] not in tokenizer.get_vocab():
+            return f"not a {architecture} tokenizer: no {FAMILY_TOKENS[architecture]} token"
+        if not tokenizer.chat_template:
+            return "no chat template"
+        return None
+    return refusal
+
+
+SEARCHES = {architecture: TokenizerSearch(name=architecture, folder=folder, help=TOKENIZER_HELP[architecture],
+                                          readable=lambda path: (path / "tokenizer.json").is_file(),
+                                          load=load_flux2_tokenizer_dir, refusal=_refusal(architecture),
+                                          refused="not usable")
+            for architecture, folder in TOKENIZER_KINDS.items()}
+
+
 def find_flux2_tokenizer(architecture: str, vocab_rows: int, weights: str | Path, search_roots: Iterable[Path] = (),
                          preferred: Iterable[Path] = ()) -> Any:
     """The first tokenizer that fits (order: module docstring), or TokenizerMissingError saying what to put where."""
-    roots = list(search_roots)
-    name = TOKENIZER_KINDS[architecture]
-    folders = [Path(p) for p in preferred] + _candidates(roots, name)
-    rejected: list[str] = []
-    for folder in folders:
-        if not (folder / "tokenizer.json").is_file():
-            continue
-        tokenizer = load_flux2_tokenizer_dir(folder)
-        size = len(tokenizer)
-        if not vocab_rows - VOCAB_SLACK < size <= vocab_rows:
-            rejected.append(f"{folder} ({size} tokens)")
-        elif FAMILY_TOKENS[architecture] not in tokenizer.get_vocab():
-            rejected.append(f"{folder} (not a {architecture} tokenizer: no {FAMILY_TOKENS[architecture]} token)")
-        elif not tokenizer.chat_template:
-            rejected.append(f"{folder} (no chat template)")
-        else:
-            return tokenizer
-    where = roots[0] / name if roots else Path("models/tokenizers") / name
-    message = (f"no {architecture} tokenizer found for these weights ({vocab_rows} embedding rows). Put "
-               f"{TOKENIZER_HELP[architecture]} into {where}/")
-    if rejected:
-        message += f". Found but not usable: {', '.join(rejected)}"
-    raise TokenizerMissingError(weights, message)
+    return find_fitting_tokenizer(SEARCHES[architecture], vocab_rows, weights, search_roots, preferred)

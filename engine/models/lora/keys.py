@@ -11,8 +11,9 @@ BFL modules that diffusers splits (fused q/k/v, the single blocks' linear1) give
 rows of the up matrix with the shared down matrix; the final modulation's halves are swapped. The row map is
 found by running the family's BFL -> diffusers conversion (engine/models/common/bfl_keys.py) on a row-index
 probe, so it follows the loader's own key conversion and works at any width (diffusers' kohya converter
-hard-codes 3072 / 12288, and it ignores BFL-layout `lora_A`/`lora_B` keys with only a log line). Nothing is dropped silently: modules that match no
-model, and keys of kinds not supported (DoRA scales, LoKr, full diffs), are returned as `unmatched`.
+hard-codes 3072 / 12288, and it ignores BFL-layout `lora_A`/`lora_B` keys with only a log line). Nothing is
+dropped silently: modules that match no model, and keys of kinds not supported (DoRA scales, LoKr, full
+diffs), are returned as `unmatched`.
 """
 
 from __future__ import annotations
