@@ -30,7 +30,8 @@ def node_signature(class_type: str, literals: Iterable[tuple[str, Any]], links: 
 
 def _stable_repr(value: Any) -> str:
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k!r}:{_stable_repr(v)}" for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))) + "}"
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return "{" + ",".join(f"{k!r}:{_stable_repr(v)}" for k, v in items) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_stable_repr(v) for v in value) + "]"
     return repr(value)

@@ -48,7 +48,7 @@ class NodeRegistry:
                 for schema in getattr(module, "NODES", ()):
                     self.register(schema)
                 self.graph_validators.extend(getattr(module, "GRAPH_VALIDATORS", ()))
-            except Exception as exc:  # a broken pack must not take the others down
+            except Exception as exc:  # noqa: BLE001 - a broken pack must not take the others down
                 self.failed[module_name] = f"{type(exc).__name__}: {exc}"
                 log.error("node pack %s failed to import and is skipped:\n%s", module_name,
                           traceback.format_exc())

@@ -230,7 +230,7 @@ class _NodeValidator:
             kwargs["folders"] = folders
         try:
             verdict = schema.validate_inputs(**kwargs)  # type: ignore[misc]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a node's own check that raises is a validation error, as in ComfyUI
             return [_error("exception_during_validation", "Exception when validating node", str(exc),
                            exception_type=type(exc).__name__, exception_message=str(exc),
                            traceback=traceback.format_exception(exc))]
@@ -333,7 +333,7 @@ def _run_graph_validators(registry: NodeRegistry, prompt: dict[str, Any], folder
     for check in registry.graph_validators:
         try:
             found = check(prompt, folders)
-        except Exception as exc:  # a broken check fails the prompt, reported on its first needed node
+        except Exception as exc:  # noqa: BLE001 - a broken check fails the prompt, reported on its first needed node
             first = next(node_id for node_id in prompt if node_id in needed)
             own_errors.setdefault(first, []).append(
                 _error("exception_during_validation", "Exception when validating the graph", str(exc),

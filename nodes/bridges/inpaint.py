@@ -9,7 +9,9 @@ from typing import Any
 
 from engine.core.schema import Combo, ExecutionBlocker, Float, Int, Output, Socket, String, node
 from engine.core.types import LATENT, MASK, SEGMENTATION
-from nodes.segmentation.select import (_class_choices, class_mask, requested_classes, validate_class_inputs)
+from nodes.segmentation.labels import resolve_classes
+from nodes.segmentation.morphology import morph
+from nodes.segmentation.select import _class_choices, class_mask, requested_classes, validate_class_inputs
 
 
 def feather(mask: Any, radius: int) -> Any:
@@ -46,8 +48,6 @@ def to_latent_grid(mask: Any, downscale: int, threshold: float) -> Any:
 
 def inpaint_masks(segmentation: Any, class_ids: list[int], grow: int, feather_px: int, threshold: float,
                   downscale: int) -> tuple[Any, Any]:
-    from nodes.segmentation.morphology import morph
-
     mask = class_mask(segmentation, class_ids, 0.0)
     if grow > 0:
         mask = morph(mask, "dilate", 2 * grow + 1, "disk")
@@ -75,8 +75,6 @@ def inpaint_masks(segmentation: Any, class_ids: list[int], grow: int, feather_px
                   "LATENT with that noise_mask when samples are connected.")
 def mask_to_inpaint(ctx: Any, segmentation: Any, class_name: str, more_classes: str = "", grow: int = 8,
                     feather: int = 8, threshold: float = 0.5, latent_downscale: int = 8, samples: Any = None):
-    from nodes.segmentation.labels import resolve_classes
-
     entries = requested_classes(class_name, more_classes)
     if not entries:
         raise ValueError("MaskToInpaint: no class chosen (class_name is '(none)' and more_classes is empty)")

@@ -12,6 +12,8 @@ from engine.core.folders import FolderPaths, UnsafePathError
 from engine.core.schema import Combo, NodeResult, Socket, String, node
 from engine.core.types import IMAGE, MASK
 
+from .save_paths import save_target
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff",
                               ".avif", ".apng", ".mpo", ".ppm", ".tga"})
 MASK_CHANNELS = ("alpha", "red", "green", "blue")
@@ -85,7 +87,7 @@ def load_image(ctx: Any, image: str):
     import torch
     from PIL import Image
 
-    from engine.media.images import pil_frames, pil_to_rgb_and_alpha
+    from engine.media.images import pil_frames, pil_to_rgb_and_alpha  # noqa: PLC0415 - loads torch
 
     path = _resolve_input(_require_folders(ctx), image)
     with Image.open(path) as picture:
@@ -145,9 +147,7 @@ def png_text_chunks(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
 def write_images(images: Any, root: Path, file_type: str, filename_prefix: str, prompt: Any,
                  extra_pnginfo: Any, compress_level: int) -> list[dict[str, str]]:
     """Write every image of the batch as a PNG under `root`; returns ComfyUI's ui image records."""
-    from engine.media.images import save_png_atomic, tensor_to_pil
-
-    from .save_paths import save_target
+    from engine.media.images import save_png_atomic, tensor_to_pil  # noqa: PLC0415 - loads torch
 
     if images.ndim != 4:
         raise ValueError(f"expected an IMAGE batch of shape B×H×W×C, got shape {tuple(images.shape)}")
@@ -193,7 +193,7 @@ def preview_image(ctx: Any, images: Any, prompt: Any = None, extra_pnginfo: Any 
 @node("MaskPreview", category="mask", display_name="Preview Mask", output_node=True, hidden=SAVE_HIDDEN,
       inputs=[Socket("mask", MASK)], description="Shows a mask as a greyscale image in the temp folder.")
 def mask_preview(ctx: Any, mask: Any, prompt: Any = None, extra_pnginfo: Any = None):
-    from engine.media.images import mask_to_image
+    from engine.media.images import mask_to_image  # noqa: PLC0415 - loads torch
 
     folders = _require_folders(ctx)
     records = write_images(mask_to_image(mask), folders.temp_dir, "temp", _temp_prefix(), prompt,

@@ -17,7 +17,7 @@ from .options import CROP_METHODS, MAX_RESOLUTION, UPSCALE_METHODS
               Int("height", 512, min=0, max=MAX_RESOLUTION, step=1), Combo("crop", CROP_METHODS)],
       outputs=[IMAGE], description="Resizes to width×height; a size of 0 keeps the aspect ratio.")
 def image_scale(ctx: Any, image: Any, upscale_method: str, width: int, height: int, crop: str):
-    from engine.media.images import resize_images
+    from engine.media.images import resize_images  # noqa: PLC0415 - loads torch
 
     if width == 0 and height == 0:
         return (image,)
@@ -34,7 +34,7 @@ def image_scale(ctx: Any, image: Any, upscale_method: str, width: int, height: i
               Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01)],
       outputs=[IMAGE], description="Resizes by a factor.")
 def image_scale_by(ctx: Any, image: Any, upscale_method: str, scale_by: float):
-    from engine.media.images import resize_images, scaled_size
+    from engine.media.images import resize_images, scaled_size  # noqa: PLC0415 - loads torch
 
     width, height = scaled_size(image.shape[2], image.shape[1], scale_by)
     return (resize_images(image, width, height, upscale_method),)
@@ -50,7 +50,7 @@ def image_scale_by(ctx: Any, image: Any, upscale_method: str, scale_by: float):
                   "rounded to a multiple of resolution_steps.")
 def image_scale_to_total_pixels(ctx: Any, image: Any, upscale_method: str, megapixels: float,
                                 resolution_steps: int = 1):
-    from engine.media.images import resize_images
+    from engine.media.images import resize_images  # noqa: PLC0415 - loads torch
 
     source_height, source_width = image.shape[1], image.shape[2]
     scale = math.sqrt(megapixels * 1024 * 1024 / (source_width * source_height))
@@ -86,7 +86,7 @@ def composite(destination: Any, source: Any, x: int, y: int, mask: Any = None,
     The mask (MASK, resized to the source) weights the source; parts beyond the destination are cut off.
     A batch of one on either side is repeated to the other's size.
     """
-    from engine.media.images import as_mask_batch, repeat_to_batch, resize_images, resize_masks
+    from engine.media.images import as_mask_batch, repeat_to_batch, resize_images, resize_masks  # noqa: PLC0415 - loads torch
 
     source = _match_channels(destination, source.to(destination.device, destination.dtype))
     batch = max(destination.shape[0], source.shape[0])

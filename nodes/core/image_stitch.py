@@ -29,7 +29,7 @@ def stitch(image1: Any, image2: Any, direction: str, match_image_size: bool, spa
            spacing_color: str) -> Any:
     import torch
 
-    from engine.media.images import repeat_to_batch, resize_images
+    from engine.media.images import repeat_to_batch, resize_images  # noqa: PLC0415 - loads torch
 
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r} is not one of {list(DIRECTIONS)}")

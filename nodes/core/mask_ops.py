@@ -30,7 +30,7 @@ def solid_mask(ctx: Any, value: float, width: int, height: int):
 
 @node("InvertMask", category="mask", inputs=[Socket("mask", MASK)], outputs=[MASK], description="1 - mask.")
 def invert_mask(ctx: Any, mask: Any):
-    from engine.media.images import as_mask_batch
+    from engine.media.images import as_mask_batch  # noqa: PLC0415 - loads torch
 
     return (1.0 - as_mask_batch(mask),)
 
@@ -44,7 +44,7 @@ def grow(mask: Any, expand: int, tapered_corners: bool = True) -> Any:
     import torch
     import torch.nn.functional as F
 
-    from engine.media.images import as_mask_batch
+    from engine.media.images import as_mask_batch  # noqa: PLC0415 - loads torch
 
     mask = as_mask_batch(mask).float()
     if expand == 0:
@@ -93,7 +93,7 @@ def _edge_ramp(length: int, start: int, end: int) -> Any:
       + [Int(side, 0, min=0, max=MAX_RESOLUTION, step=1) for side in ("left", "top", "right", "bottom")],
       outputs=[MASK], description="Fades the mask to 0 linearly over the given width at each edge.")
 def feather_mask(ctx: Any, mask: Any, left: int, top: int, right: int, bottom: int):
-    from engine.media.images import as_mask_batch
+    from engine.media.images import as_mask_batch  # noqa: PLC0415 - loads torch
 
     mask = as_mask_batch(mask).float()
     height, width = mask.shape[1], mask.shape[2]
@@ -106,7 +106,7 @@ def feather_mask(ctx: Any, mask: Any, left: int, top: int, right: int, bottom: i
       inputs=[Socket("mask", MASK), Float("value", 0.5, min=0.0, max=1.0, step=0.01)],
       outputs=[MASK], description="1 where the mask is above the value, else 0.")
 def threshold_mask(ctx: Any, mask: Any, value: float):
-    from engine.media.images import as_mask_batch
+    from engine.media.images import as_mask_batch  # noqa: PLC0415 - loads torch
 
     return ((as_mask_batch(mask) > value).float(),)
 
@@ -114,7 +114,7 @@ def threshold_mask(ctx: Any, mask: Any, value: float):
 @node("MaskToImage", category="mask", display_name="Convert Mask to Image", inputs=[Socket("mask", MASK)],
       outputs=[IMAGE], description="A greyscale image of the mask.")
 def mask_to_image_node(ctx: Any, mask: Any):
-    from engine.media.images import mask_to_image
+    from engine.media.images import mask_to_image  # noqa: PLC0415 - loads torch
 
     return (mask_to_image(mask),)
 
@@ -132,7 +132,7 @@ def image_to_mask(ctx: Any, image: Any, channel: str):
 
 def combine_masks(destination: Any, source: Any, x: int, y: int, operation: str) -> Any:
     """Apply `operation` between the destination and the source placed at (x, y); result in 0..1."""
-    from engine.media.images import as_mask_batch, repeat_to_batch
+    from engine.media.images import as_mask_batch, repeat_to_batch  # noqa: PLC0415 - loads torch
 
     destination, source = as_mask_batch(destination).float(), as_mask_batch(source).float()
     batch = max(destination.shape[0], source.shape[0])

@@ -2,8 +2,8 @@
 refinement and a coloured preview; fine-tuning (TrainSegmenter) and export to ONNX / TorchScript / pt2
 (ExportSegmenter), whose files the loader runs too.
 
-Declarations import no torch; node functions load engine.models.segmentation.mask2former* and the heavy helpers of this pack
-when they run, so discovering the pack and serving `/object_info` stay fast.
+Declarations import no torch or numpy (the model modules they name load those only when used); node functions
+load the heavy helpers when they run, so discovering the pack and serving `/object_info` stay fast.
 """
 
 from . import export, loader, morphology, preview, refine, segment, select, training

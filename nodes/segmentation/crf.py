@@ -136,7 +136,8 @@ def brute_force_mean_field(probs: Any, image: Any, params: CRFParams = CRFParams
     rgb = image.double().reshape(-1, 3) * 255.0
     d_pos = torch.cdist(pos, pos) ** 2
     d_rgb = torch.cdist(rgb, rgb) ** 2
-    appearance = torch.exp(-d_pos / (2 * params.bilateral_sigma_xy ** 2) - d_rgb / (2 * params.bilateral_sigma_rgb ** 2))
+    appearance = torch.exp(-d_pos / (2 * params.bilateral_sigma_xy ** 2)
+                           - d_rgb / (2 * params.bilateral_sigma_rgb ** 2))
     smooth = torch.exp(-d_pos / (2 * params.smooth_sigma_xy ** 2))
     radius = max(1, int(math.ceil(4 * params.smooth_sigma_xy)))
     dy = (pos[:, None, 0] - pos[None, :, 0]).abs()

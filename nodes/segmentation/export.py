@@ -6,8 +6,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from engine.core.folders import contained_path
 from engine.core.schema import Combo, NodeResult, Output, Socket, String, node
 from engine.core.types import SEGMENTER, STRING
+from engine.models.segmentation.export import ExportError, ExportRequest, export_segmenter, parse_sizes
+from engine.models.segmentation.exported import load_exported_segmenter
 
 FORMATS = ["onnx", "torchscript", "pt2"]
 DTYPES = ["fp32", "fp16", "int8"]
@@ -35,10 +38,6 @@ ONNX_EXPORTERS = ["torchscript", "dynamo"]
                   "input size, and is checked against the PyTorch model after export.")
 def export_segmenter_node(ctx: Any, segmenter: Any, format: str, dtype: str, sizes: str, output_name: str,
                           onnx_exporter: str = "torchscript"):
-    from engine.core.folders import contained_path
-    from engine.models.segmentation.export import ExportError, ExportRequest, export_segmenter, parse_sizes
-    from engine.models.segmentation.exported import load_exported_segmenter
-
     if getattr(segmenter, "model", None) is None:
         raise ExportError("this segmenter is already an exported graph; export from a PyTorch Mask2Former "
                           "(Mask2FormerLoader on a folder or .safetensors file, or TrainSegmenter)")

@@ -6,14 +6,14 @@ from typing import Any
 
 from engine.core.schema import Combo, Output, node
 from engine.core.types import SEGMENTER
+from engine.memory.manager import default_device
+from engine.models.segmentation.exported import EXPORT_SUFFIXES, list_exported_segmenters, load_exported_segmenter
+from engine.models.segmentation.mask2former import list_segmenters, load_segmenter
 
 
 def _segmenter_choices(folders: Any) -> list[str]:
     if folders is None:
         return []
-    from engine.models.segmentation.mask2former import list_segmenters  # stdlib-only module: /object_info stays fast
-    from engine.models.segmentation.exported import list_exported_segmenters
-
     return sorted(set(list_segmenters(folders)) | set(list_exported_segmenters(folders)))
 
 
@@ -24,13 +24,8 @@ def _segmenter_choices(folders: Any) -> list[str]:
       outputs=[Output(SEGMENTER)],
       description="Loads a Mask2Former semantic segmenter (Swin backbone) with its class names.")
 def load_mask2former(ctx: Any, model_name: str):
-    from engine.models.segmentation.mask2former import load_segmenter
-    from engine.models.segmentation.exported import EXPORT_SUFFIXES, load_exported_segmenter
-
     path = ctx.folders.model_path("segmentation", model_name)
     if path.is_file() and path.suffix.lower() in EXPORT_SUFFIXES:  # ONNX Runtime / TorchScript / pt2 graph
-        from engine.memory.manager import default_device
-
         return (load_exported_segmenter(path, default_device()),)
     return (load_segmenter(path),)
 

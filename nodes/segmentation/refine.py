@@ -7,6 +7,9 @@ from typing import Any
 
 from engine.core.schema import ExecutionBlocker, Float, Int, Output, Socket, node
 from engine.core.types import IMAGE, MASK, SEGMENTATION
+from engine.memory.manager import default_device
+
+from .crf import CRFParams, mean_field, soften
 
 MAX_CLASSES = 32  # most frequent classes of an image that a label map refinement chooses between
 
@@ -36,8 +39,6 @@ def _at_working_size(probs: Any, image: Any, max_side: int) -> tuple[Any, Any, f
 def refine_probs(probs: Any, image: Any, params: Any, confidence: float, max_side: int) -> Any:
     """K×H×W probabilities + H×W×3 image -> refined K×H×W probabilities at the full size."""
     import torch.nn.functional as F
-
-    from .crf import mean_field, soften
 
     probs = soften(probs, confidence)
     small_probs, small_image, scale = _at_working_size(probs, image, max_side)
@@ -114,10 +115,6 @@ def mask_refine_crf(ctx: Any, image: Any, mask: Any = None, segmentation: Any = 
                     bilateral_sigma_xy: float = 80.0, bilateral_sigma_rgb: float = 13.0,
                     bilateral_weight: float = 10.0, smooth_sigma_xy: float = 3.0, smooth_weight: float = 3.0,
                     confidence: float = 0.8, max_side: int = 256):
-    from engine.memory.manager import default_device
-
-    from .crf import CRFParams
-
     if (mask is None) == (segmentation is None):
         raise ValueError("MaskRefineCRF: connect exactly one of 'mask' or 'segmentation'")
     if image.ndim != 4:

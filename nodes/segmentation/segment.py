@@ -6,6 +6,7 @@ from typing import Any
 
 from engine.core.schema import Combo, Int, Output, Socket, node
 from engine.core.types import IMAGE, SEGMENTATION, SEGMENTER
+from engine.memory.manager import default_device
 
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 BATCHING = ["group", "pad"]
@@ -51,8 +52,7 @@ def resolve_precision(precision: str, device: Any) -> Any:
                   "request and give one SEGMENTATION each.")
 def semantic_segment(ctx: Any, segmenter: Any, image: list, resolution: Any = 0, precision: Any = "auto",
                      batch_size: Any = 8, batching: Any = "group"):
-    from engine.memory.manager import default_device
-    from engine.models.segmentation.pipeline import segment
+    from engine.models.segmentation.pipeline import segment  # noqa: PLC0415 - loads numpy
 
     segmenter = _single(segmenter, "segmenter")
     images = image if isinstance(image, list) else [image]

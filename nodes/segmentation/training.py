@@ -12,8 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.core.folders import contained_path
 from engine.core.schema import Boolean, Combo, Float, Int, NodeResult, Output, String, node
 from engine.core.types import SEGMENTER, STRING
+from engine.models.segmentation.mask2former import list_segmenters, load_segmenter
+from engine.training.segmentation.checkpoint import STATE_FILE
+from engine.training.segmentation.config import TrainConfig
 
 SCHEDULES = ["poly", "cosine"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
@@ -23,8 +27,6 @@ DATASET_SEARCH_DEPTH = 2  # input/NAME and input/GROUP/NAME
 def _pytorch_segmenters(folders: Any) -> list[str]:
     if folders is None:
         return []
-    from engine.models.segmentation.mask2former import list_segmenters
-
     return list_segmenters(folders)
 
 
@@ -47,8 +49,7 @@ def dataset_choices(folders: Any) -> list[str]:
 
 def _dataset_changed(dataset: str, folders: Any = None, **_: Any) -> str:
     """The dataset's files (names, sizes, times) are part of the cache key: editing the dataset retrains."""
-    from engine.core.folders import contained_path
-    from engine.training.segmentation.dataset import fingerprint
+    from engine.training.segmentation.dataset import fingerprint  # noqa: PLC0415 - loads numpy
 
     if folders is None:
         return dataset
@@ -56,8 +57,6 @@ def _dataset_changed(dataset: str, folders: Any = None, **_: Any) -> str:
 
 
 def run_folder(folders: Any, output_name: str) -> Path:
-    from engine.core.folders import contained_path
-
     name = output_name.strip().strip("/")
     if not name:
         raise ValueError("output_name is empty: name the folder under models/segmentation/ to train into")
@@ -106,11 +105,7 @@ def train_segmenter(ctx: Any, base_model: str, dataset: str, output_name: str, e
                     learning_rate: float, schedule: str, warmup_steps: int, freeze_backbone: bool,
                     grad_accumulation: int, crop_size: int, precision: str, seed: int, resume: bool,
                     weight_decay: float = 0.05, reduce_labels: bool = False, num_points: int = 0):
-    from engine.core.folders import contained_path
-    from engine.models.segmentation.mask2former import load_segmenter
-    from engine.training.segmentation.checkpoint import STATE_FILE
-    from engine.training.segmentation.config import TrainConfig
-    from engine.training.segmentation.trainer import TrainEvents, train
+    from engine.training.segmentation.trainer import TrainEvents, train  # noqa: PLC0415 - loads torch
 
     folders = ctx.folders
     run_dir = run_folder(folders, output_name)

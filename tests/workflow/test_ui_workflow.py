@@ -234,8 +234,8 @@ def test_both_link_shapes_give_the_same_prompt(registry):
     nested = _load("flux_nested_subgraphs.json")
     as_arrays = copy.deepcopy(nested)
     for graph in [as_arrays, *as_arrays["definitions"]["subgraphs"]]:
-        graph["links"] = [[l["id"], l["origin_id"], l["origin_slot"], l["target_id"], l["target_slot"], l["type"]]
-                          for l in graph["links"]]
+        graph["links"] = [[link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
+                           link["type"]] for link in graph["links"]]
     assert ui_to_api(as_objects, registry) == ui_to_api(workflow, registry)
     assert ui_to_api(as_arrays, registry) == ui_to_api(nested, registry)
 
