@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from engine.sampling.conditioning import FluxCond, _entries, fit_batch
-from engine.models.common.dtypes import module_dtype
 from engine.sampling.guidance import FluxDenoiser
 from engine.sampling.reference import reference_latents
 from engine.sampling.schedules import FlowSchedule
@@ -95,27 +94,13 @@ class Flux2Denoiser(FluxDenoiser):
 
     def __init__(self, model: Any, positive: list, negative: list | None, cfg: float, schedule: FlowSchedule,
                  device: torch.device, batch: int) -> None:
-        self.model = model
-        self.transformer = model.transformer
-        config = self.transformer.config
-        self.in_channels = int(config.in_channels)
-        self.cfg = float(cfg)
-        self.use_cfg = self.cfg != 1.0
-        if self.use_cfg and negative is None:
-            raise ValueError(f"cfg is {self.cfg} but no negative conditioning was given (cfg 1.0 needs none)")
-        self.schedule = schedule
-        self.device = device
-        self.batch = batch
-        self.dtype = module_dtype(self.transformer)
-        self.guidance_embeds = bool(config.guidance_embeds)
-        joint = int(config.joint_attention_dim)
-        self.positive = [self._to_device(c, "positive")
-                         for c in parse_flux2_conditioning(positive, "positive", joint, self.guidance_embeds)]
-        self.negative = [self._to_device(c, "negative")
-                         for c in parse_flux2_conditioning(negative, "negative", joint, self.guidance_embeds)] \
-            if self.use_cfg else []
-        self._ids_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self.input_hooks = []
+        self.in_channels = int(model.transformer.config.in_channels)  # reference latents must match it
+        super().__init__(model, positive, negative, cfg, schedule, device, batch)
+
+    def _prepare(self, conditioning: Any, what: str) -> list[_Flux2DeviceCond]:  # type: ignore[override]
+        joint = int(self.transformer.config.joint_attention_dim)
+        return [self._to_device(c, what)
+                for c in parse_flux2_conditioning(conditioning, what, joint, self.guidance_embeds)]
 
     def _references(self, cond: FluxCond, what: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         refs = reference_latents(cond.extra or {})
@@ -145,12 +130,6 @@ class Flux2Denoiser(FluxDenoiser):
         return _Flux2DeviceCond(cond, embeds, guidance, text_ids(embeds.shape[1], self.device, self.dtype),
                                 ref_tokens, ref_ids)
 
-    def _image_ids(self, height: int, width: int) -> torch.Tensor:
-        key = (height, width)
-        if key not in self._ids_cache:
-            self._ids_cache[key] = grid_ids(height, width, device=self.device, dtype=self.dtype)
-        return self._ids_cache[key]
-
     def velocity(self, entry: _Flux2DeviceCond, tokens: torch.Tensor, timestep: torch.Tensor,  # type: ignore[override]
                  img_ids: torch.Tensor) -> torch.Tensor:
         hidden, ids = tokens, img_ids
@@ -166,3 +145,4 @@ class Flux2Denoiser(FluxDenoiser):
     # FLUX.2 latents are already patchified: packing is a plain reshape (the base class's __call__ uses these)
     pack = staticmethod(pack)
     unpack = staticmethod(unpack)
+    image_ids = staticmethod(grid_ids)

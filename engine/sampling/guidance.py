@@ -37,11 +37,14 @@ class _DeviceCond:
 
 
 class FluxDenoiser:
+    """FLUX.1's denoiser; FLUX.2's (engine/sampling/flux2_denoiser.py) changes only the family's parts: how
+    conditioning is read (`_prepare`), how latents become tokens (`pack`, `unpack`) and their position ids
+    (`image_ids`), and what one transformer call takes (`velocity`)."""
+
     def __init__(self, model: Any, positive: list, negative: list | None, cfg: float, schedule: FlowSchedule,
                  device: torch.device, batch: int) -> None:
         self.model = model
         self.transformer = model.transformer
-        joint_dim, pooled_dim = transformer_widths(self.transformer)
         self.cfg = float(cfg)
         self.use_cfg = self.cfg != 1.0
         if self.use_cfg and negative is None:
@@ -51,13 +54,16 @@ class FluxDenoiser:
         self.batch = batch
         self.dtype = module_dtype(self.transformer)
         self.guidance_embeds = bool(getattr(self.transformer.config, "guidance_embeds", model.guidance_embeds))
-        self.positive = [self._to_device(c) for c in
-                         parse_flux_conditioning(positive, "positive", joint_dim, pooled_dim)]
-        self.negative = [self._to_device(c) for c in
-                         parse_flux_conditioning(negative, "negative", joint_dim, pooled_dim)] if self.use_cfg else []
+        self.positive = self._prepare(positive, "positive")
+        self.negative = self._prepare(negative, "negative") if self.use_cfg else []
         self._ids_cache: dict[tuple[int, int], torch.Tensor] = {}
         # Model-level hooks other packs attach (e.g. reference latents), called as hook(cond, kwargs, tokens).
         self.input_hooks: list[Callable[[FluxCond, dict, torch.Tensor], None]] = []
+
+    def _prepare(self, conditioning: Any, what: str) -> list[_DeviceCond]:
+        """The entries of a CONDITIONING input, checked against this transformer and moved to the device."""
+        joint_dim, pooled_dim = transformer_widths(self.transformer)
+        return [self._to_device(c) for c in parse_flux_conditioning(conditioning, what, joint_dim, pooled_dim)]
 
     def _to_device(self, cond: FluxCond) -> _DeviceCond:
         embeds = fit_batch(cond.embeds, self.batch, "text embedding").to(self.device, self.dtype)
@@ -70,7 +76,7 @@ class FluxDenoiser:
     def _image_ids(self, height: int, width: int) -> torch.Tensor:
         key = (height, width)
         if key not in self._ids_cache:
-            self._ids_cache[key] = image_ids(height, width, device=self.device, dtype=self.dtype)
+            self._ids_cache[key] = self.image_ids(height, width, device=self.device, dtype=self.dtype)
         return self._ids_cache[key]
 
     def _active(self, conds: list[_DeviceCond], sigma: float) -> list[_DeviceCond]:
@@ -89,9 +95,10 @@ class FluxDenoiser:
         out = self.transformer(**kwargs)[0]
         return out[:, : tokens.shape[1]].float()
 
-    # The token layout of the family's latents (FLUX.2 overrides both).
+    # The token layout of the family's latents and the tokens' position ids (FLUX.2 overrides all three).
     pack = staticmethod(pack_latents)
     unpack = staticmethod(unpack_latents)
+    image_ids = staticmethod(image_ids)
 
     def _combined_velocity(self, conds: list[_DeviceCond], tokens, timestep, img_ids, sigma: float) -> torch.Tensor:
         active = self._active(conds, sigma)
