@@ -12,9 +12,11 @@ from typing import Any
 
 from engine.core.cache import OutputCache
 from engine.core.executor import Executor
+from engine.core.extra_model_paths import load_extra_model_paths
 from engine.core.folders import FolderPaths
 from engine.core.registry import NodeRegistry
 from engine.core.validate import ValidationResult, validate_prompt
+from engine.memory.manager import MemoryManager
 
 
 @dataclass
@@ -35,12 +37,11 @@ class Runtime:
         folders = FolderPaths(base, models_dir=models_dir, input_dir=input_dir, output_dir=output_dir,
                               temp_dir=temp_dir)
         for config in _extra_model_path_files(base, extra_model_paths):
-            from engine.core.extra_model_paths import load_extra_model_paths
             load_extra_model_paths(config, folders)
         if registry is None:
             registry = NodeRegistry().discover(node_package)
         if models is None:
-            models = _default_memory_manager()
+            models = MemoryManager()  # default settings; constructing it imports no torch
         cache = OutputCache(max_entries=cache_entries, max_bytes=cache_bytes)
         executor = Executor(registry, cache=cache, folders=folders, models=models)
         return cls(folders=folders, registry=registry, cache=cache, executor=executor, models=models)
@@ -52,10 +53,3 @@ class Runtime:
 def _extra_model_path_files(base: Path, explicit: list[str] | None) -> list[Path]:
     files = [base / "extra_model_paths.yaml"] if (base / "extra_model_paths.yaml").is_file() else []
     return files + [Path(p) for p in explicit or []]
-
-
-def _default_memory_manager() -> Any:
-    """A manager with the default settings (constructing it imports no torch)."""
-    from engine.memory.manager import MemoryManager  # noqa: PLC0415
-
-    return MemoryManager()

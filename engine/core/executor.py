@@ -5,6 +5,9 @@ available (from this run or from the cache); a node with lazy inputs is asked, t
 `check_lazy_status`, which of them it needs, and those are scheduled before it runs. A node that raises stops
 its descendants only; independent branches go on and what was computed stays cached. An interrupt stops the
 whole prompt. Events are ComfyUI's websocket messages, passed to `on_event(type, data)`.
+
+Everything that belongs to one run comes with `execute(...)`: its events callback, its preview callback and
+its interrupt token, so one executor can serve callers (a backend, the CLI, tests) without them patching it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from engine.core.schema import ExecutionBlocker, NodeResult, NodeSchema
 from engine.core.validate import hook_params
 
 EventCallback = Callable[[str, dict], None]
+PreviewCallback = Callable[[str, str, Any], None]  # (prompt_id, node_id, preview image)
 HISTORY_MESSAGE_TYPES = ("execution_start", "execution_cached", "execution_success", "execution_error",
                          "execution_interrupted")
 
@@ -65,7 +69,8 @@ class _Run:
     """The state of one prompt's execution."""
 
     def __init__(self, executor: "Executor", graph: PromptGraph, prompt: dict, prompt_id: str,
-                 on_event: EventCallback | None, extra_data: dict) -> None:
+                 on_event: EventCallback | None, extra_data: dict, interrupt: InterruptFlag,
+                 on_preview: PreviewCallback | None) -> None:
         self.executor = executor
         self.registry = executor.registry
         self.graph = graph
@@ -73,6 +78,8 @@ class _Run:
         self.prompt_id = prompt_id
         self.on_event = on_event
         self.extra_data = extra_data
+        self.interrupt = interrupt
+        self.on_preview = on_preview
         self.result = ExecutionResult(prompt_id=prompt_id, started_at=time.time())
         self.values: dict[str, list[list[Any]]] = {}  # node id -> per-slot value lists
         self.signatures: dict[str, str] = {}
@@ -108,8 +115,8 @@ class _Run:
             kwargs["folders"] = self.executor.folders
         try:
             return schema.is_changed(**kwargs)
-        except Exception:
-            return float("nan")  # treated as changed
+        except Exception:  # noqa: BLE001 - a failing IS_CHANGED means "changed", as in ComfyUI
+            return float("nan")
 
     # ----- scheduling
     def dependencies(self, node: PromptNode, schema: NodeSchema) -> list[str]:
@@ -212,25 +219,25 @@ class _Run:
     def make_context(self, node: PromptNode) -> NodeContext:
         def on_progress(node_id: str, value: int, total: int, preview: Any) -> None:
             self.emit("progress", {"value": value, "max": total, "prompt_id": self.prompt_id, "node": node_id})
-            if preview is not None and self.executor.on_preview is not None:
-                self.executor.on_preview(self.prompt_id, node_id, preview)
+            if preview is not None and self.on_preview is not None:
+                self.on_preview(self.prompt_id, node_id, preview)
 
         return NodeContext(node_id=node.id, display_node_id=node.id, class_type=node.class_type,
                            prompt_id=self.prompt_id, folders=self.executor.folders, models=self.executor.models,
                            prompt=self.prompt, extra_pnginfo=self.extra_data.get("extra_pnginfo"),
-                           interrupt=self.executor.interrupt, on_progress=on_progress,
+                           interrupt=self.interrupt, on_progress=on_progress,
                            on_send=lambda event, data: self.emit(event, data))
 
     def execute_node(self, node: PromptNode, schema: NodeSchema) -> None:
         self.current = node.id
-        self.executor.interrupt.check()
+        self.interrupt.check()
         self.emit("executing", {"node": node.id, "display_node": node.id, "prompt_id": self.prompt_id})
         inputs = self.gather(node, schema)
         try:
             outputs, ui = self.call(node, schema, inputs)
         except Interrupted:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a node's failure is reported as the prompt's error
             self.fail(node, exc, inputs)
             return
         self.values[node.id] = outputs
@@ -320,17 +327,25 @@ class Executor:
         self.cache = cache if cache is not None else OutputCache()
         self.folders = folders
         self.models = models
-        self.interrupt = InterruptFlag()
-        self.on_preview: Callable[[str, str, Any], None] | None = None
+        self.interrupt = InterruptFlag()  # the token of runs not given one (the CLI's Ctrl-C, tests)
 
     def execute(self, prompt: dict[str, Any], prompt_id: str = "", outputs: list[str] | None = None,
-                on_event: EventCallback | None = None, extra_data: dict[str, Any] | None = None) -> ExecutionResult:
-        """Run a prompt that already passed validation (see engine.core.validate.validate_prompt)."""
+                on_event: EventCallback | None = None, extra_data: dict[str, Any] | None = None, *,
+                interrupt: InterruptFlag | None = None, on_preview: PreviewCallback | None = None
+                ) -> ExecutionResult:
+        """Run a prompt that already passed validation (see engine.core.validate.validate_prompt).
+
+        `interrupt`: this run's token, owned by the caller and never cleared here, so a token set before the
+        run starts stops it at its first node. Without one the run uses `self.interrupt`, cleared first.
+        `on_preview(prompt_id, node_id, preview)`: the previews nodes report with their progress.
+        """
         graph = parse_prompt(prompt)
         if outputs is None:
             outputs = [n.id for n in graph if self.registry[n.class_type].output_node]
-        run = _Run(self, graph, prompt, prompt_id, on_event, extra_data or {})
-        self.interrupt.clear()
+        if interrupt is None:
+            interrupt = self.interrupt
+            interrupt.clear()
+        run = _Run(self, graph, prompt, prompt_id, on_event, extra_data or {}, interrupt, on_preview)
         run.emit("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()})
         needed = graph.upstream(outputs)
         try:

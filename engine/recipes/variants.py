@@ -16,8 +16,11 @@ references too).
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from engine.recipes.graph_tools import NewIds
 
 WORKFLOW_SUFFIX = "_txt2img.json"
 WORKFLOW_ALIASES = {"flux2-klein-4b": "flux2_klein_txt2img.json"}
@@ -43,6 +46,41 @@ def known_variants(workflows_dir: Path) -> list[str]:
     aliased = {name: variant for variant, name in WORKFLOW_ALIASES.items()}
     return sorted(aliased.get(p.name) or p.name[: -len(WORKFLOW_SUFFIX)].replace("_", "-")
                   for p in workflows_dir.glob(f"flux*{WORKFLOW_SUFFIX}"))
+
+
+def load_workflow(path: Path) -> dict[str, Any]:
+    """An API-format workflow file (bare, or the `{"prompt": ...}` body /prompt takes)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+        data = data["prompt"]
+    if not isinstance(data, dict) or not all(isinstance(n, dict) and "class_type" in n for n in data.values()):
+        raise ValueError(f"{path.name} is not an API-format workflow")
+    return data
+
+
+def installed_variants(workflows_dir: Path, runnable: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
+    """variant -> its workflow, for the variants whose workflow is `runnable` (validates: model files present)."""
+    found = {}
+    for variant in known_variants(workflows_dir):
+        try:
+            workflow = load_workflow(workflow_file(workflows_dir, variant))
+        except (OSError, ValueError):
+            continue
+        if runnable(workflow):
+            found[variant] = workflow
+    return found
+
+
+def describe_variants(workflows_dir: Path, installed: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every known variant whose workflow loads, installed or not (what GET /api/variants lists)."""
+    variants = []
+    for name in known_variants(workflows_dir):
+        try:
+            workflow = installed.get(name) or load_workflow(workflow_file(workflows_dir, name))
+        except (OSError, ValueError):
+            continue
+        variants.append(describe_variant(name, workflow, name in installed))
+    return variants
 
 
 def _literal(workflow: dict[str, Any], targets: tuple[tuple[str, str], ...]) -> Any:
@@ -72,18 +110,6 @@ def describe_variant(name: str, workflow: dict[str, Any], installed: bool) -> di
             "reference_images": MAX_REFERENCE_IMAGES if kind == "flux2" else 0}
 
 
-def _next_id(graph: dict[str, Any]) -> Any:
-    numbers = [int(k) for k in graph if str(k).isdigit()]
-    counter = max(numbers, default=0)
-
-    def take() -> str:
-        nonlocal counter
-        counter += 1
-        return str(counter)
-
-    return take
-
-
 def add_reference_images(workflow: dict[str, Any], images: list[str]) -> dict[str, Any]:
     """A copy of `workflow` with `images` (files in input/) as FLUX.2 reference images (module docstring)."""
     graph = copy.deepcopy(workflow)
@@ -91,7 +117,7 @@ def add_reference_images(workflow: dict[str, Any], images: list[str]) -> dict[st
     vae = (decode or {}).get("inputs", {}).get("vae")
     if not isinstance(vae, list):
         raise ValueError("this workflow has no VAEDecode with a VAE link to encode reference images with")
-    new_id = _next_id(graph)
+    new_id = NewIds(graph)
     encoded = []
     for name in images:
         load, scale, encode = new_id(), new_id(), new_id()

@@ -1,15 +1,22 @@
 """The ComfyUI-compatible HTTP + websocket server (`fluxgraph serve`).
 
-Only `add_serve_arguments` and `serve` live here, and they import aiohttp and the engine lazily, so that
-`fluxgraph --help` stays instant. Extra node packages (for example test-only packs) can be loaded with the
-environment variable FLUXGRAPH_EXTRA_NODE_PACKAGES=pkg_a,pkg_b (importable package names).
+Only `add_serve_arguments` and `serve` live here; aiohttp and the application load only when `serve` runs, so
+that importing this package (the CLI's parser) stays light. Extra node packages (for example test-only packs)
+can be loaded with the environment variable FLUXGRAPH_EXTRA_NODE_PACKAGES=pkg_a,pkg_b (importable package names).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any
+
+from engine.backends.factory import make_backend
+from engine.backends.runtime import Runtime
+from engine.memory.budget import add_memory_arguments, settings_from_args
+from engine.memory.manager import MemoryManager
+from engine.server.config import MB, ServerConfig
 
 EXTRA_PACKAGES_ENV = "FLUXGRAPH_EXTRA_NODE_PACKAGES"
 
@@ -44,14 +51,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --executor ray: workers read inputs and write outputs directly in this "
                              "server's folders (mounted at the same path on every machine) instead of "
                              "receiving and sending the files")
-    from engine.memory.budget import add_memory_arguments  # noqa: PLC0415 - stdlib only
-
     add_memory_arguments(parser)
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    from engine.server.config import MB, ServerConfig  # noqa: PLC0415
-
+def build_config(args: argparse.Namespace) -> ServerConfig:
     if args.max_upload_size <= 0:
         raise SystemExit("--max-upload-size must be positive")
     if args.max_history < 1:
@@ -66,8 +69,6 @@ def build_config(args: argparse.Namespace) -> Any:
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise SystemExit("--workers must be at least 1")
     listen = [a.strip() for a in args.listen.split(",") if a.strip()] if args.listen else []
-    from engine.memory.budget import settings_from_args  # noqa: PLC0415
-
     try:
         memory = settings_from_args(args)
     except ValueError as exc:
@@ -80,11 +81,9 @@ def build_config(args: argparse.Namespace) -> Any:
                         ray_shared_storage=bool(getattr(args, "ray_shared_storage", False)))
 
 
-def build_runtime(base_dir: str | None, memory: Any = None) -> Any:
-    """The runtime, with a memory manager built from `memory` (MemorySettings; default settings if None)."""
-    from engine.memory.manager import MemoryManager  # noqa: PLC0415 - no torch: it loads on first model use
-    from engine.backends.runtime import Runtime  # noqa: PLC0415
-
+def build_runtime(base_dir: str | None, memory: Any = None) -> Runtime:
+    """The runtime, with a memory manager built from `memory` (MemorySettings; default settings if None).
+    Building the manager imports no torch: it loads on first model use."""
     models = MemoryManager.from_settings(memory) if memory is not None else MemoryManager()
     runtime = Runtime.create(base_dir=base_dir, models=models)
     for package in filter(None, (p.strip() for p in os.environ.get(EXTRA_PACKAGES_ENV, "").split(","))):
@@ -93,11 +92,9 @@ def build_runtime(base_dir: str | None, memory: Any = None) -> Any:
 
 
 def serve(args: argparse.Namespace) -> None:
-    import logging  # noqa: PLC0415
+    from aiohttp import web  # noqa: PLC0415 - aiohttp loads only when serving (a few hundred ms)
 
-    from aiohttp import web  # noqa: PLC0415
-
-    from engine.server.app import create_app  # noqa: PLC0415
+    from engine.server.app import create_app  # noqa: PLC0415 - the application imports aiohttp
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(args)
@@ -108,8 +105,6 @@ def serve(args: argparse.Namespace) -> None:
     logging.getLogger("engine.memory.manager").info("memory: %s", runtime.models.settings.describe())
     backend = None
     if config.executor != "inprocess":  # connect now: a bad --ray-address stops here with a clear message
-        from engine.backends.in_process import make_backend  # noqa: PLC0415
-
         backend = make_backend(runtime, config)
         try:
             backend.start()

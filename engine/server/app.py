@@ -6,20 +6,24 @@ client. The queue lives in `<user dir>/fluxgraph/queue.sqlite3` unless a queue i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from engine.backends.contract import Backend
+from engine.backends.factory import make_backend
 from engine.core.folders import UnsafePathError, contained_path
 from engine.queue.store import PromptQueue
-from engine.server import routes_files, routes_info, routes_prompt
+from engine.server import routes_files, routes_generate, routes_info, routes_prompt, routes_workflows, uploads
 from engine.server.config import ServerConfig
 from engine.server.errors import ApiError, json_response
+from engine.server.events import EventHub, status_message
 from engine.server.security import make_security_middleware
 from engine.server.state import STATE, ServerState
-from engine.server.websocket import EventHub, status_message, websocket_handler
+from engine.server.websocket import websocket_handler
 from engine.server.worker import PromptWorker
 
 log = logging.getLogger(__name__)
@@ -100,15 +104,13 @@ def _add_static(app: web.Application, web_dir: Path) -> None:
 
 
 def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQueue | None = None,
-               backend: Any = None) -> web.Application:
-    """`backend`: an executor backend (engine.backends.in_process); by default the one `config.executor` names."""
+               backend: Backend | None = None) -> web.Application:
+    """`backend`: an executor backend (engine.backends.contract); by default the one `config.executor` names."""
     config = config or ServerConfig()
     queue = queue or PromptQueue(queue_path(runtime), max_history=config.max_history)
     state_holder: dict[str, ServerState] = {}
     hub = EventHub(lambda: state_holder["state"].feature_flags())
     if backend is None:
-        from engine.backends.in_process import make_backend  # noqa: PLC0415
-
         backend = make_backend(runtime, config)
     worker = PromptWorker(runtime, queue, hub, preview_size=config.preview_size, backend=backend)
     state = ServerState(runtime=runtime, queue=queue, hub=hub, worker=worker, config=config)
@@ -118,10 +120,8 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
                           client_max_size=config.max_upload_bytes + 1024 * 1024)
     app[STATE] = state
     app.on_response_prepare.append(_security_headers)
-    _add_routes(app, routes_prompt.routes() + routes_info.routes() + routes_files.routes())
-    from engine.server import generate, routes_workflows  # noqa: PLC0415
-
-    _add_routes(app, generate.routes() + routes_workflows.routes())
+    _add_routes(app, routes_prompt.routes() + routes_info.routes() + routes_files.routes() + uploads.routes())
+    _add_routes(app, routes_generate.routes() + routes_workflows.routes())
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/api/ws", websocket_handler)
     _add_static(app, config.web_dir)
@@ -129,8 +129,6 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
     queue.add_listener(lambda: hub.publish("status", status_message(queue.queue_remaining()), broadcast=True))
 
     async def on_startup(app: web.Application) -> None:
-        import asyncio  # noqa: PLC0415
-
         hub.bind(asyncio.get_running_loop())
         worker.start()
         if queue.recovered:
@@ -140,8 +138,6 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
         await hub.close_all()
 
     async def on_cleanup(app: web.Application) -> None:
-        import asyncio  # noqa: PLC0415
-
         await asyncio.get_running_loop().run_in_executor(None, worker.stop)
         queue.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.core.json_text import dumps  # noqa: F401  (re-exported: the routes import it from here)
+from engine.recipes.errors import json_type  # one wording of JSON types for every error message
 
 
 class ApiError(Exception):
@@ -74,20 +75,6 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False,
         raise ApiError(400, "invalid_request", "Request body must be a JSON object",
                        f"got a JSON {json_type(body)}", **extra)
     return body
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def expect_bool(body: dict[str, Any], key: str, default: bool = False) -> bool:

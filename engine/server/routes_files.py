@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from engine.core.folders import FILE_TYPES, UnsafePathError, contained_path, split_annotation
 from engine.server.errors import ApiError
 from engine.server.state import state_of
+from engine.server.user_files import resolve_user_file
 
 INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/avif"})
 # Types a browser could execute or render as a document: never served under their own type.
@@ -29,36 +29,6 @@ ACTIVE_TYPES = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/jav
 SAFE_FILE_HEADERS = {"X-Content-Type-Options": "nosniff",
                      "Content-Security-Policy": "default-src 'none'; sandbox",
                      "Cache-Control": "no-cache"}
-
-
-def check_relative_name(name: str, what: str) -> None:
-    """ComfyUI's first line of defence, with its status codes: 400 for names that are plainly unsafe."""
-    if not name:
-        raise ApiError(400, "invalid_filename", f"Empty {what}", f"{what} must name a file")
-    if "\x00" in name:
-        raise ApiError(400, "invalid_filename", f"{what} contains a NUL byte", repr(name[:100]))
-    text = name.replace("\\", "/")
-    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
-        raise ApiError(400, "invalid_filename", f"Absolute paths are not allowed in {what}", repr(name[:100]))
-    if ".." in text.split("/"):
-        raise ApiError(400, "invalid_filename", f"'..' is not allowed in {what}", repr(name[:100]))
-
-
-def resolve_user_file(folders: Any, filename: str, file_type: str, subfolder: str) -> Path:
-    """A file named by a client, inside input/, output/ or temp/ (403 when it would leave it)."""
-    filename, file_type = split_annotation(filename, file_type)
-    check_relative_name(filename, "filename")
-    if subfolder:
-        check_relative_name(subfolder, "subfolder")
-    if file_type not in FILE_TYPES:
-        raise ApiError(400, "invalid_type", "Unknown file type", f"type {file_type[:50]!r}; expected one of "
-                       f"{list(FILE_TYPES)}")
-    root = folders.directory(file_type)
-    try:
-        folder = contained_path(root, subfolder) if subfolder else root.resolve()
-        return contained_path(folder, filename)
-    except UnsafePathError as exc:
-        raise ApiError(403, "path_outside_folder", "The path leaves its folder", str(exc)) from None
 
 
 def content_disposition(kind: str, filename: str) -> str:
@@ -142,7 +112,7 @@ async def get_view(request: web.Request) -> web.StreamResponse:
             None, _render_image, path, channel, preview, state.config.max_image_pixels)
     except ApiError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a bad file is a 400, not a crash
         raise ApiError(400, "not_an_image", "The file could not be decoded as an image",
                        f"{type(exc).__name__}: {exc}") from None
     return web.Response(body=data, content_type=content_type,
@@ -150,7 +120,4 @@ async def get_view(request: web.Request) -> web.StreamResponse:
 
 
 def routes() -> list[tuple[str, str, Any]]:
-    from engine.server.uploads import upload_image, upload_mask  # noqa: PLC0415
-
-    return [("GET", "/view", get_view), ("POST", "/upload/image", upload_image),
-            ("POST", "/upload/mask", upload_mask)]
+    return [("GET", "/view", get_view)]

@@ -14,6 +14,7 @@ from engine.server.errors import (ApiError, dumps, expect_bool, expect_id_list, 
                                   json_type, query_int, read_json, read_json_object)
 from engine.core.prompt_paths import unsafe_path_errors
 from engine.server.state import ServerState, state_of
+from engine.server.user_files import resolve_user_file
 
 MAX_ID_LENGTH = 256
 
@@ -190,8 +191,6 @@ async def post_history(request: web.Request) -> web.Response:
 
 def _delete_output_files(state: ServerState, entries: dict[str, Any]) -> None:
     """Remove the files listed in these history entries' outputs (inside output/ and temp/ only)."""
-    from engine.server.routes_files import resolve_user_file  # noqa: PLC0415
-
     for entry in entries.values():
         for ui in (entry.get("outputs") or {}).values():
             for records in (ui or {}).values():

@@ -14,6 +14,7 @@ from aiohttp import web
 from engine.core.folders import UnsafePathError, contained_path
 from engine.server.errors import ApiError, json_response, read_json
 from engine.server.state import state_of
+from engine.workflow.convert import convert_request
 
 
 async def list_workflows(request: web.Request) -> web.Response:
@@ -46,8 +47,6 @@ async def convert_workflow(request: web.Request) -> web.Response:
     Body `{"workflow": <UI workflow>}`; answers `{prompt, dropped, warnings, origins}` or a 400 in ComfyUI's
     `{error, node_errors}` shape.
     """
-    from engine.workflow.convert import convert_request
-
     runtime = state_of(request).runtime
     status, body = convert_request(await read_json(request), runtime.registry, runtime.folders)
     return json_response(body, status=status)

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from engine.queue.store import PromptQueue
 from engine.server.config import ServerConfig
-from engine.server.websocket import EventHub
+from engine.server.events import EventHub
 from engine.server.worker import PromptWorker
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from aiohttp import BodyPartReader, web
 from engine.core.atomic_files import write_bytes_atomic
 from engine.core.folders import FILE_TYPES
 from engine.server.errors import ApiError, json_response
-from engine.server.routes_files import check_relative_name, resolve_user_file
 from engine.server.state import ServerState, state_of
+from engine.server.user_files import check_relative_name, resolve_user_file
 
 UPLOAD_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_FIELD_BYTES = 64 * 1024
@@ -96,8 +97,6 @@ def sanitize_filename(name: str) -> str:
 
 def check_image(data: bytes, max_pixels: int) -> Any:
     """Decode the upload (first frame) and return the PIL image; 400 when it is not one, or a bomb."""
-    import warnings  # noqa: PLC0415
-
     from PIL import Image  # noqa: PLC0415 - only uploads need PIL
 
     try:
@@ -112,7 +111,7 @@ def check_image(data: bytes, max_pixels: int) -> Any:
             picture.load()
     except ApiError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a bad upload is a 400, not a crash
         raise ApiError(400, "not_an_image", "The upload could not be decoded as an image",
                        f"{type(exc).__name__}: {str(exc)[:200]}") from None
     return picture
@@ -173,7 +172,7 @@ async def upload_image(request: web.Request) -> web.Response:
 
 def _compose_mask(original_path: Path, mask_data: bytes, max_pixels: int) -> bytes:
     """The original image with the uploaded image's alpha as its alpha, PNG text chunks kept."""
-    from PIL import Image, PngImagePlugin  # noqa: PLC0415
+    from PIL import Image, PngImagePlugin  # noqa: PLC0415 - only uploads need PIL
 
     mask = check_image(mask_data, max_pixels)
     if "A" not in mask.getbands():
@@ -222,8 +221,12 @@ async def upload_mask(request: web.Request) -> web.Response:
         data = await loop.run_in_executor(None, _compose_mask, original, form.data, state.config.max_image_pixels)
     except ApiError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a bad file is a 400, not a crash
         raise ApiError(400, "not_an_image", "The original image could not be decoded",
                        f"{type(exc).__name__}: {str(exc)[:200]}") from None
     final = await loop.run_in_executor(None, store_file, folder, name, data, _overwrite(form))
     return json_response({"name": final, "subfolder": subfolder, "type": file_type})
+
+
+def routes() -> list[tuple[str, str, Any]]:
+    return [("POST", "/upload/image", upload_image), ("POST", "/upload/mask", upload_mask)]

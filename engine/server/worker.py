@@ -21,9 +21,10 @@ import time
 import traceback
 from typing import Any
 
-from engine.backends.in_process import InProcessBackend, WorkerLost
+from engine.backends.contract import Backend, WorkerLost
+from engine.backends.in_process import InProcessBackend
 from engine.queue.store import ERROR, INTERRUPTED, SUCCESS, PromptQueue, QueueItem
-from engine.server.websocket import EventHub
+from engine.server.events import EventHub
 
 log = logging.getLogger(__name__)
 _STATUS = {"success": SUCCESS, "error": ERROR, "interrupted": INTERRUPTED}
@@ -57,12 +58,12 @@ class _Sink:
 
 class PromptWorker:
     def __init__(self, runtime: Any, queue: PromptQueue, hub: EventHub, preview_size: int = 512,
-                 backend: Any = None) -> None:
+                 backend: Backend | None = None) -> None:
         self.runtime = runtime
         self.queue = queue
         self.hub = hub
         self.preview_size = preview_size
-        self.backend = backend if backend is not None else InProcessBackend(runtime, preview_size)
+        self.backend: Backend = backend if backend is not None else InProcessBackend(runtime, preview_size)
         self._thread: threading.Thread | None = None
         self._run_threads: set[threading.Thread] = set()
         self._stop = threading.Event()
@@ -135,7 +136,7 @@ class PromptWorker:
                 self._runs[item.prompt_id] = sink
             try:
                 run = self.backend.submit(item, sink)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - recorded as the prompt's error by _finish
                 self._finish(item, sink, None, exc)
                 continue
             if self.backend.concurrent:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.backends.in_process import WorkerLost
+from engine.backends.contract import WorkerLost
 from engine.core.folders import FolderPaths, UnsafePathError
 from engine.queue.store import PromptQueue, QueueItem
 from engine.core.registry import NodeRegistry
@@ -203,7 +203,7 @@ def test_actor_streams_previews_as_encoded_images(actor):
     kind, image_bytes, image_format, node_id = next(m for m in messages if m[0] == "preview")
     assert (image_format, node_id) == ("JPEG", "1")
     assert Image.open(io.BytesIO(image_bytes)).size == (16, 8)
-    assert actor._channel is None  # a preview after the run has nowhere to go
+    assert actor.info()["running"] is None  # the run's preview callback ended with it
 
 
 def test_a_worker_on_shared_storage_writes_straight_into_the_servers_folders(tmp_path):
@@ -237,7 +237,7 @@ class _LostRun:
 
 
 def _dispatcher(tmp_path):
-    from engine.server.websocket import EventHub
+    from engine.server.events import EventHub
     from engine.server.worker import PromptWorker, _Sink
     from tests.support.server import make_runtime
 
@@ -283,7 +283,8 @@ def test_ray_is_imported_only_when_asked_for():
     script = ("import sys, tempfile\n"
               "from engine.server.app import create_app\n"
               "from engine.backends.runtime import Runtime\n"
-              "import engine.backends.ray, engine.backends.ray.actor, engine.backends.ray.scheduler, engine.backends.ray.files\n"
+              "import engine.backends.ray, engine.backends.ray.actor, engine.backends.ray.scheduler\n"
+              "import engine.backends.ray.files, engine.backends.factory\n"
               "create_app(Runtime.create(base_dir=tempfile.mkdtemp(), models=None))\n"
               "assert 'ray' not in sys.modules, 'ray was imported'\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,

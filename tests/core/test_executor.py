@@ -5,7 +5,10 @@ import threading
 import pytest
 
 from engine.core.cache import OutputCache
+from engine.core.context import InterruptFlag
 from engine.core.executor import Executor
+from engine.core.registry import NodeRegistry
+from engine.core.schema import Int, node
 from tests.support.toy_nodes import CALLS, toy_registry
 
 
@@ -171,6 +174,46 @@ def test_interrupt_between_nodes_from_another_thread():
     result = ex.execute(prompt, "p", on_event=on_event)
     assert started.is_set() and result.status == "interrupted"
     assert CALLS["Steps"] == 0
+
+
+def test_a_run_given_its_own_token_uses_it_and_never_clears_it():
+    ex = Executor(toy_registry())
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    token = InterruptFlag()
+    token.set()  # interrupted before the run starts (a backend's cancel of a prompt not started yet)
+    result, events = run(ex, prompt, interrupt=token)
+    assert result.status == "interrupted" and token.is_set() and CALLS["Number"] == 0
+    assert [d for t, d in events if t == "execution_interrupted"][0]["node_id"] == "1"
+    assert not ex.interrupt.is_set()  # the executor's own token is not involved
+    stopped = InterruptFlag()
+
+    def stop_at_step_2(event, data):
+        if event == "progress" and data["value"] == 2:
+            stopped.set()
+
+    steps = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+             "2": {"class_type": "Steps", "inputs": {"x": ["1", 0], "steps": 10}},
+             "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    assert ex.execute(steps, "own", on_event=stop_at_step_2, interrupt=stopped).status == "interrupted"
+    assert ex.execute(steps, "next").status == "success"  # other runs do not see that token
+
+
+def test_previews_go_to_the_runs_own_callback():
+    @node("Previewing", inputs=[Int("value", 1)], outputs=["INT"])
+    def previewing(ctx, value):
+        ctx.progress(1, 1, preview=f"picture {value}")
+        return (value,)
+
+    ex = Executor(NodeRegistry([previewing, *toy_registry()]))
+    prompt = {"1": {"class_type": "Previewing", "inputs": {"value": 7}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    seen = []
+    result = ex.execute(prompt, "pv", on_preview=lambda *args: seen.append(args))
+    assert result.status == "success" and seen == [("pv", "1", "picture 7")]
+    assert ex.execute({**prompt, "1": {"class_type": "Previewing", "inputs": {"value": 8}}}, "quiet").status == \
+        "success"  # no callback: the preview is dropped
+    assert seen == [("pv", "1", "picture 7")]
 
 
 def test_execution_blocker_propagates_silently():

@@ -12,8 +12,7 @@ from PIL import Image
 
 from engine.server.app import create_app
 from engine.server.config import PROJECT_ROOT
-from engine.server.generate import load_workflow
-from engine.recipes.variants import add_reference_images, known_variants
+from engine.recipes.variants import add_reference_images, known_variants, load_workflow
 from tests.support.flux2 import write_reference_image
 from tests.support.flux import zoo_base
 from tests.support.server import make_config, registry, wait_for_job

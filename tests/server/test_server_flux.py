@@ -16,7 +16,7 @@ from PIL import Image
 
 from engine.server.app import create_app
 from engine.server.config import PROJECT_ROOT
-from engine.server.generate import load_workflow
+from engine.recipes.variants import load_workflow
 from tests.support.server import make_config, messages_until_done, receive_json, registry
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]

@@ -84,8 +84,8 @@ def assert_specific_4xx(status: int, body: Any, allowed: tuple[int, ...] = (400,
 
 
 # ----------------------------------------------------------------------------- strategies
-json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False,
-                                                                                  allow_infinity=False) | st.text(max_size=20)
+json_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) |
                            st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 not_an_object = json_values.filter(lambda v: not isinstance(v, dict))

@@ -60,7 +60,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": f"{packages}{os.pathsep}{ROOT}",
                "FLUXGRAPH_EXTRA_NODE_PACKAGES": "fg_restart_nodes", "HF_HUB_OFFLINE": "1"}
         self.url = f"http://127.0.0.1:{port}"
-        self.log = open(base / f"server-{time.time_ns()}.log", "wb")
+        self.log = open(base / f"server-{time.time_ns()}.log", "wb")  # noqa: SIM115 - closed in kill()
         self.process = subprocess.Popen([sys.executable, "-m", "engine.server", "--base-dir", str(base),
                                          "--port", str(port)], env=env, cwd=base, stdout=self.log,
                                         stderr=subprocess.STDOUT)

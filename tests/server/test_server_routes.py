@@ -10,8 +10,9 @@ import pytest
 import pytest_asyncio
 
 from engine.server.app import create_app
-from engine.server.generate import build_graph, parse_request, positive_encoders
-from engine.server.errors import ApiError
+from engine.recipes.errors import RecipeError
+from engine.recipes.generate import build_graph, parse_request
+from engine.recipes.graph_tools import positive_encoders
 from engine.server.state import STATE
 from tests.support.server import (REFERENCE, image_graph, make_config, make_runtime, same_shape, sleep_graph,
                                        wait_for_job)
@@ -218,7 +219,7 @@ async def test_generate_request_parsing():
                        ({"prompt": "x", "steps": 0}, "between 1 and 10000"),
                        ({"prompt": "x", "guidance": True}, "'guidance' must be a number"),
                        ({"prompt": "x", "model": 3}, "variant name")):
-        with pytest.raises(ApiError, match=words):
+        with pytest.raises(RecipeError, match=words):
             parse_request(bad)
 
 
@@ -257,7 +258,8 @@ async def test_shipped_workflows_are_listed_and_served(client, tmp_path):
 async def test_ui_workflows_with_subgraphs_convert_for_the_editor(client):
     from pathlib import Path
 
-    workflow = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "ui" / "core_invert_subgraph.json").read_text())
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "ui" / "core_invert_subgraph.json"
+    workflow = json.loads(fixture.read_text())
     response = await client.post("/api/workflow/convert", json={"workflow": workflow})
     assert response.status == 200, await response.text()
     body = await response.json()

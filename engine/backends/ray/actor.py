@@ -31,10 +31,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.backends.in_process import encode_preview, free_runtime
-from engine.core.atomic_files import write_bytes_atomic
-from engine.memory.system_ram import ram_info
 from engine.backends.ray.files import file_records, record_key
+from engine.backends.runtime import Runtime
+from engine.backends.worker_common import encode_preview, free_runtime
+from engine.core.atomic_files import write_bytes_atomic
+from engine.core.context import InterruptFlag
+from engine.core.registry import NodeRegistry
+from engine.memory.manager import MemoryManager
+from engine.memory.system_ram import ram_info
 
 MODELS_DIR_ENV = "FLUXGRAPH_WORKER_MODELS_DIR"  # set on a machine whose models live elsewhere than the server's
 BATCH_WINDOW_S = 0.002
@@ -44,9 +48,6 @@ _CANCELS_REMEMBERED = 1000
 
 class PromptActor:
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        from engine.core.registry import NodeRegistry  # noqa: PLC0415
-        from engine.backends.runtime import Runtime  # noqa: PLC0415
-
         self.name = name
         self.spec = spec
         self.shared = bool(spec.get("shared"))
@@ -65,17 +66,16 @@ class PromptActor:
             for key, paths in (spec.get(attribute) or {}).items():
                 getattr(self.runtime.folders, attribute)[key] = [Path(p) for p in paths]
         self.executor = self.runtime.executor
-        self.executor.on_preview = self._on_preview
         self._lock = threading.Lock()
         self._current: str | None = None
-        self._channel: queue.SimpleQueue | None = None
+        self._interrupt: InterruptFlag | None = None  # the running prompt's token
         self._cancel: dict[str, None] = {}  # interrupted prompt ids, oldest first
         self._runs = 0
 
     # ----- start-up and status
     def ready(self) -> dict[str, Any]:
         """Load torch now (not with the first prompt) and apply the thread count; returns `info()`."""
-        import torch  # noqa: PLC0415
+        import torch  # noqa: PLC0415 - heavy: loaded here, not when the module is imported
 
         threads = self.spec.get("threads")
         if threads:
@@ -94,15 +94,18 @@ class PromptActor:
     def run(self, prompt_id: str, prompt: dict[str, Any], outputs: list[str], extra_data: dict[str, Any],
             inputs: list[tuple[str, bytes]]) -> Iterator[list[tuple]]:
         channel: queue.SimpleQueue = queue.SimpleQueue()
+        interrupt = InterruptFlag()
         with self._lock:
             if self._current is not None:
                 raise RuntimeError(f"{self.name} is already running prompt {self._current}")
-            self._current, self._channel = prompt_id, channel
+            self._current, self._interrupt = prompt_id, interrupt
+            if prompt_id in self._cancel:  # interrupted before it reached this worker
+                interrupt.set()
         thread = None
         try:
             self._write_inputs(inputs)
             thread = threading.Thread(target=self._execute, name=f"run-{prompt_id[:8]}", daemon=True,
-                                      args=(channel, prompt_id, prompt, outputs, extra_data))
+                                      args=(channel, interrupt, prompt_id, prompt, outputs, extra_data))
             thread.start()
             yield [("started", self.name)]
             while True:
@@ -112,27 +115,33 @@ class PromptActor:
                     return
         finally:
             if thread is not None and thread.is_alive():  # the server stopped listening: stop the work too
-                self.executor.interrupt.set()
+                interrupt.set()
                 thread.join()
             with self._lock:
-                self._current, self._channel = None, None
+                self._current, self._interrupt = None, None
                 self._cancel.pop(prompt_id, None)
             self._runs += 1
 
-    def _execute(self, channel: queue.SimpleQueue, prompt_id: str, prompt: dict[str, Any], outputs: list[str],
-                 extra_data: dict[str, Any]) -> None:
+    def _execute(self, channel: queue.SimpleQueue, interrupt: InterruptFlag, prompt_id: str,
+                 prompt: dict[str, Any], outputs: list[str], extra_data: dict[str, Any]) -> None:
         def on_event(event: str, data: dict[str, Any]) -> None:
-            if event == "execution_start" and prompt_id in self._cancel:
-                self.executor.interrupt.set()  # interrupted before it started: the executor cleared the flag
-            elif event == "executed" and not self.shared:
+            if event == "executed" and not self.shared:
                 for record in file_records(data.get("output")):
                     channel.put(self._file_message(record))
             channel.put(("event", event, data))
 
+        def on_preview(prompt_id: str, node_id: str, preview: Any) -> None:
+            try:
+                image_bytes, image_format = encode_preview(preview, self.preview_size)
+            except Exception:  # noqa: BLE001 - a preview that cannot be encoded is skipped, not the prompt
+                return
+            channel.put(("preview", image_bytes, image_format, node_id))
+
         try:
-            result = self.executor.execute(prompt, prompt_id, outputs, on_event=on_event, extra_data=extra_data)
+            result = self.executor.execute(prompt, prompt_id, outputs, on_event=on_event, extra_data=extra_data,
+                                           interrupt=interrupt, on_preview=on_preview)
             channel.put(("result", result))
-        except BaseException as exc:  # an engine bug: the server records it as the prompt's error
+        except BaseException as exc:  # noqa: BLE001 - an engine bug: the server records it as the prompt's error
             channel.put(("crash", type(exc).__name__, str(exc), traceback.format_exception(exc)))
 
     def _file_message(self, record: dict[str, Any]) -> tuple:
@@ -156,16 +165,6 @@ class PromptActor:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(path, data)
 
-    def _on_preview(self, prompt_id: str, node_id: str, preview: Any) -> None:
-        channel = self._channel
-        if channel is None:
-            return
-        try:
-            image_bytes, image_format = encode_preview(preview, self.preview_size)
-        except Exception:
-            return
-        channel.put(("preview", image_bytes, image_format, node_id))
-
     # ----- control
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Interrupt `prompt_id` (also if it has not started here yet), or whatever runs when None."""
@@ -178,7 +177,7 @@ class PromptActor:
                     return False
             elif self._current is None:
                 return False
-            self.executor.interrupt.set()
+            self._interrupt.set()
             return True
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
@@ -192,8 +191,6 @@ class PromptActor:
 
 def _memory_manager(settings: Any) -> Any:
     """The worker's own manager and budget, with the server's memory settings (--vram-budget, --lowvram...)."""
-    from engine.memory.manager import MemoryManager  # noqa: PLC0415
-
     return MemoryManager.from_settings(settings) if settings is not None else MemoryManager()
 
 
@@ -213,7 +210,7 @@ def _node_ip() -> str | None:
     ray = sys.modules.get("ray")
     try:
         return ray.util.get_node_ip_address() if ray is not None else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - informational only: no address rather than no worker
         return None
 
 

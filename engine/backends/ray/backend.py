@@ -19,10 +19,10 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+import ray  # noqa: TID253 - this module is the Ray backend: imported only for --executor ray
+from ray.exceptions import ActorUnavailableError, RayActorError  # noqa: TID253 - as above
 
-from engine.backends.in_process import RunSink, WorkerLost
+from engine.backends.contract import RunSink, WorkerLost
 from engine.backends.ray.actor import PromptActor
 from engine.backends.ray.cluster import RayConnection, cluster_gpus, connect
 from engine.backends.ray.files import OutputStore, input_files, rename_records
@@ -114,7 +114,7 @@ class RayBackend:
     def _await_ready(self, slot: WorkerSlot) -> None:
         try:
             info = ray.get(slot.handle.ready.remote(), timeout=self.options.start_timeout_s)
-        except Exception as exc:  # not replaced: a worker that cannot start would fail again the same way
+        except Exception as exc:  # noqa: BLE001 - not replaced: a worker that cannot start would fail again
             if self._closed:
                 return  # stopped while starting
             message = f"{slot.name} did not start: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
@@ -226,8 +226,8 @@ class RayBackend:
                     if slot.state == "idle":  # a busy one is handled by the thread that runs its prompt
                         self._lost(slot)
                     continue
-                except Exception:
-                    pass  # slow to answer: show what it said last
+                except Exception:  # noqa: BLE001 - slow to answer: show what it said last
+                    pass
             listed.append({"name": slot.name, "state": slot.state, "prompt_id": slot.prompt_id,
                            "prompts_run": slot.runs, "models_held": len(slot.models),
                            "node": info.get("node"), "hostname": info.get("hostname"), "pid": info.get("pid"),

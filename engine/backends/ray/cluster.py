@@ -41,7 +41,7 @@ class RayConnection:
 
     def close(self) -> None:
         if self.owned:
-            import ray  # noqa: PLC0415
+            import ray  # noqa: PLC0415 - Ray is the optional extra
 
             ray.shutdown()
 
@@ -51,8 +51,8 @@ def import_ray(local: bool) -> Any:
         os.environ[LOOPBACK_SWITCH] = "0"
         os.environ.setdefault("RAY_worker_niceness", "0")
     try:
-        import ray  # noqa: PLC0415
-        from ray._private import ray_constants  # noqa: PLC0415
+        import ray  # noqa: PLC0415 - the optional extra, after the environment switch above
+        from ray._private import ray_constants  # noqa: PLC0415 - as above
     except ImportError as exc:
         raise RayUnavailableError("--executor ray needs Ray: pip install 'fluxgraph[ray]' "
                                   f"(import failed: {exc})") from exc

@@ -1,4 +1,4 @@
-"""POST /api/generate for FLUX.1 conditioning: fill / outpaint, Kontext edits, Redux styles, LoRAs.
+"""/api/generate's FLUX.1 conditioning recipe: fill / outpaint, Kontext edits, Redux styles, LoRAs.
 
 Request fields (image names are files in input/, e.g. from POST /upload/image):
 - `"model": "flux-fill"` with `image` (and optional `mask`, white = repaint; without it the image's
@@ -10,8 +10,8 @@ Request fields (image names are files in input/, e.g. from POST /upload/image):
   `style_strength` (0..10, default 1) and the SigLIP / Redux files that workflows/flux_redux.json names;
 - `loras`: `[{"name": file in models/loras, "strength": -100..100}, ...]`, chained LoraLoader nodes between the
   loaders and everything that used their model and text encoders.
-Shapes and ranges are checked here (400 invalid_request); missing files fail the graph's validation like any
-prompt (400 with node_errors).
+Shapes and ranges are checked here (`RecipeError`: the server's 400 invalid_request); missing files fail the
+graph's validation like any prompt (400 with node_errors).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.server.errors import ApiError, dumps
+from engine.core.json_text import dumps
+from engine.recipes.errors import RecipeError
+from engine.recipes.graph_tools import NewIds, nodes_of_class, positive_encoders, relink
 
 WORKFLOWS = {"fill": "flux_fill_inpaint.json", "outpaint": "flux_fill_outpaint.json",
              "kontext": "flux_kontext_edit.json", "redux": "flux_redux.json"}
@@ -50,8 +52,8 @@ class ConditioningRequest:
         return self.mode == "kontext"
 
 
-def _bad(field_name: str, expected: str, value: Any) -> ApiError:
-    return ApiError(400, "invalid_request", f"'{field_name}' must be {expected}", f"got {dumps(value)[:100]}")
+def _bad(field_name: str, expected: str, value: Any) -> RecipeError:
+    return RecipeError(f"'{field_name}' must be {expected}", f"got {dumps(value)[:100]}")
 
 
 def _name(body: dict[str, Any], key: str, required: bool = False) -> str | None:
@@ -68,7 +70,7 @@ def _names(body: dict[str, Any], key: str, limit: int) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise _bad(key, "a list of image file names (in input/)", value)
     if len(value) > limit:
-        raise ApiError(400, "invalid_request", f"at most {limit} '{key}'", f"got {len(value)}")
+        raise RecipeError(f"at most {limit} '{key}'", f"got {len(value)}")
     return value
 
 
@@ -91,15 +93,15 @@ def parse_conditioning(body: dict[str, Any], variant: str) -> ConditioningReques
             request.outpaint = {k: _number(outpaint.get(k, 0), f"outpaint.{k}", 0, 4096, integer=True)
                                 for k in (*_OUTPAINT_SIDES, "feathering")}
             if not any(request.outpaint[k] for k in _OUTPAINT_SIDES):
-                raise ApiError(400, "invalid_request", "'outpaint' extends no side", "give left/top/right/bottom")
+                raise RecipeError("'outpaint' extends no side", "give left/top/right/bottom")
             request.mode = "outpaint"
     elif any(body.get(k) is not None for k in ("image", "mask", "outpaint")):
-        raise ApiError(400, "invalid_request", "'image', 'mask' and 'outpaint' need \"model\": \"flux-fill\"",
+        raise RecipeError("'image', 'mask' and 'outpaint' need \"model\": \"flux-fill\"",
                        f"model is {variant!r}")
     if request.mode == "kontext":
         request.references = _names(body, "images", MAX_REFERENCES)
         if not request.references:
-            raise ApiError(400, "invalid_request", "flux-kontext edits need 'images' (reference image names)")
+            raise RecipeError("flux-kontext edits need 'images' (reference image names)")
     request.styles = _names(body, "style_images", MAX_STYLE_IMAGES)
     if body.get("style_strength") is not None:
         request.style_strength = float(_number(body["style_strength"], "style_strength", 0, 10))
@@ -124,39 +126,18 @@ def conditioning_workflow(workflows_dir: Path, request: ConditioningRequest,
     try:
         workflow = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ApiError(400, "unknown_variant", f"the {request.mode} workflow is not available", str(exc)) from None
+        raise RecipeError(f"the {request.mode} workflow is not available", str(exc),
+                          kind="unknown_variant") from None
     if request.mode == "kontext" and values.get("width") and values.get("height"):
-        for node_id in _nodes(workflow, "EmptySD3LatentImage"):
+        for node_id in nodes_of_class(workflow, "EmptySD3LatentImage"):
             workflow[node_id]["inputs"].update(width=values["width"], height=values["height"])
     return workflow
-
-
-class _Ids:
-    def __init__(self, graph: dict[str, Any]) -> None:
-        self.counter = max((int(k) for k in graph if str(k).isdigit()), default=0)
-
-    def __call__(self) -> str:
-        self.counter += 1
-        return str(self.counter)
-
-
-def _nodes(graph: dict[str, Any], class_type: str) -> list[str]:
-    return [node_id for node_id, node in graph.items() if node.get("class_type") == class_type]
-
-
-def _relink(graph: dict[str, Any], old: list, new: list, skip: set[str]) -> None:
-    for node_id, node in graph.items():
-        if node_id in skip:
-            continue
-        for name, value in (node.get("inputs") or {}).items():
-            if isinstance(value, list) and len(value) == 2 and [str(value[0]), value[1]] == [str(old[0]), old[1]]:
-                node["inputs"][name] = list(new)
 
 
 def apply_conditioning(graph: dict[str, Any], request: ConditioningRequest, workflows_dir: Path) -> dict[str, Any]:
     """`graph` with the request's images, references, styles and LoRAs wired in (a copy)."""
     graph = copy.deepcopy(graph)
-    ids = _Ids(graph)
+    ids = NewIds(graph)
     if request.mode in ("fill", "outpaint"):
         _set_fill_inputs(graph, request, ids)
     if request.mode == "kontext":
@@ -168,23 +149,23 @@ def apply_conditioning(graph: dict[str, Any], request: ConditioningRequest, work
     return graph
 
 
-def _set_fill_inputs(graph: dict[str, Any], request: ConditioningRequest, ids: _Ids) -> None:
-    (load,) = _nodes(graph, "LoadImage")
+def _set_fill_inputs(graph: dict[str, Any], request: ConditioningRequest, ids: NewIds) -> None:
+    (load,) = nodes_of_class(graph, "LoadImage")
     graph[load]["inputs"]["image"] = request.image
     if request.mode == "outpaint":
-        for pad in _nodes(graph, "ImagePadForOutpaint"):
+        for pad in nodes_of_class(graph, "ImagePadForOutpaint"):
             graph[pad]["inputs"].update(request.outpaint)
     elif request.mask is not None:
         mask = ids()
         graph[mask] = {"class_type": "LoadImageMask", "inputs": {"image": request.mask, "channel": "red"},
                        "_meta": {"title": "Mask (white = repaint)"}}
-        for node_id in _nodes(graph, "InpaintModelConditioning"):
+        for node_id in nodes_of_class(graph, "InpaintModelConditioning"):
             graph[node_id]["inputs"]["mask"] = [mask, 0]
 
 
-def _set_references(graph: dict[str, Any], references: list[str], ids: _Ids) -> None:
+def _set_references(graph: dict[str, Any], references: list[str], ids: NewIds) -> None:
     """Replace the workflow's LoadImage -> VAEEncode -> ReferenceLatent chain by one link per image."""
-    chain = set(_nodes(graph, "ReferenceLatent"))
+    chain = set(nodes_of_class(graph, "ReferenceLatent"))
     head = next(graph[n]["inputs"]["conditioning"] for n in chain
                 if str(graph[n]["inputs"]["conditioning"][0]) not in chain)
     tail = next(n for n in chain if not any(str(graph[m]["inputs"]["conditioning"][0]) == n for m in chain))
@@ -201,7 +182,7 @@ def _set_references(graph: dict[str, Any], references: list[str], ids: _Ids) -> 
         graph[refer] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": conditioning,
                                                                     "latent": [encode, 0]}}
         conditioning, first = [refer, 0], first or load
-    _relink(graph, [tail, 0], conditioning, skip=set())
+    relink(graph, [tail, 0], conditioning, skip=set())
     for node in graph.values():  # GetImageSize (the output size) and the like read the first reference
         for name, value in (node.get("inputs") or {}).items():
             if isinstance(value, list) and str(value[0]) in loads:
@@ -215,18 +196,16 @@ def _redux_files(workflows_dir: Path) -> tuple[str, str]:
         style = next(n["inputs"]["style_model_name"] for n in redux.values()
                      if n.get("class_type") == "StyleModelLoader")
     except (OSError, ValueError, StopIteration, KeyError) as exc:
-        raise ApiError(400, "invalid_request", "style images need workflows/flux_redux.json (it names the SigLIP "
-                                               "and Redux files)", str(exc)) from None
+        raise RecipeError("style images need workflows/flux_redux.json (it names the SigLIP and Redux files)",
+                          str(exc)) from None
     return vision, style
 
 
-def _add_styles(graph: dict[str, Any], request: ConditioningRequest, ids: _Ids, workflows_dir: Path) -> None:
+def _add_styles(graph: dict[str, Any], request: ConditioningRequest, ids: NewIds, workflows_dir: Path) -> None:
     """StyleModelApply per image on the prompt's conditioning (before FluxGuidance, where there is one)."""
-    from engine.server.generate import positive_encoders  # (lazy: that module imports this one)
-
     encoders = positive_encoders(graph)
     if not encoders:
-        raise ApiError(400, "invalid_request", "this workflow has no prompt encoder to add style images to")
+        raise RecipeError("this workflow has no prompt encoder to add style images to")
     vision_name, style_name = _redux_files(workflows_dir)
     vision, style = ids(), ids()
     graph[vision] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": vision_name}}
@@ -243,19 +222,19 @@ def _add_styles(graph: dict[str, Any], request: ConditioningRequest, ids: _Ids, 
             "strength": request.style_strength, "strength_type": "multiply"}}
         conditioning = [apply, 0]
     # only the positive path gets the image: nodes that zero the prompt out (the negative) keep the plain text
-    negatives = set(_nodes(graph, "ConditioningZeroOut"))
-    _relink(graph, source, conditioning, skip=negatives | {n for n in graph if n == conditioning[0]} |
+    negatives = set(nodes_of_class(graph, "ConditioningZeroOut"))
+    relink(graph, source, conditioning, skip=negatives | {n for n in graph if n == conditioning[0]} |
             {n for n in graph if graph[n].get("class_type") == "StyleModelApply"})
 
 
-def _add_lora(graph: dict[str, Any], name: str, strength: float, ids: _Ids) -> None:
+def _add_lora(graph: dict[str, Any], name: str, strength: float, ids: NewIds) -> None:
     """A LoraLoader fed by the model and CLIP that the sampler and the prompt encoder use now."""
     model = next((list(v) for n in graph.values() if n.get("class_type") in ("KSampler", "BasicGuider", "CFGGuider")
                   for k, v in n["inputs"].items() if k == "model" and isinstance(v, list)), None)
     clip = next((list(n["inputs"]["clip"]) for n in graph.values()
                  if n.get("class_type") == "CLIPTextEncode" and isinstance(n["inputs"].get("clip"), list)), None)
     if model is None:
-        raise ApiError(400, "invalid_request", "this workflow has no sampler model input to apply LoRAs to")
+        raise RecipeError("this workflow has no sampler model input to apply LoRAs to")
     lora = ids()
     if clip is None:
         graph[lora] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": model, "lora_name": name,
@@ -263,5 +242,5 @@ def _add_lora(graph: dict[str, Any], name: str, strength: float, ids: _Ids) -> N
     else:
         graph[lora] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": name,
                                                               "strength_model": strength, "strength_clip": strength}}
-        _relink(graph, clip, [lora, 1], skip={lora})
-    _relink(graph, model, [lora, 0], skip={lora})
+        relink(graph, clip, [lora, 1], skip={lora})
+    relink(graph, model, [lora, 0], skip={lora})
