@@ -349,16 +349,13 @@ async def test_interrupt_and_cancel_reach_the_remote_worker(http):
         assert sorted(w["state"] for w in stats["workers"]) == ["busy", "busy"]
         assert all(w["device"]["type"] == "cpu" and w["device"]["vram_total"] > 0 and w["device"]["process_rss"] > 0
                    for w in stats["workers"])
-        started = time.monotonic()
         async with http.post("/interrupt", json={"prompt_id": first}) as response:
             assert response.status == 200
         async with http.delete(f"/api/jobs/{second}") as response:
             assert (await response.json())["status"] == "running"
-        await listener.until(lambda _: listener.done(first) and listener.done(second), timeout=15)
-        elapsed = time.monotonic() - started
+        await listener.until(lambda _: listener.done(first) and listener.done(second))
 
-    assert elapsed < 10  # each prompt had 30 s of work left
-    for prompt_id in (first, second):
+    for prompt_id in (first, second):  # each had 30 s of work left: ended by the interrupt, not by finishing
         job = await wait_for_job(http, prompt_id)
         assert job["status"] == "interrupted" and not job["resumed"]
         kinds = [m["type"] for m in listener.of(prompt_id)]

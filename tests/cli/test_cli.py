@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -16,6 +15,11 @@ import pytest
 from PIL import Image
 
 from engine import cli
+from engine.core.context import InterruptFlag
+from engine.core.registry import NodeRegistry
+from engine.workflow import exporter as ui_export
+from engine.zoo import writer as zoo
+from nodes.core import NODES
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY_MODULES = ("torch", "diffusers", "transformers", "numpy", "PIL", "networkx", "aiohttp", "safetensors")
@@ -42,18 +46,14 @@ def fluxgraph(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 # ----- start-up cost
-def test_help_is_fast_and_imports_nothing_heavy():
-    best = float("inf")
-    for _ in range(3):  # best of three: a busy CI machine should not make this flaky
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "engine.cli", "--help"],
-                              capture_output=True, text=True, cwd=REPO, timeout=60)
-        best = min(best, time.perf_counter() - started)
+def test_help_imports_nothing_heavy():
+    """--help stays fast because it loads no heavy library (checked by what it imports, not by a clock)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "engine.cli", "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0 and "run" in done.stdout and "validate" in done.stdout
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
     assert not imported & set(HEAVY_MODULES), imported & set(HEAVY_MODULES)
-    assert best < 1.0, f"fluxgraph --help took {best:.2f} s"
 
 
 @pytest.mark.parametrize("command", ["run", "validate", "nodes", "models"])
@@ -217,8 +217,6 @@ def test_progress_printer_lines_and_bar():
 
 
 def test_first_ctrl_c_interrupts_cooperatively_second_stops():
-    from engine.core.context import InterruptFlag
-
     executor = types.SimpleNamespace(interrupt=InterruptFlag())
     previous = cli._interrupt_on_sigint(executor)
     try:
@@ -285,10 +283,6 @@ def test_ui_workflows_are_converted(monkeypatch, tmp_path, capsys):
 
 
 def test_real_ui_workflow_runs(tmp_path, capsys):
-    ui_export = pytest.importorskip("engine.workflow.exporter", reason="UI-format support is not in this checkout")
-    from engine.core.registry import NodeRegistry
-    from nodes.core import NODES
-
     ui = ui_export.api_to_ui(toy_workflow(width=6), NodeRegistry(NODES))
     path = write_json(tmp_path / "ui.json", ui)
     assert cli.main(["run", str(path), "--base-dir", str(tmp_path)]) == 0, capsys.readouterr().err
@@ -298,8 +292,6 @@ def test_real_ui_workflow_runs(tmp_path, capsys):
 
 
 def test_models_delegate_to_the_zoo_and_list(monkeypatch, tmp_path, capsys):
-    from engine.zoo import writer as zoo
-
     calls = []
     monkeypatch.setattr(zoo, "write_tiny_zoo", lambda d: calls.append(("tiny", d)) or [], raising=False)
     monkeypatch.setattr(zoo, "prepare_models", lambda d: calls.append(("prepare", d)) or [], raising=False)
@@ -316,11 +308,6 @@ def test_models_delegate_to_the_zoo_and_list(monkeypatch, tmp_path, capsys):
 
 def test_ui_workflow_errors_name_the_editor_node_and_say_the_format(tmp_path):
     """A UI-format workflow: the CLI says which format it read and names editor nodes in its errors."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     workflow = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "ui" / "core_invert_subgraph.json").read_text())
     for node in workflow["nodes"]:
         if node["id"] == 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
+from engine.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main, train_export
+from engine.training.segmentation.synthetic import write_synthetic_dataset
 from tests.support.segmentation import single_thread, workspace
 
 TRAIN = ["train", "segmenter", "--base", "tiny-mask2former-swin-ade", "--epochs", "2", "--batch-size", "2",
@@ -28,8 +29,6 @@ def test_train_prints_a_bar_and_a_line_per_epoch_then_where_the_model_is(capsys)
 
 
 def test_ctrl_c_saves_the_step_and_resume_finishes_the_run(capsys, monkeypatch):
-    from engine.cli import train_export
-
     calls = {"count": 0}
 
     def second_step_interrupts(self) -> None:
@@ -51,8 +50,6 @@ def test_ctrl_c_saves_the_step_and_resume_finishes_the_run(capsys, monkeypatch):
 
 
 def test_a_broken_dataset_exits_3_listing_its_problems(tmp_path, capsys):
-    from engine.training.segmentation.synthetic import write_synthetic_dataset
-
     data = write_synthetic_dataset(tmp_path / "broken", train=2, val=1, size=32)
     (data / "annotations" / "val" / "val_0000.png").unlink()
     assert run(*TRAIN, "--data", str(data), "--output", "never") == EXIT_INVALID

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest_asyncio
 from engine.memory.manager import MemoryManager
 from engine.memory.accounting import AccountingBackend, AccountingDevice, SimModel
 from engine.memory.budget import GIB, MemorySettings, add_memory_arguments, settings_from_args
+from tests.support.waiting import wait_until_async
 
 
 def parse(*argv: str) -> MemorySettings:
@@ -102,9 +102,11 @@ async def test_system_stats_reports_the_loaded_models_and_free_unloads_them(serv
     loaded = stats["memory"]["models"]
     assert [(m["name"], m["device_bytes"], m["total_bytes"]) for m in loaded] == [("transformer", 500, 500)]
     assert (await client.post("/free", json={"unload_models": True})).status == 200
-    for _ in range(200):  # the worker frees between prompts, within about a second
-        stats = await (await client.get("/system_stats")).json()
-        if stats["memory"]["weights_on_device_bytes"] == 0:
-            break
-        await asyncio.sleep(0.02)
+
+    async def unloaded() -> bool:  # the worker frees between prompts
+        memory = (await (await client.get("/system_stats")).json())["memory"]
+        return memory["weights_on_device_bytes"] == 0
+
+    await wait_until_async(unloaded, what="/free to unload the model")
+    stats = await (await client.get("/system_stats")).json()
     assert stats["memory"]["models"][0]["device_bytes"] == 0 and backend.accounting.used == 0

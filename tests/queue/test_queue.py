@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
 import pytest
 
 from engine.queue.store import (ERROR, INTERRUPTED, QUEUED, RUNNING, SUCCESS, PromptQueue, QueueLockedError)
+from tests.support.waiting import DEADLINE, blocked_in_wait, wait_until
 
 PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
 
@@ -194,11 +194,11 @@ def test_get_blocks_until_put_from_another_thread_and_listeners_fire(db_path):
     with PromptQueue(db_path) as queue:
         queue.add_listener(lambda: changes.append(queue.queue_remaining()))
         got = []
-        consumer = threading.Thread(target=lambda: got.append(queue.get(timeout=5)))
+        consumer = threading.Thread(target=lambda: got.append(queue.get()))
         consumer.start()
-        time.sleep(0.05)
+        wait_until(lambda: blocked_in_wait(consumer), what="the consumer to wait for a prompt")
         put(queue, "a")
-        consumer.join(5)
+        consumer.join(DEADLINE)
         assert got[0].prompt_id == "a"
         assert changes == [1, 1]  # put, then get (still 1: now running)
 
@@ -206,13 +206,12 @@ def test_get_blocks_until_put_from_another_thread_and_listeners_fire(db_path):
 def test_flags_wake_an_idle_worker(db_path):
     with PromptQueue(db_path) as queue:
         result = []
-        waiter = threading.Thread(target=lambda: result.append(queue.get(timeout=5)))
+        waiter = threading.Thread(target=lambda: result.append(queue.get()))  # no timeout: only a flag ends it
         waiter.start()
-        time.sleep(0.05)
-        started = time.monotonic()
+        wait_until(lambda: blocked_in_wait(waiter), what="the worker to wait for a prompt")
         queue.set_flag("free_memory", True)
-        waiter.join(5)
-        assert result == [None] and time.monotonic() - started < 1
+        waiter.join(DEADLINE)
+        assert not waiter.is_alive() and result == [None]
         assert queue.take_flags() == {"free_memory": True} and queue.take_flags() == {}
 
 

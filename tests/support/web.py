@@ -345,15 +345,6 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 # ---------------------------------------------------------------------------------------------- widget mapping
 
 PRIMITIVE_WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN")

@@ -20,9 +20,10 @@ from tests.support.web import (ALLOWED_URLS, CHROMIUM, CHROMIUM_MISSING, NO_EXTE
                                add_node_by_search, current_prompt, drag, drop_file, editor_input_kind,
                                editor_node_layout, editor_registry, input_socket, launch_chromium, link_count,
                                load_workflow, node_selector, open_editor, output_socket, saved_workflow,
-                               screenshot, tiny_zoo_models_dir, wait_until, watch_node, node_states, widget,
+                               screenshot, tiny_zoo_models_dir, watch_node, node_states, widget,
                                WORKFLOWS_DIR)
 from tests.support.reference import object_info_reference
+from tests.support.waiting import wait_until
 
 # ------------------------------------------------------------------------------------ without a browser
 
