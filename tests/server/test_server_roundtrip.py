@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import struct
 
@@ -124,13 +125,10 @@ async def test_events_go_only_to_the_prompts_client_and_progress_is_broadcast_wi
     await messages_until_done(alice, queued["prompt_id"])
     anonymous = await (await client.post("/prompt", json={"prompt": sleep_graph(8, steps=2)})).json()
     await wait_for_job(client, anonymous["prompt_id"])
-    await asyncio.sleep(0.05)
-    eve_saw = []
-    while True:
-        try:
-            eve_saw.append(await receive_json(eve, timeout=0.2))
-        except asyncio.TimeoutError:
-            break
+    # Eve's own prompt marks the end: whatever was published before it reaches her first (one ordered outbox).
+    marker = await (await client.post("/prompt", json={"prompt": sleep_graph(9, steps=1), "client_id": "eve"})).json()
+    received = await messages_until_done(eve, marker["prompt_id"])
+    eve_saw = list(itertools.takewhile(lambda m: m.get("data", {}).get("prompt_id") != marker["prompt_id"], received))
     kinds = {m["type"] for m in eve_saw}
     assert kinds == {"status", "progress"}  # queue status for all; progress broadcast for the anonymous prompt
     assert {m["data"]["prompt_id"] for m in eve_saw if m["type"] == "progress"} == {anonymous["prompt_id"]}
@@ -193,12 +191,11 @@ async def test_hundred_node_chain_with_comfy_message_shapes(client):
 
 
 async def test_worker_runs_off_the_event_loop(client):
-    queued = await (await client.post("/prompt", json={"prompt": sleep_graph(9, seconds=1.0, steps=10)})).json()
+    queued = await (await client.post("/prompt", json={"prompt": sleep_graph(9, seconds=60.0, steps=600)})).json()
     await wait_for_job(client, queued["prompt_id"], statuses=("running",))
-    started = asyncio.get_running_loop().time()
     for path in ("/queue", "/object_info", "/system_stats", "/prompt"):
         assert (await client.get(path)).status == 200
-    assert asyncio.get_running_loop().time() - started < 0.5  # answered while the job sleeps
+    # answered while the job sleeps (a minute of work, cut short by the interrupt below)
     queue = await (await client.get("/queue")).json()
     assert [item[1] for item in queue["queue_running"]] == [queued["prompt_id"]]
     await client.post("/interrupt")

@@ -16,6 +16,7 @@ from engine.backends.runtime import Runtime
 from engine.core.schema import Combo, Float, Int, NodeResult, Output, Socket, String, node
 from engine.server.config import ServerConfig
 from tests.support.reference import REFERENCE_DIR
+from tests.support.waiting import DEADLINE, wait_until_async
 
 REFERENCE = REFERENCE_DIR  # captures of ComfyUI 0.8.0
 
@@ -112,7 +113,7 @@ def chain_graph(n: int = 100) -> dict[str, Any]:
     return graph
 
 
-async def receive_json(ws: Any, timeout: float = 20.0) -> dict[str, Any]:
+async def receive_json(ws: Any, timeout: float = DEADLINE) -> dict[str, Any]:
     while True:
         message = await asyncio.wait_for(ws.receive(), timeout)
         if message.type.name == "TEXT":
@@ -121,7 +122,7 @@ async def receive_json(ws: Any, timeout: float = 20.0) -> dict[str, Any]:
             raise ConnectionError(f"websocket closed: {message}")
 
 
-async def messages_until_done(ws: Any, prompt_id: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+async def messages_until_done(ws: Any, prompt_id: str, timeout: float = DEADLINE) -> list[dict[str, Any]]:
     """JSON messages up to and including `executing {node: null}` for this prompt."""
     seen = []
     while True:
@@ -133,16 +134,17 @@ async def messages_until_done(ws: Any, prompt_id: str, timeout: float = 20.0) ->
 
 
 async def wait_for_job(client: Any, prompt_id: str, statuses=("success", "error", "interrupted"),
-                       timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+                       timeout: float = DEADLINE) -> dict[str, Any]:
+    job: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        nonlocal job
         response = await client.get(f"/api/jobs/{prompt_id}")
-        if response.status == 200:
-            job = await response.json()
-            if job["status"] in statuses:
-                return job
-        await asyncio.sleep(0.02)
-    raise TimeoutError(f"job {prompt_id} did not reach {statuses}")
+        job = await response.json() if response.status == 200 else {}
+        return job.get("status") in statuses
+
+    await wait_until_async(reached, timeout, what=f"job {prompt_id} to reach {statuses}")
+    return job
 
 
 def same_shape(actual: Any, reference: Any, path: str = "$") -> list[str]:
