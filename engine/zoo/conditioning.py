@@ -24,7 +24,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.models.common.safetensors_io import save_safetensors
+from engine.models.flux1.keys import diffusers_to_bfl
 from engine.zoo.flux1_tiny import TINY_CLIP, TINY_T5, TINY_TRANSFORMER, make_sensitive_, seeded_init_
+from engine.zoo.tokenizers import make_clip_tokenizer
 
 TINY_SIGLIP = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                    image_size=32, patch_size=8, num_channels=3, layer_norm_eps=1e-6,
@@ -130,8 +133,6 @@ def _module_shapes() -> dict[str, dict[str, Any]]:
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.zoo.tokenizers import make_clip_tokenizer
-
     with torch.device("meta"):
         transformer = FluxTransformer2DModel(**_config())
         clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(make_clip_tokenizer()), **TINY_CLIP))
@@ -146,8 +147,6 @@ def lora_deltas(which: int = 1, seed: int = 0) -> dict[str, tuple[Any, Any]]:
 
 def lora_files(which: int = 1, seed: int = 0) -> dict[str, dict[str, Any]]:
     """{layout: state dict} of LoRA `which` in each layout it is shipped in."""
-    from engine.models.flux1.keys import diffusers_to_bfl
-
     groups = tiny_lora(which, seed)
     files: dict[str, dict[str, Any]] = {}
     for layout, alpha in (LORA_LAYOUTS if which == 1 else LORA2_LAYOUTS).items():
@@ -198,9 +197,6 @@ def _plain_config(config: Any) -> dict[str, Any]:
 
 def write_conditioning_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str, str] | None = None) -> list[Path]:
     """Write this module's part of the tiny zoo; returns the files written."""
-    from engine.models.flux1.keys import diffusers_to_bfl
-    from engine.models.common.safetensors_io import save_safetensors
-
     models_dir = Path(models_dir)
     meta = dict(metadata or {})
     written: list[Path] = []

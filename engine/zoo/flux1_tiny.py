@@ -16,6 +16,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from engine.models.common.configs import load_config
+from engine.models.common.handles import FluxTextEncoders, FluxVAE
+from engine.models.flux1.variants import flux_model_handle
+from engine.zoo.tokenizers import make_clip_tokenizer, make_t5_tokenizer
+
 VARIANTS = ("dev", "schnell")
 
 # Widths deliberately differ from each other so that a loader that mixes them up fails loudly.
@@ -62,8 +67,6 @@ class TinyComponents:
         """FlowMatchEulerDiscreteScheduler configured as the real variant's scheduler_config."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from engine.models.common.configs import load_config
-
         return FlowMatchEulerDiscreteScheduler.from_config(load_config(f"flux1-{self.variant}-scheduler"))
 
     def pipeline_kwargs(self) -> dict[str, Any]:
@@ -73,9 +76,6 @@ class TinyComponents:
 
     def handles(self, source: str = "tiny") -> tuple[Any, Any, Any]:
         """(FluxModel, FluxTextEncoders, FluxVAE) handles over these modules, as the loaders return them."""
-        from engine.models.common.handles import FluxTextEncoders, FluxVAE
-        from engine.models.flux1.variants import flux_model_handle
-
         model = flux_model_handle(self.transformer, self.variant, source=source)
         encoders = FluxTextEncoders(clip=self.text_encoder, clip_tokenizer=self.tokenizer, t5=self.text_encoder_2,
                                     t5_tokenizer=self.tokenizer_2,
@@ -148,8 +148,6 @@ def tiny_shared_parts(seed: int = 0) -> TinyComponents:
     """Text encoders, tokenizers and VAE (shared by all variants, as for real FLUX.1); transformer unset."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from engine.zoo.tokenizers import make_clip_tokenizer, make_t5_tokenizer
 
     clip_tok, t5_tok = make_clip_tokenizer(), make_t5_tokenizer()
     clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), **TINY_CLIP))

@@ -20,8 +20,11 @@ models themselves are tiny (engine.zoo.flux2_tiny).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from engine.models.common.safetensors_io import open_safetensors, save_safetensors
+from engine.models.flux2.keys import diffusers_to_bfl
+from engine.models.flux2.vae_keys import diffusers_to_bfl_flux2_vae
+from engine.zoo.files import save_pipeline, save_tokenizer
 from engine.zoo.flux2_tiny import TinyFlux2, tiny_flux2, tiny_flux2_shared, tiny_flux2_transformer
 
 TRANSFORMER_FILES = {"klein": "flux2-klein-4b-tiny.safetensors", "klein-base": "flux2-klein-base-4b-tiny.safetensors",
@@ -34,10 +37,6 @@ PIPELINE_FOLDERS = {"klein": "flux2-klein-4b-tiny", "dev": "flux2-dev-tiny"}
 
 def write_flux2_zoo(models_dir: str | Path, seed: int = 0, meta: dict[str, str] | None = None) -> list[Path]:
     """Write the tiny FLUX.2 files under `models_dir`; returns the paths written."""
-    from engine.models.flux2.keys import diffusers_to_bfl
-    from engine.models.flux2.vae import diffusers_to_bfl_flux2_vae
-    from engine.models.common.safetensors_io import open_safetensors, save_safetensors
-
     models_dir = Path(models_dir)
     meta = dict(meta or {})
     klein = tiny_flux2_shared(seed, "klein")
@@ -46,8 +45,8 @@ def write_flux2_zoo(models_dir: str | Path, seed: int = 0, meta: dict[str, str] 
         save_safetensors(klein.text_encoder.state_dict(), models_dir / "text_encoders" / QWEN3_FILE, meta),
         save_safetensors(diffusers_to_bfl_flux2_vae(klein.vae.state_dict()), models_dir / "vae" / VAE_FILE, meta),
     ]
-    written += _save_tokenizer(klein.tokenizer, models_dir / "tokenizers" / "qwen3-tiny")
-    written += _save_tokenizer(dev.tokenizer, models_dir / "tokenizers" / "mistral3-tiny")
+    written += save_tokenizer(klein.tokenizer, models_dir / "tokenizers" / "qwen3-tiny")
+    written += save_tokenizer(dev.tokenizer, models_dir / "tokenizers" / "mistral3-tiny")
     for variant, filename in TRANSFORMER_FILES.items():
         transformer = tiny_flux2_transformer(variant, seed)
         state = diffusers_to_bfl(transformer.state_dict())
@@ -59,35 +58,11 @@ def write_flux2_zoo(models_dir: str | Path, seed: int = 0, meta: dict[str, str] 
             shared = dev if variant == "dev" else klein
             parts = TinyFlux2(variant=variant, transformer=transformer, vae=klein.vae,
                               text_encoder=shared.text_encoder, tokenizer=shared.tokenizer)
-            written += _save_pipeline(parts, models_dir / "diffusers" / PIPELINE_FOLDERS[variant])
+            written += save_pipeline(parts.pipeline, models_dir / "diffusers" / PIPELINE_FOLDERS[variant])
     # Mistral3 as transformers saves it (its checkpoint key names), taken from the dev pipeline folder just written
     saved = open_safetensors(models_dir / "diffusers" / PIPELINE_FOLDERS["dev"] / "text_encoder" / "model.safetensors")
     written.append(save_safetensors(saved.load(), models_dir / "text_encoders" / MISTRAL_FILE, meta))
     return written
-
-
-def _save_tokenizer(tokenizer: Any, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(folder))
-    return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
-def _save_pipeline(parts: TinyFlux2, folder: Path) -> list[Path]:
-    _quiet(lambda: parts.pipeline().save_pretrained(str(folder), safe_serialization=True))
-    return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
-def _quiet(action: Any) -> None:
-    """Run `action` without transformers' "Writing model shards" progress bars."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        action()
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 __all__ = ["write_flux2_zoo", "tiny_flux2", "TRANSFORMER_FILES", "QWEN3_FILE", "MISTRAL_FILE", "VAE_FILE",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.zoo.flux1_tiny import make_sensitive_, seeded_init_
+from engine.zoo.flux2_tokenizers import make_mistral_tokenizer, make_qwen3_tokenizer
 
 FLUX2_TINY_VARIANTS = ("klein", "klein-base", "dev")
 TINY_FLUX2_TRANSFORMER = dict(patch_size=1, in_channels=128, num_layers=2, num_single_layers=2,
@@ -134,8 +135,6 @@ def tiny_flux2(variant: str = "klein", seed: int = 0) -> TinyFlux2:
 
 def tiny_flux2_shared(seed: int = 0, family: str = "klein") -> TinyFlux2:
     """VAE, text encoder and tokenizer of the klein or dev family (transformer unset)."""
-    from engine.zoo.flux2_tokenizers import make_mistral_tokenizer, make_qwen3_tokenizer
-
     if family == "dev":
         tokenizer = make_mistral_tokenizer()
         encoder = tiny_mistral3(tokenizer, seed)

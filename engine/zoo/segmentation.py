@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.models.common.configs import CONFIG_DIR
+
 TINY_FOLDER_NAME = "tiny-mask2former-swin-ade"
 TINY_FILE_NAME = "tiny-mask2former-swin-ade.safetensors"
-from engine.models.common.configs import CONFIG_DIR
 
 # Processing settings written next to the tiny model: small images keep CPU tests fast.
 TINY_PREPROCESSING = {"shortest_edge": 96, "longest_edge": 160, "size_divisor": 32}

@@ -8,6 +8,7 @@ the saved files are byte-identical from run to run.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 CLIP_BOS = "<|startoftext|>"
@@ -140,8 +141,6 @@ def train_t5_vocab() -> list[tuple[str, float]]:
     sums vary between runs: pieces are `▁word` for every corpus word, frequent in-word substrings (2-4
     characters) and every printable ASCII character, scored by log relative frequency (ties by piece).
     """
-    import math
-
     counts: dict[str, int] = {}
 
     def add(piece: str, n: int = 1) -> None:

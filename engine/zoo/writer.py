@@ -19,12 +19,18 @@ real weights):
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+from engine.models.common.safetensors_io import save_safetensors
+from engine.models.common.vae_keys import diffusers_vae_to_bfl
+from engine.models.flux1.keys import diffusers_to_bfl
+from engine.zoo.conditioning import write_conditioning_zoo
+from engine.zoo.files import save_pipeline, save_tokenizer
 from engine.zoo.flux1_tiny import TinyComponents, tiny_components, tiny_shared_parts, tiny_transformer
+from engine.zoo.flux2 import write_flux2_zoo
+from engine.zoo.segmentation import write_tiny_segmenter
 
 ZOO_VERSION = "3"  # 2: conditioning models (zoo_conditioning); 3: FLUX.2 (zoo_flux2)
 MANIFEST = ".tiny-zoo.json"
@@ -63,10 +69,6 @@ def t5_file_state(t5: Any) -> dict[str, Any]:
 
 def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
     """Write the tiny zoo under `models_dir`; returns {relative path: sha256} of every file written."""
-    from engine.models.flux1.keys import diffusers_to_bfl
-    from engine.models.common.safetensors_io import save_safetensors
-    from engine.models.common.vae_keys import diffusers_vae_to_bfl
-
     models_dir = Path(models_dir)
     shared = tiny_shared_parts(seed)
     meta = {"fluxgraph.tiny_zoo": ZOO_VERSION, "fluxgraph.seed": str(seed)}
@@ -78,8 +80,8 @@ def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
         save_safetensors(t5_state, models_dir / "text_encoders/t5xxl-tiny.safetensors", meta),
         save_safetensors(ae_state, models_dir / "vae/ae-tiny.safetensors", meta),
     ]
-    written += _save_tokenizer(shared.tokenizer, models_dir / "tokenizers/clip_l-tiny")
-    written += _save_tokenizer(shared.tokenizer_2, models_dir / "tokenizers/t5xxl-tiny")
+    written += save_tokenizer(shared.tokenizer, models_dir / "tokenizers/clip_l-tiny")
+    written += save_tokenizer(shared.tokenizer_2, models_dir / "tokenizers/t5xxl-tiny")
     for variant in ("dev", "schnell"):
         parts = TinyComponents(**{**shared.__dict__, "variant": variant,
                                   "transformer": tiny_transformer(variant, seed)})
@@ -92,38 +94,20 @@ def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
         written.append(save_safetensors(aio, models_dir / f"checkpoints/flux1-{variant}-tiny-aio.safetensors",
                                         variant_meta))
         written += _save_pipeline_folder(parts, models_dir / f"diffusers/flux1-{variant}-tiny")
-    from engine.zoo.conditioning import write_conditioning_zoo  # Fill, Kontext, SigLIP/Redux, LoRAs
-
-    written += write_conditioning_zoo(models_dir, seed, meta)
-    from engine.zoo.flux2 import write_flux2_zoo  # FLUX.2 klein (base, distilled) and dev
-
-    written += write_flux2_zoo(models_dir, seed, meta)
+    written += write_conditioning_zoo(models_dir, seed, meta)  # Fill, Kontext, SigLIP/Redux, LoRAs
+    written += write_flux2_zoo(models_dir, seed, meta)  # FLUX.2 klein (base, distilled) and dev
     hashes = {p.relative_to(models_dir).as_posix(): _sha256(p) for p in sorted(written)}
     manifest = {"version": ZOO_VERSION, "seed": seed, "files": hashes}
     (models_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return hashes
 
 
-def _save_tokenizer(tokenizer: Any, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(folder))
-    return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
 def _save_pipeline_folder(parts: TinyComponents, folder: Path) -> list[Path]:
     """A diffusers FluxPipeline folder (model_index.json, transformer/, vae/, text_encoder*/, tokenizer*/,
-    scheduler/), safetensors weights only."""
+    scheduler/)."""
     from diffusers import FluxPipeline
-    from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Writing model shards" bar per tiny encoder is only noise
-    try:
-        FluxPipeline(**parts.pipeline_kwargs()).save_pretrained(str(folder), safe_serialization=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return save_pipeline(lambda: FluxPipeline(**parts.pipeline_kwargs()), folder)
 
 
 def zoo_is_complete(models_dir: str | Path) -> bool:
@@ -159,8 +143,8 @@ def real_weights(models_dir: str | Path, folders: tuple[str, ...] = FLUX_FOLDERS
 
 def prepare_models(models_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     """Make sure there is something to run: write the tiny zoo unless real FLUX weights are present or the zoo
-    is already complete; likewise the tiny segmenter (engine.zoo.segmentation), when that module exists.
-    Returns what was done, for the CLI to report."""
+    is already complete; likewise the tiny segmenter (engine.zoo.segmentation). Returns what was done, for the
+    CLI to report."""
     models_dir = Path(models_dir)
     report: dict[str, Any] = {"models_dir": str(models_dir)}
     real = real_weights(models_dir)
@@ -171,13 +155,10 @@ def prepare_models(models_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     else:
         files = write_tiny_zoo(models_dir, seed)
         report["flux"] = f"tiny zoo written ({len(files)} files)"
-    if importlib.util.find_spec("engine.zoo.segmentation") is not None:
-        real_seg = real_weights(models_dir, ("segmentation",))
-        if real_seg:
-            report["segmentation"] = f"real weights present (e.g. {real_seg[0]}); tiny segmenter not written"
-        else:
-            from engine.zoo.segmentation import write_tiny_segmenter
-
-            write_tiny_segmenter(models_dir)
-            report["segmentation"] = "tiny segmenter written"
+    real_seg = real_weights(models_dir, ("segmentation",))
+    if real_seg:
+        report["segmentation"] = f"real weights present (e.g. {real_seg[0]}); tiny segmenter not written"
+    else:
+        write_tiny_segmenter(models_dir)
+        report["segmentation"] = "tiny segmenter written"
     return report
