@@ -8,7 +8,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from engine.core.registry import NodeRegistry
 from engine.core.schema import Combo, NodeResult, String, node
 from engine.backends.ray.files import OutputStore, input_files, rename_records
 from engine.backends.ray.scheduler import ModelIdentities, Scheduler, WorkerSlot, model_files
-from tests.support.server import chain_graph, image_graph, sleep_graph
+from tests.support.server import chain_graph, image_graph, make_runtime, sleep_graph
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,8 +97,7 @@ def test_models_are_identified_by_content_not_by_name(tmp_path):
     assert of("missing.safetensors") == frozenset() and of("../../etc/passwd") == frozenset()
     assert model_files({"1": {"class_type": "Unknown", "inputs": {}}}, registry, folders) == []
     before = of("b.safetensors")
-    time.sleep(0.01)
-    (unet / "b.safetensors").write_bytes(b"weights-three" * 1000)  # changed on disk: a new identity
+    (unet / "b.safetensors").write_bytes(b"weights-three" * 1000)  # changed on disk (another size): a new identity
     assert of("b.safetensors") != before
 
 
@@ -221,9 +219,9 @@ def test_a_worker_on_shared_storage_writes_straight_into_the_servers_folders(tmp
 
 def test_actor_interrupt_before_the_prompt_starts_still_stops_it(actor):
     assert actor.interrupt("early") is False  # not running yet: remembered
-    started = time.monotonic()
     _, messages = run_messages(actor, "early", sleep_graph(1, seconds=5.0, steps=50))
-    assert messages[-1][1].status == "interrupted" and time.monotonic() - started < 2.0
+    assert messages[-1][1].status == "interrupted"
+    assert not [m for m in messages if m[:2] == ("event", "progress")]  # stopped before the node's first step
     assert actor.interrupt(None) is False  # nothing running
 
 
@@ -239,7 +237,6 @@ class _LostRun:
 def _dispatcher(tmp_path):
     from engine.server.events import EventHub
     from engine.server.worker import PromptWorker, _Sink
-    from tests.support.server import make_runtime
 
     queue = PromptQueue(tmp_path / "queue.sqlite3")
     worker = PromptWorker(make_runtime(tmp_path), queue, EventHub(lambda: {}))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SLOW_PACK = '''
@@ -128,9 +130,7 @@ def test_sigkill_mid_run_loses_nothing_and_resumes_the_running_prompt_once(tmp_p
     server.post("/prompt", slow_prompt("next1"))
     server.post("/prompt", slow_prompt("next2"))
     server.wait_for("crash", ("running",))
-    deadline = time.monotonic() + 10
-    while "crash" not in (base / "runs.txt").read_text().split() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: "crash" in (base / "runs.txt").read_text().split(), what="the crash prompt to start its node")
     server.kill(signal.SIGKILL)
     assert server.process.returncode == -signal.SIGKILL
 

@@ -3,7 +3,6 @@ against the captures of a real ComfyUI server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -14,8 +13,9 @@ from engine.recipes.errors import RecipeError
 from engine.recipes.generate import build_graph, parse_request
 from engine.recipes.graph_tools import positive_encoders
 from engine.server.state import STATE
-from tests.support.server import (REFERENCE, image_graph, make_config, make_runtime, same_shape, sleep_graph,
-                                       wait_for_job)
+from tests.support.server import (REFERENCE, image_graph, make_config, make_runtime, progress_messages, same_shape,
+                                  sleep_graph, wait_for_job)
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.asyncio
 ROUTES = ["/prompt", "/queue", "/history", "/object_info", "/object_info/EmptyImage", "/system_stats", "/models",
@@ -110,7 +110,10 @@ async def test_queue_order_front_number_delete_and_clear(client):
     assert (await client.post("/queue", json={"clear": True})).status == 200
     assert (await (await client.get("/queue")).json())["queue_pending"] == []
     await client.post("/interrupt", json={"prompt_id": "someone-else"})  # not the running one: no effect
-    await asyncio.sleep(0.1)
+    # A socket opened now gets only steps taken after that request: the second proves the first's interrupt
+    # check passed (a step reports progress, then checks).
+    watcher = await client.ws_connect("/ws?clientId=watcher")
+    await progress_messages(watcher, blocker["prompt_id"], 2)
     assert (await (await client.get(f"/api/jobs/{blocker['prompt_id']}")).json())["status"] == "running"
     await client.post("/interrupt", json={"prompt_id": blocker["prompt_id"]})
     assert (await wait_for_job(client, blocker["prompt_id"]))["status"] == "interrupted"
@@ -187,11 +190,7 @@ async def test_free_clears_the_output_cache(client):
     await wait_for_job(client, body["prompt_id"])
     assert len(runtime.cache) > 0
     assert (await client.post("/free", json={"unload_models": True, "free_memory": True})).status == 200
-    for _ in range(100):
-        if len(runtime.cache) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert len(runtime.cache) == 0
+    await wait_until_async(lambda: len(runtime.cache) == 0, what="/free to clear the output cache")
     bad = await client.post("/free", json={"free_memory": "yes"})
     assert bad.status == 400 and "'free_memory' must be a boolean" in (await bad.json())["error"]["message"]
 

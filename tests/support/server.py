@@ -133,6 +133,16 @@ async def messages_until_done(ws: Any, prompt_id: str, timeout: float = DEADLINE
             return seen
 
 
+async def progress_messages(ws: Any, prompt_id: str, count: int, timeout: float = DEADLINE) -> list[dict[str, Any]]:
+    """The next `count` progress messages of `prompt_id` on `ws` (other messages are skipped)."""
+    seen: list[dict[str, Any]] = []
+    while len(seen) < count:
+        message = await receive_json(ws, timeout)
+        if message["type"] == "progress" and message["data"].get("prompt_id") == prompt_id:
+            seen.append(message)
+    return seen
+
+
 async def wait_for_job(client: Any, prompt_id: str, statuses=("success", "error", "interrupted"),
                        timeout: float = DEADLINE) -> dict[str, Any]:
     job: dict[str, Any] = {}
