@@ -88,7 +88,6 @@ def test_nodes_without_a_runtime_manager_run_on_the_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_real_module_moves_to_cuda_and_back():
     manager = MemoryManager(device="cuda", keep_loaded=False)
     layer = torch.nn.Linear(4, 4)

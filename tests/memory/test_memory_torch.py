@@ -317,11 +317,7 @@ def test_dropping_the_model_frees_its_registry_entry(model_file):
     assert memory.stats()["models"] == []
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 @pytest.mark.gpu
-@cuda
 def test_cuda_streaming_from_pinned_memory_matches_full_residency_within_the_budget(model_file):
     full = load(model_file)
     with MemoryManager(settings=MemorySettings(device="cuda")).use(full):
@@ -348,7 +344,6 @@ def test_cuda_streaming_from_pinned_memory_matches_full_residency_within_the_bud
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_owned_weights_move_without_a_second_copy():
     module = Stack()
     x = torch.randn(2, 8)

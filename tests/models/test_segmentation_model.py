@@ -262,7 +262,6 @@ def test_resolution_option_changes_the_processed_size():
 # ----- CUDA paths (fp16/bf16 weights, channels-last, quantisation on the device)
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_results_agree_with_the_cpu(segmenter, dtype):
     images = [as_image_tensor(smooth_image(96, 128, seed=31)), as_image_tensor(smooth_image(100, 130, seed=32))]

@@ -145,7 +145,6 @@ def test_changing_only_the_seed_in_a_custom_sampling_graph_reruns_the_noise_node
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_same_seed_gives_the_same_image_on_cuda_and_cpu():
     from engine.memory.manager import MemoryManager
 
