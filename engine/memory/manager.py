@@ -31,6 +31,7 @@ from engine.memory.errors import DeviceMemoryError, ModelFileChangedError, NotEn
 from engine.memory.patches import ExternalPatches
 from engine.memory.plan import ModelEntry, Plan, plan_use
 from engine.memory.recovery import CallRecovery, drop_frames
+from engine.memory.torch_backend import TorchBackend
 
 KEEP_PLACEMENT_SLACK = 0.05  # re-placing a partial model for a gain under 5% of it is not worth the copies
 
@@ -103,8 +104,6 @@ class MemoryManager(CallRecovery):
     @property
     def backend(self) -> Any:
         if self._backend is None:
-            from engine.memory.torch_backend import TorchBackend
-
             self._backend = TorchBackend(self.device, offload_device=self._offload_spec)
         return self._backend
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from engine.memory.budget import estimate_activation_bytes
 from engine.memory.errors import OutOfMemoryError
 from engine.memory.plan import ModelEntry, plan_shrink
+from engine.memory.torch_backend import requested_bytes
 
 
 class CallRecovery:
@@ -98,6 +99,4 @@ def _requested(exc: BaseException) -> int | None:
     requested = getattr(exc, "requested", None)
     if isinstance(requested, int):
         return requested
-    from engine.memory.torch_backend import requested_bytes
-
     return requested_bytes(exc)

@@ -13,6 +13,7 @@ block (see transports.py). Objects that are not `nn.Module`s but have `.to()` ar
 
 from __future__ import annotations
 
+import gc
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -210,8 +211,6 @@ class TorchBackend:
         return None, None
 
     def empty_cache(self) -> None:
-        import gc
-
         gc.collect()
         if self.is_cuda and self.torch.cuda.is_available():
             self.torch.cuda.empty_cache()

@@ -19,7 +19,7 @@ import torch
 
 def dev_system_message() -> str:
     """BFL's system message for FLUX.2 dev prompts (shipped with diffusers' Flux2Pipeline)."""
-    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE  # noqa: PLC0415 - FLUX.2 dev prompts only
 
     return SYSTEM_MESSAGE
 

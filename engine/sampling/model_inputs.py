@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.sampling.fill import fill_hook
+from engine.sampling.redux import ReduxAttentionBias
+from engine.sampling.reference import ReferenceInputs
+
 
 def add_model_inputs(denoiser: Any) -> None:
     """Attach the Fill, reference-latent and Redux attention-bias hooks to a FluxDenoiser."""
-    from engine.sampling.fill import fill_hook
-    from engine.sampling.redux import ReduxAttentionBias
-    from engine.sampling.reference import ReferenceInputs
-
     model = getattr(denoiser, "model", None)
     if getattr(model, "family", "flux1") != "flux1" or not hasattr(denoiser, "input_hooks"):
         return  # FLUX.2 reads reference latents in its own denoiser

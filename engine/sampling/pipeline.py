@@ -23,6 +23,8 @@ from engine.sampling.flux2_latents import fit_latent_to_model, is_flux2, model_l
 from engine.sampling.flux2_latents import image_size as family_image_size
 from engine.models.lora.patch import apply_patches, patches_for
 from engine.sampling.fill import step_mask_function
+from engine.sampling.flux2_denoiser import Flux2Denoiser
+from engine.sampling.flux2_schedule import flux2_model_schedule
 from engine.sampling.guidance import FluxDenoiser
 from engine.sampling.model_inputs import add_model_inputs
 from engine.sampling.latents import pad_to_patch
@@ -85,8 +87,6 @@ def schedule_for(model: Any, latent_samples: torch.Tensor | None, steps: int | N
     """The model's sigma schedule for a latent (FLUX.2's shift also depends on the step count)."""
     size = family_image_size(latent_samples, model) if latent_samples is not None else None
     if is_flux2(model):
-        from engine.sampling.flux2_schedule import flux2_model_schedule
-
         return flux2_model_schedule(model.sampling, size, steps)
     return flow_schedule(model.sampling, size)
 
@@ -137,9 +137,7 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
 
     patches = patches_for(getattr(model, "patches", ()), "transformer")  # LoRAs: patched, restored exactly
     with memory.use(model.transformer), apply_patches(model.transformer, patches):
-        denoiser_cls = FluxDenoiser
-        if is_flux2(model):
-            from engine.sampling.flux2_denoiser import Flux2Denoiser as denoiser_cls
+        denoiser_cls = Flux2Denoiser if is_flux2(model) else FluxDenoiser
         denoiser = denoiser_cls(model, guider.positive, guider.negative, guider.cfg, schedule, device, raw.shape[0])
         add_model_inputs(denoiser)  # Fill channels, reference latents, Redux attention bias
         denoise: Callable = denoiser

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .conditioning import _entries
+from engine.sampling.conditioning import _entries, fit_batch
+from engine.sampling.latents import FLUX1_LATENT, image_ids, pack_latents, pad_to_patch
 
 REFERENCE_LATENTS = "reference_latents"
 REFERENCE_METHOD = "reference_latents_method"
@@ -103,8 +104,6 @@ def _tokens(latent_pixels: int) -> int:
 
 def reference_ids(height: int, width: int, index: int, row: int, col: int) -> torch.Tensor:
     """Position ids [(h/2)*(w/2), 3] of a reference latent of height x width at (index, row, col)."""
-    from engine.sampling.latents import image_ids
-
     ids = image_ids(height, width, index=float(index))
     ids[:, 1] += row
     ids[:, 2] += col
@@ -114,9 +113,6 @@ def reference_ids(height: int, width: int, index: int, row: int, col: int) -> to
 def reference_tokens(latents: list[torch.Tensor], main_size: tuple[int, int], method: str, batch: int,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed model-space tokens [batch, n, 64] and position ids [n, 3] of all references, in order."""
-    from engine.sampling.conditioning import fit_batch
-    from engine.sampling.latents import FLUX1_LATENT, pack_latents, pad_to_patch
-
     padded = []
     for number, latent in enumerate(latents):
         if latent.ndim != 4 or latent.shape[1] != FLUX1_LATENT.channels:

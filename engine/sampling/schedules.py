@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -109,8 +110,7 @@ def _finish(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def simple_sigmas(schedule: FlowSchedule, steps: int) -> torch.Tensor:
-    import numpy as np
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: PLC0415 - diffusers loads only for this schedule
 
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=schedule.num_train_timesteps, shift=schedule.shift,
@@ -141,8 +141,7 @@ def exponential_sigmas(schedule: FlowSchedule, steps: int) -> torch.Tensor:
 
 
 def beta_sigmas(schedule: FlowSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
-    import numpy as np
-    from scipy.stats import beta as beta_distribution
+    from scipy.stats import beta as beta_distribution  # noqa: PLC0415 - scipy loads only for the beta schedule
 
     last_index = schedule.num_train_timesteps - 1
     quantiles = 1.0 - np.linspace(0.0, 1.0, steps, endpoint=False)

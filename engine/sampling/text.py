@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from engine.sampling.flux2_text import encode_flux2_prompt
+
 T5_MIN_LENGTH = 256
 CLIP_MAX_LENGTH = 77
 
@@ -62,8 +64,6 @@ def encode_flux_prompt(encoders: Any, clip_text: str, t5_text: str,
     hidden states of `t5_text` (the prompt) and no pooled embedding."""
     kind = getattr(encoders, "kind", "flux")
     if kind == "flux2":
-        from engine.sampling.flux2_text import encode_flux2_prompt
-
         return encode_flux2_prompt(encoders, t5_text, memory), None
     if kind != "flux":
         raise ValueError(f"this CLIP is of kind {kind!r}; FLUX.1 prompts need kind 'flux' (clip_l + t5xxl)")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from engine.memory.mapped import release_pages
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 
 
@@ -58,8 +59,6 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
 def _converted(state: dict[str, Any], expected: set[str], dtype: Any) -> dict[str, Any]:
     """The tensors to assign, cast to `dtype` one at a time. A memory-mapped source gives its pages back
     right after its cast, so loading holds the converted model plus one tensor, never two copies."""
-    from engine.memory.mapped import release_pages
-
     out: dict[str, Any] = {}
     for key, value in state.items():
         if key not in expected:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.core.atomic_files import atomic_write
+from engine.memory.mapped import MappedFile
 
 PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl"})
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -71,8 +72,6 @@ class SafetensorsFile:
 
         Nothing is read until a tensor is used, and no RAM is taken for weights the memory manager keeps
         on disk (engine.memory.mapped); converting or copying one is the first real read."""
-        from engine.memory.mapped import MappedFile
-
         wanted = [k for k in (keys if keys is not None else self.tensors) if k.startswith(prefix)]
         out: dict[str, Any] = {}
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from torch import nn
+from torch import nn  # noqa: TID253 - Flux2Autoencoder is an nn.Module; this module loads only with a FLUX.2 VAE
 
 from engine.models.common.build import instantiate, load_folder_weights, model_subfolder, read_folder_config
 from engine.models.common.family import require_family_part

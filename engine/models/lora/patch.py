@@ -27,6 +27,8 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
+from engine.models.lora.deltas import DELTAS
+
 PARTS = ("transformer", "clip", "t5")
 
 
@@ -154,8 +156,6 @@ def _add_delta(total: Any, delta: WeightDelta, factor: float, device: Any, fresh
     """total + factor * up @ down: a new tensor (or `out`) when `fresh`, else in place. With a cached product
     (engine/models/lora/deltas.py) it is one pass over memory, else one matrix product."""
     import torch
-
-    from engine.models.lora.deltas import DELTAS
 
     product = DELTAS.product(delta, device)
     if product is not None:

@@ -28,12 +28,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from engine.models.segmentation.exported import load_exported_file
 
 FORMATS = ("onnx", "torchscript", "pt2")
 DTYPES = ("fp32", "fp16", "int8")
@@ -291,8 +294,6 @@ def int8_nodes(model: Any) -> list[str]:
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
-    import logging
-
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -311,8 +312,7 @@ def _verify(segmenter: Any, record: ExportedFile) -> None:
     """Run the written file through the loader and compare with the fp32 PyTorch model."""
     import torch
 
-    from engine.models.segmentation.exported import load_exported_file
-    from engine.models.segmentation.pipeline import semantic_scores
+    from engine.models.segmentation.pipeline import semantic_scores  # noqa: PLC0415 - it loads numpy; only checks need it
 
     runner = load_exported_file(record.path)
     example = example_input(record.size, seed=1)

@@ -20,8 +20,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from engine.models.segmentation.mask2former import Preprocessing, Segmenter
 
 POSTPROCESS_GRID = (384, 384)  # transformers' post-processing resizes mask logits to this grid first
@@ -70,6 +68,7 @@ def to_uint8_rgb(image: Any) -> Any:
 
 def resize_uint8(pixels: Any, size: tuple[int, int]) -> Any:
     """H×W×3 uint8 (tensor or array) -> the processor's PIL bilinear resize, as a tensor (CPU when resized)."""
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -80,8 +79,10 @@ def resize_uint8(pixels: Any, size: tuple[int, int]) -> Any:
     return torch.from_numpy(np.array(Image.fromarray(array).resize((width, height), resample=Image.BILINEAR)))
 
 
-def normalisation_table(prep: Preprocessing) -> np.ndarray:
+def normalisation_table(prep: Preprocessing) -> Any:
     """3×256 float32: value v of channel c -> (float32(v * (1/255) in float64) - mean_c) / std_c in float32."""
+    import numpy as np
+
     rescaled = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
     mean = np.asarray(prep.image_mean, dtype=np.float32)[:, None]
     std = np.asarray(prep.image_std, dtype=np.float32)[:, None]
