@@ -334,8 +334,14 @@ def test_copy_paste_delete_and_seed_control(page, server):
     workflow["4"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
     load_workflow(page, workflow, "seed.json")
     page.locator(f"{node_selector(4)} select[name='noise_seed-control']").select_option("increment")
+
+    def finished_runs() -> int:
+        return len(json.loads(urllib.request.urlopen(f"{server.url}/api/history").read()))
+
+    before = finished_runs()
     page.click("#queue-button")
     wait_until(lambda: page.locator(widget(4, "noise_seed")).input_value() == "6", what="seed incremented")
+    wait_until(lambda: finished_runs() > before, what="the queued prompt in the history")  # it runs after the click
     history = json.loads(urllib.request.urlopen(f"{server.url}/api/history?max_items=1").read())
     (entry,) = history.values()
     assert entry["prompt"][2]["4"]["inputs"]["noise_seed"] == 5  # queued with the value shown before
