@@ -48,7 +48,8 @@ def load(path):
 
 def inputs(seed: int = 1, device: str = "cpu") -> dict:
     g = torch.Generator().manual_seed(seed)
-    values = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+    values = dict(hidden_states=torch.randn(1, 16, 16, generator=g),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
                   pooled_projections=torch.randn(1, 16, generator=g), timestep=torch.tensor([0.5]),
                   img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]))
     return dict({k: v.to(device) for k, v in values.items()}, return_dict=False)
