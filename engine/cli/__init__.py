@@ -19,15 +19,23 @@ import json
 import signal
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from engine.cli.errors import (EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
-                               CliError)
+from engine import __version__
+from engine.backends.runtime import Runtime
+from engine.cli.errors import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CliError
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
 from engine.cli.train_export import add_train_export_commands
 from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow_source
-from engine.memory.budget import add_memory_arguments
+from engine.core.folders import DEFAULT_MODEL_FOLDERS, FolderPaths
+from engine.core.graph import parse_prompt
+from engine.core.registry import NodeRegistry
+from engine.memory.budget import add_memory_arguments, settings_from_args
+from engine.memory.manager import MemoryManager
+from engine.server import add_serve_arguments, serve
+from engine.zoo import writer as zoo
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "CliError",
            "ProgressPrinter", "apply_overrides", "build_parser", "format_validation_errors", "is_ui_workflow",
@@ -35,10 +43,6 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_U
 
 
 def _runtime(args: argparse.Namespace) -> Any:
-    from engine.memory.manager import MemoryManager
-    from engine.backends.runtime import Runtime
-    from engine.memory.budget import settings_from_args
-
     try:
         memory = settings_from_args(args)
     except ValueError as exc:
@@ -83,13 +87,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import uuid
-
     runtime = _runtime(args)
     prompt, extra_data, result = _prepare(args, runtime)
     if not result.ok or result.node_errors:  # a CLI run is all or nothing
         return _report_invalid(result)
-    from engine.core.graph import parse_prompt
 
     needed = parse_prompt(result.prompt).upstream(result.outputs)
     printer = ProgressPrinter(result.prompt, total_nodes=len(needed))
@@ -132,9 +133,6 @@ def _interrupt_on_sigint(executor: Any) -> Any:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from engine.core.folders import FolderPaths
-    from engine.core.registry import NodeRegistry
-
     registry = NodeRegistry().discover("nodes")
     for pack, error in registry.failed.items():
         print(f"warning: node pack {pack} failed to load: {error}", file=sys.stderr)
@@ -152,8 +150,6 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from engine.core.folders import DEFAULT_MODEL_FOLDERS, FolderPaths
-
     base = Path(args.base_dir or Path.cwd())
     folders = FolderPaths(base, models_dir=args.models_dir)
     if args.action == "list":
@@ -161,11 +157,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             for name in folders.list_models(key, include_dirs=True):
                 print(f"{key}/{name}")
         return EXIT_OK
-    try:
-        from engine.zoo import writer as zoo
-        function = getattr(zoo, {"tiny": "write_tiny_zoo", "prepare": "prepare_models"}[args.action])
-    except (ImportError, AttributeError) as exc:
-        raise CliError(f"'fluxgraph models {args.action}' is unavailable in this build: {exc}") from exc
+    function = {"tiny": zoo.write_tiny_zoo, "prepare": zoo.prepare_models}[args.action]
     report = function(folders.models_dir)
     if isinstance(report, dict):  # tiny: file -> sha256; prepare: step -> what was done
         for key, value in report.items():
@@ -176,10 +168,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(argv: Sequence[str]) -> int:
-    try:
-        from engine.server import add_serve_arguments, serve
-    except ImportError as exc:
-        raise CliError(f"'fluxgraph serve' is unavailable in this build: {exc}") from exc
     parser = argparse.ArgumentParser(prog="fluxgraph serve", description="Start the ComfyUI-compatible server.")
     add_serve_arguments(parser)
     returned = serve(parser.parse_args(list(argv)))
@@ -234,8 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from engine import __version__
-
     return __version__
 
 

@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, CliError
+from engine.core.folders import FolderPaths, contained_path
+from engine.models.segmentation.export import ExportError, ExportRequest, export_segmenter, parse_sizes
+from engine.models.segmentation.exported import ExportedModelError
+from engine.models.segmentation.mask2former import SegmenterLoadError, list_segmenters, load_segmenter
+from engine.training.segmentation.checkpoint import STATE_FILE, CheckpointError
+from engine.training.segmentation.config import TrainConfig, TrainConfigError
 
 TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 8, "learning_rate": 1e-4}
 
@@ -93,14 +99,10 @@ def _add_export_segmenter(parser: argparse.ArgumentParser) -> None:
 
 
 def _folders(args: argparse.Namespace) -> Any:
-    from engine.core.folders import FolderPaths
-
     return FolderPaths(Path(args.base_dir or Path.cwd()), models_dir=args.models_dir)
 
 
 def _segmenter_path(folders: Any, name: str | None) -> Path:
-    from engine.models.segmentation.mask2former import list_segmenters
-
     if name and Path(name).exists():
         return Path(name)
     available = list_segmenters(folders)
@@ -116,12 +118,6 @@ def _segmenter_path(folders: Any, name: str | None) -> Path:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from engine.models.segmentation.mask2former import SegmenterLoadError
-    from engine.models.segmentation.export import ExportError
-    from engine.models.segmentation.exported import ExportedModelError
-    from engine.training.segmentation.checkpoint import CheckpointError
-    from engine.training.segmentation.config import TrainConfigError
-
     return SegmenterLoadError, ExportError, ExportedModelError, CheckpointError, TrainConfigError
 
 
@@ -129,7 +125,6 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 class _StopRequest:
     """First Ctrl-C: stop at the next step (after saving last/); second: KeyboardInterrupt at once."""
-
     def __init__(self) -> None:
         self.requested = False
         self.previous: Any = None
@@ -164,11 +159,8 @@ def _epoch_line(summary: dict[str, Any]) -> str:
 def cmd_train_segmenter(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engine.core.folders import contained_path
-    from engine.training.segmentation.checkpoint import STATE_FILE
-    from engine.training.segmentation.config import TrainConfig
-    from engine.training.segmentation.dataset import DatasetError
-    from engine.training.segmentation.trainer import TrainEvents, train
+    from engine.training.segmentation.dataset import DatasetError  # noqa: PLC0415 - dataset loads numpy on first use
+    from engine.training.segmentation.trainer import TrainEvents, train  # noqa: PLC0415 - trainer loads torch on first use
 
     folders = _folders(args)
     data = Path(args.data)
@@ -237,9 +229,6 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
 # ----- export
 
 def cmd_export_segmenter(args: argparse.Namespace) -> int:
-    from engine.models.segmentation.mask2former import load_segmenter
-    from engine.models.segmentation.export import ExportRequest, export_segmenter, parse_sizes
-
     folders = _folders(args)
     try:
         source = _segmenter_path(folders, args.name)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
 from engine.cli.errors import EXIT_INVALID, CliError
 from engine.cli.reporting import format_validation_errors
+from engine.workflow.convert import annotate_node_errors
+from engine.workflow.convert import convert_ui_workflow as convert_workflow
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -48,7 +49,6 @@ class LoadedWorkflow:
         """Validation errors naming the editor's node id and title, not only the generated prompt id."""
         if self.conversion is None:
             return node_errors
-        from engine.workflow.convert import annotate_node_errors
 
         return annotate_node_errors(node_errors, self.conversion)
 
@@ -95,12 +95,7 @@ def convert_ui_workflow(workflow: Any, registry: Any, folders: Any = None) -> An
     """The conversion (API prompt and where each node came from) of an editor-saved workflow; `folders`
     fills combos that have no saved value."""
     try:
-        from engine.workflow.convert import convert_ui_workflow as convert
-    except ImportError as exc:
-        raise CliError("this is a UI-format workflow (the editor's save format) and this build cannot convert "
-                       f"it: engine.workflow.convert is unavailable ({exc}); export it in API format instead") from exc
-    try:
-        return convert(workflow, registry, choice_env=folders)
+        return convert_workflow(workflow, registry, choice_env=folders)
     except ValueError as exc:  # engine.workflow.ui_format.WorkflowFormatError carries ComfyUI-shaped errors
         if not hasattr(exc, "node_errors"):
             raise CliError(f"cannot convert the UI-format workflow: {exc}", EXIT_INVALID) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.core.schema import Combo, Float, Input, Int
+from engine.memory.manager import manager_from
 
 MAX_RESOLUTION = 16384
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -38,8 +39,6 @@ def scheduler_combo(v3: bool = False) -> Input:
 
 def memory(ctx: Any) -> Any:
     """The run's memory manager (a CPU one when the node runs without a runtime, as in unit tests)."""
-    from engine.memory.manager import manager_from
-
     return manager_from(getattr(ctx, "models", None))
 
 

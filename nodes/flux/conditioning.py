@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from engine.core.schema import Float, Input, Socket, node
 from engine.core.types import CLIP, CONDITIONING, STRING
+from engine.memory.manager import MemoryManager
+from engine.models.lora.patch import apply_patches, patches_for
 
 from .common import memory
-
 
 
 def _prompt(name: str) -> Input:
@@ -17,15 +19,13 @@ def _prompt(name: str) -> Input:
 
 
 def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -> list:
-    from engine.sampling.conditioning import make_conditioning
-    from engine.sampling.text import encode_flux_prompt
+    from engine.sampling.conditioning import make_conditioning  # noqa: PLC0415 - conditioning loads torch on first use
+    from engine.sampling.text import encode_flux_prompt  # noqa: PLC0415 - text loads torch on first use
 
     if clip is None:
         raise ValueError("clip input is None: the CLIP loader produced no text encoder (a checkpoint "
                          "without text encoders?)")
-    import contextlib
 
-    from engine.models.lora.patch import apply_patches, patches_for
 
     text_memory = _text_memory(ctx, clip)
     with contextlib.ExitStack() as stack:
@@ -41,7 +41,6 @@ def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -
 def _text_memory(ctx: Any, clip: Any) -> Any:
     """The run's manager, or a CPU one when the CLIP loader asked for device 'cpu'."""
     if dict(getattr(clip, "extra", ())).get("device") == "cpu":
-        from engine.memory.manager import MemoryManager
 
         return MemoryManager(device="cpu")
     return memory(ctx)
@@ -70,7 +69,7 @@ def clip_text_encode_flux(ctx: Any, clip: Any, clip_l: str, t5xxl: str, guidance
       outputs=[CONDITIONING],
       description="Sets FLUX.1 dev's distilled guidance on every conditioning entry (schnell ignores it).")
 def flux_guidance(ctx: Any, conditioning: list, guidance: float):
-    from engine.sampling.conditioning import map_options
+    from engine.sampling.conditioning import map_options  # noqa: PLC0415 - conditioning loads torch on first use
 
     return (map_options(conditioning, guidance=float(guidance)),)
 
@@ -79,7 +78,7 @@ def flux_guidance(ctx: Any, conditioning: list, guidance: float):
       inputs=[Socket("conditioning", CONDITIONING)], outputs=[CONDITIONING],
       description="Zeros the embeddings and pooled output (a neutral negative for cfg > 1).")
 def conditioning_zero_out(ctx: Any, conditioning: list):
-    from engine.sampling.conditioning import zero_out
+    from engine.sampling.conditioning import zero_out  # noqa: PLC0415 - conditioning loads torch on first use
 
     return (zero_out(conditioning),)
 

@@ -19,7 +19,7 @@ from .common import memory
                   "and mask from the conditioning; with noise_mask the sampler also keeps the unmasked area.")
 def inpaint_model_conditioning(ctx: Any, positive: list, negative: list, vae: Any, pixels: Any, mask: Any,
                                noise_mask: bool = True):
-    from engine.sampling.fill import inpaint_model_conditioning as condition
+    from engine.sampling.fill import inpaint_model_conditioning as condition  # noqa: PLC0415 - fill loads torch on first use
 
     return condition(positive, negative, vae, pixels, mask, bool(noise_mask), memory(ctx))
 
@@ -28,7 +28,7 @@ def inpaint_model_conditioning(ctx: Any, positive: list, negative: list, vae: An
       inputs=[Socket("samples", LATENT), Socket("mask", MASK)], outputs=[LATENT],
       description="Only the masked area of this latent is denoised; the rest is kept.")
 def set_latent_noise_mask(ctx: Any, samples: dict, mask: Any):
-    from engine.sampling.fill import set_latent_noise_mask as set_mask
+    from engine.sampling.fill import set_latent_noise_mask as set_mask  # noqa: PLC0415 - fill loads torch on first use
 
     return (set_mask(samples, mask),)
 
@@ -40,7 +40,7 @@ def set_latent_noise_mask(ctx: Any, samples: dict, mask: Any):
       description="Encodes the image with the masked area greyed out, with the grown mask as noise mask "
                   "(use denoise 1.0).")
 def vae_encode_for_inpaint(ctx: Any, pixels: Any, vae: Any, mask: Any, grow_mask_by: int = 6):
-    from engine.sampling.fill import vae_encode_for_inpaint as encode
+    from engine.sampling.fill import vae_encode_for_inpaint as encode  # noqa: PLC0415 - fill loads torch on first use
 
     return (encode(vae, pixels, mask, int(grow_mask_by), memory(ctx)),)
 
@@ -51,7 +51,7 @@ def vae_encode_for_inpaint(ctx: Any, pixels: Any, vae: Any, mask: Any, grow_mask
       description="Soft inpainting: each pixel is repainted from the step its mask value reaches, so a "
                   "feathered mask blends gradually.")
 def differential_diffusion(ctx: Any, model: Any, strength: float = 1.0):
-    from engine.sampling.fill import DIFFERENTIAL_DIFFUSION
+    from engine.sampling.fill import DIFFERENTIAL_DIFFUSION  # noqa: PLC0415 - fill loads torch on first use
 
     if not hasattr(model, "with_option"):
         raise TypeError(f"model input is not a FLUX diffusion model (got {type(model).__name__})")

@@ -27,7 +27,7 @@ def kontext_size(width: int, height: int) -> tuple[int, int]:
       description="Resizes the image to the Kontext training resolution of the closest aspect ratio "
                   "(center crop to that aspect, then Lanczos).")
 def flux_kontext_image_scale(ctx: Any, image: Any):
-    from engine.media.images import resize_images
+    from engine.media.images import resize_images  # noqa: PLC0415 - images loads torch on first use
 
     width, height = kontext_size(int(image.shape[2]), int(image.shape[1]))
     return (resize_images(image, width, height, "lanczos", "center"),)

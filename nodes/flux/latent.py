@@ -72,7 +72,7 @@ def empty_latent_image(ctx: Any, width: int, height: int, batch_size: int):
 @node("VAEDecode", category="latent", display_name="VAE Decode",
       inputs=[Socket("samples", LATENT), Socket("vae", VAE)], outputs=[IMAGE])
 def vae_decode(ctx: Any, samples: dict, vae: Any):
-    from engine.sampling.vae import decode
+    from engine.sampling.vae import decode  # noqa: PLC0415 - vae loads torch on first use
 
     return (decode(vae, samples["samples"], memory(ctx)),)
 
@@ -86,7 +86,7 @@ def vae_decode(ctx: Any, samples: dict, vae: Any):
       description="Decodes in overlapping tiles to bound memory (temporal inputs apply to video VAEs only).")
 def vae_decode_tiled(ctx: Any, samples: dict, vae: Any, tile_size: int, overlap: int, temporal_size: int = 64,
                      temporal_overlap: int = 8):
-    from engine.sampling.vae import decode_tiled
+    from engine.sampling.vae import decode_tiled  # noqa: PLC0415 - vae loads torch on first use
 
     if overlap >= tile_size // 2:
         overlap = tile_size // 4  # as ComfyUI: a too-large overlap is reduced rather than refused
@@ -96,7 +96,7 @@ def vae_decode_tiled(ctx: Any, samples: dict, vae: Any, tile_size: int, overlap:
 @node("VAEEncode", category="latent", display_name="VAE Encode",
       inputs=[Socket("pixels", IMAGE), Socket("vae", VAE)], outputs=[LATENT])
 def vae_encode(ctx: Any, pixels: Any, vae: Any):
-    from engine.sampling.vae import encode
+    from engine.sampling.vae import encode  # noqa: PLC0415 - vae loads torch on first use
 
     return ({"samples": encode(vae, pixels, memory(ctx))},)
 

@@ -12,10 +12,19 @@ manager moves them for a run.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from engine.core.schema import Combo, Output, node
 from engine.core.types import CLIP, MODEL, VAE
+from engine.models.common.family import model_choice_problem, model_parts
+from engine.models.flux1.checkpoint import load_flux_checkpoint
+from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder
+from engine.models.flux1.vae import load_flux_vae
+from engine.models.flux2.text_encoders import load_flux2_text_encoder
+from engine.models.flux2.transformer import load_diffusion_model
+
+from .common import memory
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")  # engine.models.flux1.transformer's
 CLIP_DEVICES = ("default", "cpu")
@@ -51,14 +60,10 @@ def _tokenizer_roots(folders: Any) -> list:
 
 
 def _compute_dtype(ctx: Any) -> Any:
-    from .common import memory
-
     return memory(ctx).dtype
 
 
 def _text_encoder_problem(folders: Any, input_name: str, name: Any, expected: tuple) -> str | None:
-    from engine.models.common.family import model_choice_problem
-
     return model_choice_problem(folders, "text_encoders", input_name, name, *expected)
 
 
@@ -78,7 +83,6 @@ def _with_device(encoders: Any, device: str) -> Any:
     """DualCLIPLoader's device 'cpu': the handle asks the text encoding to stay on the CPU."""
     if device != "cpu":
         return encoders
-    import dataclasses
 
     extra = dict(encoders.extra)
     extra["device"] = "cpu"
@@ -92,8 +96,6 @@ def _with_device(encoders: Any, device: str) -> Any:
       description="Loads a FLUX.1 or FLUX.2 transformer (BFL, ComfyUI or diffusers layout); family and variant "
                   "detected from the weights.")
 def unet_loader(ctx: Any, unet_name: str, weight_dtype: str):
-    from engine.models.flux2.transformer import load_diffusion_model
-
     path = _folders(ctx).model_path("diffusion_models", unet_name)
     return (load_diffusion_model(path, weight_dtype=weight_dtype, compute_dtype=_compute_dtype(ctx)),)
 
@@ -106,8 +108,6 @@ def unet_loader(ctx: Any, unet_name: str, weight_dtype: str):
       outputs=[CLIP], validate_inputs=_validate_dual_clip,
       description="Loads FLUX.1's clip_l and t5xxl text encoders (either order) with offline tokenizers.")
 def dual_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, type: str, device: str = "default"):
-    from engine.models.flux1.text_encoders import load_flux_text_encoders
-
     folders = _folders(ctx)
     paths = [folders.model_path("text_encoders", name) for name in (clip_name1, clip_name2)]
     encoders = load_flux_text_encoders(paths, _tokenizer_roots(folders), dtype=_compute_dtype(ctx))
@@ -121,12 +121,9 @@ def dual_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, type: str, devi
       description="Loads the text encoders of one file or diffusers pipeline folder: type 'flux' for FLUX.1 "
                   "(a prompt needs both clip_l and t5xxl), 'flux2' for FLUX.2 (Qwen3 for klein, Mistral for dev).")
 def clip_loader(ctx: Any, clip_name: str, type: str, device: str = "default"):
-    from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder
-
     folders = _folders(ctx)
     path = folders.model_path("text_encoders", clip_name)
     if type == "flux2":
-        from engine.models.flux2.text_encoders import load_flux2_text_encoder
 
         encoders = load_flux2_text_encoder(path, _tokenizer_roots(folders), dtype=_compute_dtype(ctx))
     elif path.is_dir():
@@ -140,9 +137,7 @@ def clip_loader(ctx: Any, clip_name: str, type: str, device: str = "default"):
       inputs=[Combo("vae_name", _lister("vae", include_dirs=True))], outputs=[VAE],
       description="Loads the FLUX.1 or FLUX.2 autoencoder (BFL / ComfyUI file or a diffusers folder).")
 def vae_loader(ctx: Any, vae_name: str):
-    from engine.models.common.family import model_parts
-    from engine.models.flux2.vae import load_flux2_vae
-    from engine.models.flux1.vae import load_flux_vae
+    from engine.models.flux2.vae import load_flux2_vae  # noqa: PLC0415 - vae loads torch on first use
 
     path = _folders(ctx).model_path("vae", vae_name)
     return ((load_flux2_vae if "flux2-vae" in model_parts(path) else load_flux_vae)(path),)
@@ -157,8 +152,6 @@ def vae_loader(ctx: Any, vae_name: str):
       description="Loads an all-in-one FLUX.1 checkpoint (transformer, text encoders, VAE). Missing parts "
                   "come out as nothing; load them with the separate loaders.")
 def checkpoint_loader_simple(ctx: Any, ckpt_name: str):
-    from engine.models.flux1.checkpoint import load_flux_checkpoint
-
     folders = _folders(ctx)
     path = folders.model_path("checkpoints", ckpt_name)
     dtype = _compute_dtype(ctx)

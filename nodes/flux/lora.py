@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.core.schema import Combo, Float, NodeResult, Socket, node
 from engine.core.types import CLIP, MODEL
+from engine.models.lora.loader import apply_lora
 
 from .loaders import _folders, _lister
 
@@ -20,8 +21,6 @@ def _strength(name: str) -> Any:
 
 
 def _run(ctx: Any, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float):
-    from engine.models.lora.loader import apply_lora
-
     if model is not None and getattr(model, "transformer", None) is None:
         raise TypeError(f"model input is not a FLUX diffusion model (got {type(model).__name__})")
     path = _folders(ctx).model_path("loras", lora_name)

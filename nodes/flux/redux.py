@@ -11,6 +11,8 @@ from typing import Any
 
 from engine.core.schema import Combo, Float, Socket, node
 from engine.core.types import CLIP_VISION, CLIP_VISION_OUTPUT, CONDITIONING, IMAGE, STYLE_MODEL
+from engine.models.redux.embedder import load_style_model, style_tokens
+from engine.models.redux.siglip import encode_images, load_clip_vision
 
 from .common import memory
 from .loaders import _folders, _lister
@@ -20,8 +22,6 @@ from .loaders import _folders, _lister
       inputs=[Combo("clip_name", _lister("clip_vision", include_dirs=True))], outputs=[CLIP_VISION],
       description="Loads a SigLIP vision model (single file or transformers folder) for Redux.")
 def clip_vision_loader(ctx: Any, clip_name: str):
-    from engine.models.redux.siglip import load_clip_vision
-
     return (load_clip_vision(_folders(ctx).model_path("clip_vision", clip_name)),)
 
 
@@ -30,8 +30,6 @@ def clip_vision_loader(ctx: Any, clip_name: str):
       outputs=[CLIP_VISION_OUTPUT],
       description="Encodes images with the vision model (center: crop to a square first; none: stretch).")
 def clip_vision_encode(ctx: Any, clip_vision: Any, image: Any, crop: str):
-    from engine.models.redux.siglip import encode_images
-
     return (encode_images(clip_vision, image, crop, memory(ctx)),)
 
 
@@ -39,8 +37,6 @@ def clip_vision_encode(ctx: Any, clip_vision: Any, image: Any, crop: str):
       inputs=[Combo("style_model_name", _lister("style_models", include_dirs=True))], outputs=[STYLE_MODEL],
       description="Loads a FLUX Redux image embedder.")
 def style_model_loader(ctx: Any, style_model_name: str):
-    from engine.models.redux.embedder import load_style_model
-
     return (load_style_model(_folders(ctx).model_path("style_models", style_model_name)),)
 
 
@@ -54,8 +50,7 @@ def style_model_loader(ctx: Any, style_model_name: str):
                   "attention towards them (attn_bias).")
 def style_model_apply(ctx: Any, conditioning: list, style_model: Any, clip_vision_output: Any, strength: float,
                       strength_type: str):
-    from engine.models.redux.embedder import style_tokens
-    from engine.sampling.redux import apply_style_tokens
+    from engine.sampling.redux import apply_style_tokens  # noqa: PLC0415 - redux loads torch on first use
 
     tokens = style_tokens(style_model, clip_vision_output, memory(ctx))
     return (apply_style_tokens(conditioning, tokens, float(strength), strength_type),)

@@ -23,7 +23,7 @@ _METHOD_CHOICES = ("offset", "index", "uxo/uno", "index_timestep_zero")
 def reference_latent(ctx: Any, conditioning: list, latent: dict | None = None):
     if latent is None:
         return (conditioning,)
-    from engine.sampling.reference import add_reference_latent
+    from engine.sampling.reference import add_reference_latent  # noqa: PLC0415 - reference loads torch on first use
 
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError("ReferenceLatent: latent must be a LATENT (a dict with 'samples'), e.g. from VAEEncode")
@@ -37,7 +37,7 @@ def reference_latent(ctx: Any, conditioning: list, latent: dict | None = None):
       outputs=[CONDITIONING],
       description="Chooses how several reference latents get their position ids (offset, index, uxo/uno).")
 def flux_kontext_multi_reference_latent_method(ctx: Any, conditioning: list, reference_latents_method: str):
-    from engine.sampling.reference import set_reference_method
+    from engine.sampling.reference import set_reference_method  # noqa: PLC0415 - reference loads torch on first use
 
     return (set_reference_method(conditioning, reference_latents_method),)
 

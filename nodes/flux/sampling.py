@@ -11,8 +11,16 @@ from typing import Any
 from engine.core.schema import Combo, Float, Int, Output, Socket, node
 from engine.core.types import CONDITIONING, GUIDER, LATENT, MODEL, NOISE, SAMPLER, SIGMAS
 
-from .common import (MAX_RESOLUTION, cfg_input, memory, progress_callback, sampler_combo, scheduler_combo,
-                     seed_input, steps_input)
+from .common import (
+    MAX_RESOLUTION,
+    cfg_input,
+    memory,
+    progress_callback,
+    sampler_combo,
+    scheduler_combo,
+    seed_input,
+    steps_input,
+)
 
 
 def _require_model(model: Any) -> Any:
@@ -22,7 +30,7 @@ def _require_model(model: Any) -> Any:
 
 
 def _run(ctx: Any, guider: Any, sampler_name: str, sigmas: Any, latent: dict, noise: Any):
-    from engine.sampling.pipeline import SamplerChoice, sample
+    from engine.sampling.pipeline import SamplerChoice, sample  # noqa: PLC0415 - pipeline loads torch on first use
 
     result = sample(guider, SamplerChoice(sampler_name), sigmas, latent, noise, memory=memory(ctx),
                     progress=progress_callback(ctx))
@@ -44,8 +52,8 @@ def _with_samples(latent: dict, samples: Any) -> dict:
       description="Denoises a latent with a sampler and scheduler; cfg 1.0 skips the negative pass.")
 def ksampler(ctx: Any, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
              positive: list, negative: list, latent_image: dict, denoise: float = 1.0):
-    from engine.sampling.pipeline import Guider, RandomNoise, schedule_for
-    from engine.sampling.schedules import denoise_sigmas
+    from engine.sampling.pipeline import Guider, RandomNoise, schedule_for  # noqa: PLC0415 - pipeline loads torch on first use
+    from engine.sampling.schedules import denoise_sigmas  # noqa: PLC0415 - schedules loads torch on first use
 
     model = _require_model(model)
     sigmas = denoise_sigmas(scheduler, schedule_for(model, latent_image["samples"], steps), steps, denoise)
@@ -65,8 +73,8 @@ def ksampler(ctx: Any, model: Any, seed: int, steps: int, cfg: float, sampler_na
 def ksampler_advanced(ctx: Any, model: Any, add_noise: str, noise_seed: int, steps: int, cfg: float,
                       sampler_name: str, scheduler: str, positive: list, negative: list, latent_image: dict,
                       start_at_step: int, end_at_step: int, return_with_leftover_noise: str):
-    from engine.sampling.pipeline import DisabledNoise, Guider, RandomNoise, schedule_for
-    from engine.sampling.schedules import scheduler_sigmas, step_range_sigmas
+    from engine.sampling.pipeline import DisabledNoise, Guider, RandomNoise, schedule_for  # noqa: PLC0415 - pipeline loads torch on first use
+    from engine.sampling.schedules import scheduler_sigmas, step_range_sigmas  # noqa: PLC0415 - schedules loads torch on first use
 
     model = _require_model(model)
     sigmas = scheduler_sigmas(scheduler, schedule_for(model, latent_image["samples"], steps), steps)
@@ -83,7 +91,7 @@ def ksampler_advanced(ctx: Any, model: Any, add_noise: str, noise_seed: int, ste
       outputs=[Output(LATENT, "output"), Output(LATENT, "denoised_output")],
       description="Runs a sampler with explicit noise, guider and sigmas; also returns the last x0 estimate.")
 def sampler_custom_advanced(ctx: Any, noise: Any, guider: Any, sampler: Any, sigmas: Any, latent_image: dict):
-    from engine.sampling.pipeline import sample
+    from engine.sampling.pipeline import sample  # noqa: PLC0415 - pipeline loads torch on first use
 
     _require_model(guider.model)
     result = sample(guider, sampler, sigmas, latent_image, noise, memory=memory(ctx),
@@ -94,7 +102,7 @@ def sampler_custom_advanced(ctx: Any, noise: Any, guider: Any, sampler: Any, sig
 @node("RandomNoise", category="sampling/custom_sampling/noise", inputs=[seed_input("noise_seed")],
       outputs=[NOISE], description="Seeded noise: each batch item i uses seed + i, drawn on the CPU.")
 def random_noise(ctx: Any, noise_seed: int):
-    from engine.sampling.pipeline import RandomNoise
+    from engine.sampling.pipeline import RandomNoise  # noqa: PLC0415 - pipeline loads torch on first use
 
     return (RandomNoise(noise_seed),)
 
@@ -102,7 +110,7 @@ def random_noise(ctx: Any, noise_seed: int):
 @node("DisableNoise", category="sampling/custom_sampling/noise", outputs=[NOISE],
       description="No noise: for latents that already carry it (a second pass over leftover noise).")
 def disable_noise(ctx: Any):
-    from engine.sampling.pipeline import DisabledNoise
+    from engine.sampling.pipeline import DisabledNoise  # noqa: PLC0415 - pipeline loads torch on first use
 
     return (DisabledNoise(),)
 
@@ -111,7 +119,7 @@ def disable_noise(ctx: Any):
       inputs=[Socket("model", MODEL), Socket("conditioning", CONDITIONING)], outputs=[GUIDER],
       description="Guides with one conditioning and no CFG (the usual FLUX setup).")
 def basic_guider(ctx: Any, model: Any, conditioning: list):
-    from engine.sampling.pipeline import Guider
+    from engine.sampling.pipeline import Guider  # noqa: PLC0415 - pipeline loads torch on first use
 
     return (Guider(_require_model(model), conditioning, None, 1.0),)
 
@@ -121,7 +129,7 @@ def basic_guider(ctx: Any, model: Any, conditioning: list):
               cfg_input()],
       outputs=[GUIDER], description="Classifier-free guidance between a positive and a negative prompt.")
 def cfg_guider(ctx: Any, model: Any, positive: list, negative: list, cfg: float):
-    from engine.sampling.pipeline import Guider
+    from engine.sampling.pipeline import Guider  # noqa: PLC0415 - pipeline loads torch on first use
 
     return (Guider(_require_model(model), positive, negative, float(cfg)),)
 
@@ -129,7 +137,7 @@ def cfg_guider(ctx: Any, model: Any, positive: list, negative: list, cfg: float)
 @node("KSamplerSelect", category="sampling/custom_sampling/samplers", inputs=[sampler_combo(v3=True)],
       outputs=[SAMPLER])
 def ksampler_select(ctx: Any, sampler_name: str):
-    from engine.sampling.pipeline import SamplerChoice
+    from engine.sampling.pipeline import SamplerChoice  # noqa: PLC0415 - pipeline loads torch on first use
 
     return (SamplerChoice(sampler_name),)
 
@@ -141,8 +149,8 @@ def ksampler_select(ctx: Any, sampler_name: str):
       description="Sigmas for the model's schedule. With dynamic shifting and no ModelSamplingFlux, the "
                   "shift of a 1024x1024 image is used (BasicScheduler does not see the latent).")
 def basic_scheduler(ctx: Any, model: Any, scheduler: str, steps: int, denoise: float):
-    from engine.sampling.pipeline import schedule_for
-    from engine.sampling.schedules import denoise_sigmas
+    from engine.sampling.pipeline import schedule_for  # noqa: PLC0415 - pipeline loads torch on first use
+    from engine.sampling.schedules import denoise_sigmas  # noqa: PLC0415 - schedules loads torch on first use
 
     return (denoise_sigmas(scheduler, schedule_for(_require_model(model), None, steps), steps, denoise),)
 

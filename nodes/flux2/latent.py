@@ -42,7 +42,7 @@ def empty_flux2_latent_image(ctx: Any, width: int, height: int, batch_size: int)
       description="FLUX.2's sigmas: the empirical shift for this image size and step count (the reference "
                   "pipelines' schedule).")
 def flux2_scheduler(ctx: Any, steps: int, width: int, height: int):
-    from engine.sampling.flux2_schedule import flux2_sigmas
+    from engine.sampling.flux2_schedule import flux2_sigmas  # noqa: PLC0415 - flux2_schedule loads torch on first use
 
     return (flux2_sigmas(steps, width, height),)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from engine.training.segmentation.dataset import IGNORE_INDEX
 
@@ -24,8 +25,6 @@ class AugmentSettings:
 
 
 def _resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
     height, width = size
     if image.shape[:2] == (height, width):
         return image, label

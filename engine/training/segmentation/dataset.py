@@ -19,12 +19,14 @@ the class list.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -35,7 +37,6 @@ MAX_REPORTED_PROBLEMS = 12
 
 class DatasetError(ValueError):
     """A dataset that cannot be trained on; the message lists each problem with its file."""
-
     def __init__(self, root: Path, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         shown = self.problems[:MAX_REPORTED_PROBLEMS]
@@ -130,16 +131,12 @@ def _pair_split(root: Path, split: str, problems: list[str]) -> list[Sample]:
 
 def load_image(path: Path) -> np.ndarray:
     """H×W×3 uint8."""
-    from PIL import Image
-
     with Image.open(path) as image:
         return np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy needs one)
 
 
 def load_label_map(path: Path, reduce_labels: bool) -> np.ndarray:
     """H×W uint8 class ids with IGNORE_INDEX where unlabelled (raw values must already be checked)."""
-    from PIL import Image
-
     with Image.open(path) as image:
         raw = np.array(image)
     return _to_class_ids(raw, reduce_labels)
@@ -155,7 +152,6 @@ def _to_class_ids(raw: np.ndarray, reduce_labels: bool) -> np.ndarray:
 
 def _check_sample(root: Path, sample: Sample, num_classes: int, reduce_labels: bool, problems: list[str],
                   pixels: np.ndarray | None) -> None:
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(sample.image) as image:
@@ -226,8 +222,6 @@ def load_sample(sample: Sample, reduce_labels: bool) -> tuple[np.ndarray, np.nda
 
 def fingerprint(data_dir: str | Path) -> str:
     """Names, sizes and modification times of the dataset's files: changes when the dataset changes."""
-    import hashlib
-
     root = Path(data_dir)
     digest = hashlib.sha256()
     if not root.is_dir():

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from engine.models.segmentation.pipeline import segment
 from engine.training.segmentation.dataset import IGNORE_INDEX, Sample, load_sample
 
 
@@ -61,10 +63,6 @@ class ConfusionMatrix:
 def predict_label_maps(segmenter: Any, images: Sequence[np.ndarray], *, module: Any = None, device: Any = "cpu",
                        batch_size: int = 4) -> list[np.ndarray]:
     """Label maps (H×W int64, original sizes) of uint8 images, through the inference pipeline."""
-    import torch
-
-    from engine.models.segmentation.pipeline import segment
-
     tensors = [torch.from_numpy(np.ascontiguousarray(image)).float()[None] / 255.0 for image in images]
     results = segment(segmenter, tensors, batch_size=batch_size, device=device, module=module)
     return [result.label_map[0].numpy() for result in results]

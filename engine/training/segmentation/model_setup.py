@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from transformers import Mask2FormerForUniversalSegmentation
 
 from engine.training.segmentation.dataset import IGNORE_INDEX
 
@@ -32,7 +33,6 @@ def training_config(base_config: Any, classes: Sequence[str], num_points: int) -
 def build_training_model(base_model: Any, classes: Sequence[str], num_points: int = 0) -> tuple[Any, bool]:
     """A fresh Mask2Former for `classes` holding the base weights; returns it and whether the head was
     replaced. The new head's initial weights come from torch's global generator (seeded by the trainer)."""
-    from transformers import Mask2FormerForUniversalSegmentation
 
     config = training_config(base_model.config, classes, num_points)
     replaced = config.num_labels != base_model.config.num_labels

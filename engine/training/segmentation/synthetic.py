@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 CLASSES = ("background", "disc", "square", "triangle")
 # Each shape class has its own hue; brightness, texture and background vary per image.
@@ -14,8 +15,6 @@ CLASS_COLOURS = {1: (200, 60, 50), 2: (60, 170, 70), 3: (60, 90, 210)}
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    from PIL import Image
-
     coarse = rng.integers(60, 200, (size // 8 + 2, size // 8 + 2, 3), dtype=np.uint8)
     smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR)).astype(np.int16)
     grey = smooth.mean(axis=2, keepdims=True)  # mostly grey backgrounds: hue belongs to the shapes
@@ -51,7 +50,6 @@ def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
 
 def write_synthetic_dataset(root: str | Path, *, train: int = 24, val: int = 8, size: int = 64, seed: int = 0,
                             with_classes_file: bool = True) -> Path:
-    from PIL import Image
 
     root = Path(root)
     rng = np.random.default_rng(seed)
