@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DIFFUSERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install install-test models serve bench clean
+.PHONY: run test lint install install-test models serve bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,12 @@ models: install
 run: models
 	$(PY) -m engine.cli serve --host $(HOST) --port $(PORT)
 
-test: install-test
+# Layer contracts (pyproject.toml [tool.importlinter]) and the lint rules the code cites ([tool.ruff]).
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: install-test lint
 	bash tests/browser_setup.sh
 	$(PY) -m pytest -q -p no:cacheprovider
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import functools
 import statistics
 import sys
 import time
@@ -146,11 +147,11 @@ def bench_case(kind: str, size: int, refs: int, steps: int, repeats: int, device
     ours_peak = theirs_peak = None
     with torch.inference_mode():
         for _ in range(repeats):  # alternate, so drift (clocks, caches, other load) hits both sides
-            times, ours_peak, _ = measure(lambda: run_ours(model, embeds, references, size, size, steps, device),
-                                         device)
+            ours_run = functools.partial(run_ours, model, embeds, references, size, size, steps, device)
+            times, ours_peak, _ = measure(ours_run, device)
             ours += times[1:]
-            times, theirs_peak, _ = measure(lambda: run_diffusers(pipe, embeds, images, size, size, steps, device),
-                                            device)
+            theirs_run = functools.partial(run_diffusers, pipe, embeds, images, size, size, steps, device)
+            times, theirs_peak, _ = measure(theirs_run, device)
             theirs += times[1:]
     ours_step, theirs_step = statistics.median(ours), statistics.median(theirs)
     image_tokens = (size // 16) ** 2

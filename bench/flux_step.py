@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import functools
 import statistics
 import sys
 import threading
@@ -179,10 +180,10 @@ def bench_case(kind: str, width: int, height: int, steps: int, repeats: int, dev
     with torch.inference_mode():
         for _ in range(repeats):  # alternate, so drift (clocks, caches, other load) hits both sides
             times, ours_peak, ours_rise = measure(
-                lambda: run_ours(model, embeds, pooled, width, height, steps, device), device)
+                functools.partial(run_ours, model, embeds, pooled, width, height, steps, device), device)
             ours += times[1:]
             times, theirs_peak, theirs_rise = measure(
-                lambda: run_diffusers(pipe, embeds, pooled, width, height, steps, device), device)
+                functools.partial(run_diffusers, pipe, embeds, pooled, width, height, steps, device), device)
             theirs += times[1:]
     ours_step, theirs_step = statistics.median(ours), statistics.median(theirs)
     result = {

@@ -390,7 +390,8 @@ def main() -> None:
                      "taken: run this script on a CUDA machine")
     report = {"bench": "offload", "device": device, "machine": machine(), "steps": args.steps, "notes": notes,
               "interleaved_timing": interleaved,
-              "issue_anchor": ISSUE_ANCHOR if device == "cuda" else None, "targets": TARGETS if device == "cuda" else None,
+              "issue_anchor": ISSUE_ANCHOR if device == "cuda" else None,
+              "targets": TARGETS if device == "cuda" else None,
               "results": results}
     out = Path(args.out or ROOT / "bench" / "results" / f"offload-{device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,7 @@ def run_case(name: str, model: Any, resolution: int, batch: int, precision: str,
             compiled_time, _ = timed(lambda: ours(compiled), iterations, device)
             row["ours_compiled_img_s"] = round(batch / compiled_time, 2)
             row["ratio_compiled"] = round(ref_time / compiled_time, 3)
-        except Exception as exc:  # compile support varies with the torch build; report, do not hide
+        except Exception as exc:  # noqa: BLE001 - compile support varies with the torch build; report, do not hide
             row["compile_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return row
 
@@ -161,7 +161,7 @@ def main() -> None:
                 try:
                     row = run_case(name, model, resolution, batch, precision, device, iterations,
                                    use_compile=gpu and not args.no_compile)
-                except Exception as exc:  # e.g. an op without half-precision support: report it in the JSON
+                except Exception as exc:  # noqa: BLE001 - e.g. an op without half-precision support: report it in the JSON
                     row = {"model": name, "resolution": resolution, "batch": batch, "precision": precision,
                            "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 report["results"].append(row)

@@ -55,7 +55,7 @@ def interleaved(cases: dict[str, Callable[[], Any]], rounds: int, cuda: bool) ->
                 if cuda:
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - start
-            except Exception as exc:  # reported in the JSON
+            except Exception as exc:  # noqa: BLE001 - reported in the JSON
                 outputs[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 continue
             outputs[name] = result
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 format=fmt, dtypes=(dtype,), sizes=(size,), device=str(device), verify=False))
             runners[form] = load_exported_file(record.path, device)
             report.setdefault("export_seconds", {})[form] = round(time.perf_counter() - start, 1)
-        except Exception as exc:  # an export that fails on this torch/ORT build is reported, not hidden
+        except Exception as exc:  # noqa: BLE001 - an export that fails on this torch/ORT build is reported, not hidden
             report.setdefault("export_errors", {})[form] = f"{type(exc).__name__}: {str(exc)[:300]}"
         print(f"exported {form}", file=sys.stderr, flush=True)
 

@@ -296,7 +296,8 @@ def test_models_delegate_to_the_zoo_and_list(monkeypatch, tmp_path, capsys):
 
 def test_ui_workflow_errors_name_the_editor_node_and_say_the_format(tmp_path):
     """A UI-format workflow: the CLI says which format it read and names editor nodes in its errors."""
-    workflow = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "ui" / "core_invert_subgraph.json").read_text())
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "ui" / "core_invert_subgraph.json"
+    workflow = json.loads(fixture.read_text())
     for node in workflow["nodes"]:
         if node["id"] == 1:
             node["widgets_values"][1] = -5  # height below its minimum

@@ -20,7 +20,8 @@ def _lora_pairs(inner: int, mlp: int) -> dict[str, tuple[torch.Tensor, torch.Ten
     gen = torch.Generator().manual_seed(3)
 
     def pair(out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.randn(RANK, in_features, generator=gen) * 0.3, torch.randn(out_features, RANK, generator=gen) * 0.3)
+        return (torch.randn(RANK, in_features, generator=gen) * 0.3,
+                torch.randn(out_features, RANK, generator=gen) * 0.3)
 
     down, up = pair(3 * inner, inner)  # the fused q/k/v of double block 0 share one down matrix
     pairs = {f"transformer_blocks.0.attn.to_{name}": (down, part) for name, part in zip("qkv", up.chunk(3))}

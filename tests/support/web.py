@@ -138,7 +138,7 @@ class LiveServer:
                 runner = web.AppRunner(create_app(runtime, config), handle_signals=False)
                 loop.run_until_complete(runner.setup())
                 loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-            except BaseException as exc:  # reported to the thread that called start()
+            except BaseException as exc:  # noqa: BLE001 - reported to the thread that called start()
                 failure.append(exc)
                 started.set()
                 return

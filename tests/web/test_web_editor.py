@@ -351,7 +351,8 @@ def test_copy_paste_delete_and_seed_control(page, server):
     page.mouse.move(700, 600)
     page.keyboard.press("Control+v")
     wait_until(lambda: page.locator(".node[data-type='EmptyImage']").count() == 2, what="paste")
-    pasted = max(int(i) for i in page.eval_on_selector_all(".node[data-type='EmptyImage']", "e => e.map(n => n.dataset.nodeId)"))
+    ids = page.eval_on_selector_all(".node[data-type='EmptyImage']", "e => e.map(n => n.dataset.nodeId)")
+    pasted = max(int(i) for i in ids)
     assert page.locator(widget(pasted, "width")).input_value() == "16"
     page.keyboard.press("Delete")
     wait_until(lambda: page.locator(".node[data-type='EmptyImage']").count() == 1, what="delete")
