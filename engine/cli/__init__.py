@@ -29,6 +29,7 @@ from engine.cli.errors import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALI
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
 from engine.cli.train_export import add_train_export_commands
 from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow_source
+from engine.core.context import InterruptFlag
 from engine.core.folders import DEFAULT_MODEL_FOLDERS, FolderPaths
 from engine.core.graph import parse_prompt
 from engine.core.registry import NodeRegistry
@@ -94,11 +95,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     needed = parse_prompt(result.prompt).upstream(result.outputs)
     printer = ProgressPrinter(result.prompt, total_nodes=len(needed))
-    executor = runtime.executor
-    previous_handler = _interrupt_on_sigint(executor)
+    interrupt = InterruptFlag()
+    previous_handler = _interrupt_on_sigint(interrupt)
     try:
-        outcome = executor.execute(result.prompt, uuid.uuid4().hex, outputs=result.outputs, on_event=printer,
-                                   extra_data=extra_data)
+        outcome = runtime.executor.execute(result.prompt, uuid.uuid4().hex, outputs=result.outputs,
+                                           on_event=printer, extra_data=extra_data, interrupt=interrupt)
     except KeyboardInterrupt:
         printer.close()
         print("interrupted", file=sys.stderr)
@@ -118,14 +119,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _interrupt_on_sigint(executor: Any) -> Any:
-    """First Ctrl-C asks the executor to stop cooperatively (between nodes or at the next step); a second
-    one raises KeyboardInterrupt at once."""
+def _interrupt_on_sigint(interrupt: InterruptFlag) -> Any:
+    """First Ctrl-C sets the run's token so it stops cooperatively (between nodes or at the next step); a
+    second one raises KeyboardInterrupt at once."""
     def handler(signum: int, frame: Any) -> None:
-        if executor.interrupt.is_set():
+        if interrupt.is_set():
             raise KeyboardInterrupt
         print("\ninterrupting (Ctrl-C again to stop at once)", file=sys.stderr)
-        executor.interrupt.set()
+        interrupt.set()
 
     if threading.current_thread() is not threading.main_thread():
         return None  # only the main thread may install signal handlers

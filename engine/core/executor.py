@@ -327,7 +327,6 @@ class Executor:
         self.cache = cache if cache is not None else OutputCache()
         self.folders = folders
         self.models = models
-        self.interrupt = InterruptFlag()  # the token of runs not given one (the CLI's Ctrl-C, tests)
 
     def execute(self, prompt: dict[str, Any], prompt_id: str = "", outputs: list[str] | None = None,
                 on_event: EventCallback | None = None, extra_data: dict[str, Any] | None = None, *,
@@ -336,15 +335,14 @@ class Executor:
         """Run a prompt that already passed validation (see engine.core.validate.validate_prompt).
 
         `interrupt`: this run's token, owned by the caller and never cleared here, so a token set before the
-        run starts stops it at its first node. Without one the run uses `self.interrupt`, cleared first.
+        run starts stops it at its first node. Without one nobody can interrupt the run.
         `on_preview(prompt_id, node_id, preview)`: the previews nodes report with their progress.
         """
         graph = parse_prompt(prompt)
         if outputs is None:
             outputs = [n.id for n in graph if self.registry[n.class_type].output_node]
         if interrupt is None:
-            interrupt = self.interrupt
-            interrupt.clear()
+            interrupt = InterruptFlag()
         run = _Run(self, graph, prompt, prompt_id, on_event, extra_data or {}, interrupt, on_preview)
         run.emit("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()})
         needed = graph.upstream(outputs)

@@ -218,12 +218,12 @@ def test_progress_printer_lines_and_bar():
 
 
 def test_first_ctrl_c_interrupts_cooperatively_second_stops():
-    executor = types.SimpleNamespace(interrupt=InterruptFlag())
-    previous = cli._interrupt_on_sigint(executor)
+    interrupt = InterruptFlag()
+    previous = cli._interrupt_on_sigint(interrupt)
     try:
         handler = signal.getsignal(signal.SIGINT)
         handler(signal.SIGINT, None)
-        assert executor.interrupt.is_set()
+        assert interrupt.is_set()
         with pytest.raises(KeyboardInterrupt):
             handler(signal.SIGINT, None)
     finally:

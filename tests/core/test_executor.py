@@ -141,20 +141,21 @@ def test_interrupt_from_progress_callback():
               "2": {"class_type": "Steps", "inputs": {"x": ["1", 0], "steps": 100}},
               "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
     seen = []
+    token = InterruptFlag()
 
     def on_event(event, data):
         seen.append((event, data))
         if event == "progress" and data["value"] == 5:
-            ex.interrupt.set()
+            token.set()
 
-    result = ex.execute(prompt, "p2", on_event=on_event)
+    result = ex.execute(prompt, "p2", on_event=on_event, interrupt=token)
     assert result.status == "interrupted"
     progress = [d["value"] for t, d in seen if t == "progress"]
     assert progress == [1, 2, 3, 4, 5]
     interrupted = [d for t, d in seen if t == "execution_interrupted"][0]
     assert interrupted["node_id"] == "2" and interrupted["node_type"] == "Steps"
     assert interrupted["executed"] == ["1"]
-    # the next prompt runs normally: the flag is cleared at prompt start
+    # the next prompt runs normally: each run has its own token
     result = ex.execute(prompt, "p3")
     assert result.status == "success"
 
@@ -162,6 +163,7 @@ def test_interrupt_from_progress_callback():
 def test_interrupt_between_nodes_from_another_thread():
     ex = Executor(toy_registry())
     started = threading.Event()
+    token = InterruptFlag()
     prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
               "2": {"class_type": "Steps", "inputs": {"x": ["1", 0], "steps": 1}},
               "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
@@ -169,9 +171,9 @@ def test_interrupt_between_nodes_from_another_thread():
     def on_event(event, data):
         if event == "executing" and data["node"] == "1":
             started.set()
-            ex.interrupt.set()
+            token.set()
 
-    result = ex.execute(prompt, "p", on_event=on_event)
+    result = ex.execute(prompt, "p", on_event=on_event, interrupt=token)
     assert started.is_set() and result.status == "interrupted"
     assert CALLS["Steps"] == 0
 
@@ -185,7 +187,6 @@ def test_a_run_given_its_own_token_uses_it_and_never_clears_it():
     result, events = run(ex, prompt, interrupt=token)
     assert result.status == "interrupted" and token.is_set() and CALLS["Number"] == 0
     assert [d for t, d in events if t == "execution_interrupted"][0]["node_id"] == "1"
-    assert not ex.interrupt.is_set()  # the executor's own token is not involved
     stopped = InterruptFlag()
 
     def stop_at_step_2(event, data):

@@ -75,7 +75,8 @@ def segmentation_runtime() -> Any:
     return Runtime.create(workspace(), registry=registry, models=MemoryManager(device="cpu"))
 
 
-def execute(runtime: Any, prompt: dict, events: list | None = None, on_event: Any = None) -> Any:
+def execute(runtime: Any, prompt: dict, events: list | None = None, on_event: Any = None,
+            interrupt: Any = None) -> Any:
     """Validate then run `prompt` on one thread, recording (kind, data) events into `events` if given."""
     checked = runtime.validate(prompt)
     assert checked.ok and not checked.node_errors, (checked.error, checked.node_errors)
@@ -87,7 +88,7 @@ def execute(runtime: Any, prompt: dict, events: list | None = None, on_event: An
             on_event(kind, data)
 
     with single_thread():
-        return runtime.executor.execute(checked.prompt, prompt_id="train", on_event=record)
+        return runtime.executor.execute(checked.prompt, prompt_id="train", on_event=record, interrupt=interrupt)
 
 
 def present_class(runtime: Any) -> str:

@@ -17,9 +17,19 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.core.context import InterruptFlag
 from engine.training.segmentation.config import TrainConfig
-from tests.support.segmentation import (FAST_SETTINGS, FINETUNE_EPOCHS, STEPS_PER_EPOCH, execute, finetuned_run,
-                                        segmentation_runtime, single_thread, tiny_base, workspace)
+from tests.support.segmentation import (
+    FAST_SETTINGS,
+    FINETUNE_EPOCHS,
+    STEPS_PER_EPOCH,
+    execute,
+    finetuned_run,
+    segmentation_runtime,
+    single_thread,
+    tiny_base,
+    workspace,
+)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -169,12 +179,13 @@ def test_train_node_reports_progress_and_loss_and_resumes_after_an_interrupt(run
     assert [e["epoch"] for e in epochs] == [1, 2] and all("val_miou" in e for e in epochs)
     assert any("saved node-straight/best" in line for line in straight.outputs["1"]["text"])
 
+    token = InterruptFlag()
+
     def interrupt_after_step_1(kind: str, data: dict) -> None:
         if kind == "progress" and data["value"] == 1:
-            runtime.executor.interrupt.set()
+            token.set()
 
-    stopped = execute(runtime, train_prompt("node-paused"), on_event=interrupt_after_step_1)
-    runtime.executor.interrupt.clear()
+    stopped = execute(runtime, train_prompt("node-paused"), on_event=interrupt_after_step_1, interrupt=token)
     assert stopped.status == "interrupted"
     again = execute(runtime, train_prompt("node-paused"))  # without resume: refuses to overwrite the run
     assert again.status == "error" and "already holds a training run" in again.error["exception_message"]
