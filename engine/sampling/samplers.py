@@ -24,6 +24,8 @@ import torch
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OnStep = Callable[[int, torch.Tensor, torch.Tensor], None]
+# One step of a sampler: (x, x0 estimate, sigma, sigma_next) -> x at sigma_next.
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Sampler(Protocol):
@@ -46,110 +48,129 @@ def _need_noise(noise: Callable | None, name: str) -> Callable:
     return noise
 
 
-def sample_euler(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
-                 on_step: OnStep) -> torch.Tensor:
+def _run(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, on_step: OnStep, step: Step) -> torch.Tensor:
+    """The loop every sampler shares: estimate x0 at sigma i, let `step` move x to sigma i + 1, report."""
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, sigma)
-        velocity = (x - x0) / sigma
-        x = x + velocity * (sigma_next - sigma)
+        x0 = denoise(x, sigmas[i])
+        x = step(x, x0, sigmas[i], sigmas[i + 1])
         on_step(i, x, x0)
     return x
+
+
+def sample_euler(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
+                 on_step: OnStep) -> torch.Tensor:
+    def step(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        velocity = (x - x0) / sigma
+        return x + velocity * (sigma_next - sigma)
+
+    return _run(denoise, x, sigmas, on_step, step)
 
 
 def sample_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
                 on_step: OnStep) -> torch.Tensor:
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, sigma)
+    def step(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         velocity = (x - x0) / sigma
         dt = sigma_next - sigma
         if float(sigma_next) == 0.0:
-            x = x + velocity * dt
-        else:
-            x_euler = x + velocity * dt
-            velocity_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
-            x = x + (velocity + velocity_next) / 2 * dt
-        on_step(i, x, x0)
-    return x
+            return x + velocity * dt
+        x_euler = x + velocity * dt
+        velocity_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+        return x + (velocity + velocity_next) / 2 * dt
+
+    return _run(denoise, x, sigmas, on_step, step)
 
 
 def sample_euler_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
                            on_step: OnStep, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
     noise = _need_noise(noise, "euler_ancestral")
-    for i in range(len(sigmas) - 1):
-        s0, s1 = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = denoise(x, sigmas[i])
+
+    def step(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        s0, s1 = float(sigma), float(sigma_next)
         if s1 == 0.0:
-            x = x0
-        else:
-            s_down = s1 * (1.0 + (s1 / s0 - 1.0) * eta)
-            ratio = s_down / s0
-            x = ratio * x + (1.0 - ratio) * x0
-            if eta > 0.0:
-                scale = (1.0 - s1) / (1.0 - s_down)
-                renoise = math.sqrt(max(s1 ** 2 - (scale * s_down) ** 2, 0.0))
-                x = scale * x + noise(x) * s_noise * renoise
-        on_step(i, x, x0)
-    return x
+            return x0
+        s_down = s1 * (1.0 + (s1 / s0 - 1.0) * eta)
+        ratio = s_down / s0
+        x = ratio * x + (1.0 - ratio) * x0
+        if eta > 0.0:
+            scale = (1.0 - s1) / (1.0 - s_down)
+            renoise = math.sqrt(max(s1 ** 2 - (scale * s_down) ** 2, 0.0))
+            x = scale * x + noise(x) * s_noise * renoise
+        return x
+
+    return _run(denoise, x, sigmas, on_step, step)
 
 
-def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
-                    on_step: OnStep) -> torch.Tensor:
-    previous_x0, previous_h = None, None
-    for i in range(len(sigmas) - 1):
-        s0, s1 = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = denoise(x, sigmas[i])
+# A DPM++ 2M update: (x, x0, previous x0, sigma, sigma_next, h, r) -> x at sigma_next, where h is the log-SNR
+# step and r the previous h / h (None on the first step, or when either step is infinite: first order).
+MultistepUpdate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float, float, float, float | None],
+                           torch.Tensor]
+
+
+class _Multistep:
+    """The step the DPM++ 2M samplers share: a jump to x0 on the last step, otherwise `update` with the
+    log-SNR step h and its ratio to the previous one; remembers each step's x0 estimate and h."""
+
+    def __init__(self, update: MultistepUpdate) -> None:
+        self.update = update
+        self.previous_x0: torch.Tensor | None = None
+        self.previous_h: float | None = None
+
+    def __call__(self, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+                 sigma_next: torch.Tensor) -> torch.Tensor:
+        s0, s1 = float(sigma), float(sigma_next)
         if s1 == 0.0:
             x = x0
         else:
             h = _lambda(s1) - _lambda(s0)
-            blend = x0
-            if previous_x0 is not None and math.isfinite(previous_h) and math.isfinite(h):
-                r = previous_h / h
-                blend = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * previous_x0
-            x = (s1 / s0) * x - (1.0 - s1) * math.expm1(-h) * blend
-            previous_h = h
-        previous_x0 = x0
-        on_step(i, x, x0)
-    return x
+            r = None
+            if self.previous_x0 is not None and math.isfinite(self.previous_h) and math.isfinite(h):
+                r = self.previous_h / h
+            x = self.update(x, x0, self.previous_x0, s0, s1, h, r)
+            self.previous_h = h
+        self.previous_x0 = x0
+        return x
+
+
+def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
+                    on_step: OnStep) -> torch.Tensor:
+    def update(x: torch.Tensor, x0: torch.Tensor, previous_x0: torch.Tensor | None, s0: float, s1: float, h: float,
+               r: float | None) -> torch.Tensor:
+        blend = x0
+        if r is not None:
+            blend = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * previous_x0
+        return (s1 / s0) * x - (1.0 - s1) * math.expm1(-h) * blend
+
+    return _run(denoise, x, sigmas, on_step, _Multistep(update))
 
 
 def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
                         on_step: OnStep, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
     noise = _need_noise(noise, "dpmpp_2m_sde")
-    previous_x0, previous_h = None, None
-    for i in range(len(sigmas) - 1):
-        s0, s1 = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = denoise(x, sigmas[i])
-        if s1 == 0.0:
-            x = x0
-        else:
-            h = _lambda(s1) - _lambda(s0)
-            eta_h = eta * h
-            keep = (s1 / s0) * math.exp(-eta_h) if math.isfinite(eta_h) else 0.0
-            gain = (1.0 - s1) * -math.expm1(-h - eta_h)
-            x = keep * x + gain * x0
-            if previous_x0 is not None and math.isfinite(previous_h) and math.isfinite(h):
-                r = previous_h / h
-                x = x + 0.5 * gain * (1.0 / r) * (x0 - previous_x0)
-            if eta > 0.0:
-                x = x + noise(x) * s1 * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise
-            previous_h = h
-        previous_x0 = x0
-        on_step(i, x, x0)
-    return x
+
+    def update(x: torch.Tensor, x0: torch.Tensor, previous_x0: torch.Tensor | None, s0: float, s1: float, h: float,
+               r: float | None) -> torch.Tensor:
+        eta_h = eta * h
+        keep = (s1 / s0) * math.exp(-eta_h) if math.isfinite(eta_h) else 0.0
+        gain = (1.0 - s1) * -math.expm1(-h - eta_h)
+        x = keep * x + gain * x0
+        if r is not None:
+            x = x + 0.5 * gain * (1.0 / r) * (x0 - previous_x0)
+        if eta > 0.0:
+            x = x + noise(x) * s1 * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise
+        return x
+
+    return _run(denoise, x, sigmas, on_step, _Multistep(update))
 
 
 def sample_lcm(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None,
                on_step: OnStep) -> torch.Tensor:
     noise = _need_noise(noise, "lcm")
-    for i in range(len(sigmas) - 1):
-        s1 = float(sigmas[i + 1])
-        x0 = denoise(x, sigmas[i])
-        x = x0 if s1 == 0.0 else s1 * noise(x0) + (1.0 - s1) * x0
-        on_step(i, x, x0)
-    return x
+
+    def step(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        s1 = float(sigma_next)
+        return x0 if s1 == 0.0 else s1 * noise(x0) + (1.0 - s1) * x0
+
+    return _run(denoise, x, sigmas, on_step, step)
 
 
 # In ComfyUI's order (its SAMPLERS list), restricted to those implemented here.
