@@ -17,17 +17,14 @@ from tests.support.flux2 import write_reference_image
 from tests.support.flux import zoo_base
 from tests.support.server import make_config, registry, wait_for_job
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_torch_thread")]
 WORKFLOWS = PROJECT_ROOT / "workflows"
 
 
 @pytest_asyncio.fixture
 async def client(aiohttp_client, tmp_path):
-    import torch
-
     from engine.backends.runtime import Runtime
 
-    torch.set_num_threads(1)
     runtime = Runtime.create(base_dir=zoo_base(), registry=registry())
     write_reference_image(runtime.folders.input_dir, "flux2_server_ref.png", 64, 80, seed=7)
     return await aiohttp_client(create_app(runtime, make_config(tmp_path, workflows_dir=WORKFLOWS), queue=None))

@@ -9,12 +9,10 @@ import json
 import struct
 
 import pytest
-import pytest_asyncio
 from PIL import Image
 
-from engine.server.app import create_app
-from tests.support.server import (REFERENCE, chain_graph, image_graph, make_config, make_runtime,
-                                       messages_until_done, receive_json, same_shape, sleep_graph, wait_for_job)
+from tests.support.server import (REFERENCE, chain_graph, image_graph, messages_until_done, receive_json, same_shape,
+                                  sleep_graph, wait_for_job)
 
 pytestmark = pytest.mark.asyncio
 
@@ -24,12 +22,6 @@ def _one_node(entry, node_id):
     prompt = entry["prompt"]
     return {**entry, "outputs": entry["outputs"][node_id], "meta": entry["meta"][node_id],
             "prompt": [prompt[0], prompt[1], {}, prompt[3], prompt[4]]}
-
-
-@pytest_asyncio.fixture
-async def client(aiohttp_client, tmp_path):
-    app = create_app(make_runtime(tmp_path), make_config(tmp_path))
-    return await aiohttp_client(app)
 
 
 async def test_queue_image_graph_events_view_and_history(client):

@@ -6,25 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import pytest_asyncio
 
-from engine.server.app import create_app
 from engine.recipes.errors import RecipeError
 from engine.recipes.generate import build_graph, parse_request
 from engine.recipes.graph_tools import positive_encoders
 from engine.server.state import STATE
-from tests.support.server import (REFERENCE, image_graph, make_config, make_runtime, progress_messages, same_shape,
-                                  sleep_graph, wait_for_job)
+from tests.support.server import REFERENCE, image_graph, progress_messages, same_shape, sleep_graph, wait_for_job
 from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.asyncio
 ROUTES = ["/prompt", "/queue", "/history", "/object_info", "/object_info/EmptyImage", "/system_stats", "/models",
           "/models/checkpoints", "/embeddings", "/extensions", "/features"]
-
-
-@pytest_asyncio.fixture
-async def client(aiohttp_client, tmp_path):
-    return await aiohttp_client(create_app(make_runtime(tmp_path), make_config(tmp_path)))
 
 
 async def test_every_route_answers_with_and_without_the_api_prefix(client):
