@@ -9,7 +9,7 @@ tensors (`infer_vae_config`), nothing is hard-coded.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 _RESNET = {"nin_shortcut": "conv_shortcut"}
 _ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
@@ -36,80 +36,93 @@ def _conv_from_linear(value: Any) -> Any:
 
 def bfl_vae_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """BFL/LDM autoencoder keys (no prefix) -> diffusers AutoencoderKL keys."""
-    keys = list(state)
-    up_levels = _levels(keys, "decoder.up")
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        new = _bfl_key(key, up_levels)
-        if new is None:
-            raise VaeKeyError(key)
-        if ".attentions.0." in new and not new.endswith(("group_norm.weight", "group_norm.bias")):
-            value = _linear_from_conv(value)
-        out[new] = value
-    return out
+    up_levels = _levels(list(state), "decoder.up")
 
+    def rename(key: str) -> str | None:
+        if key.partition(".")[0] in ("quant_conv", "post_quant_conv"):
+            return key
+        return _rename(key, up_levels, _BFL_HEADS, _BFL_RULES)
 
-def _bfl_key(key: str, up_levels: int) -> str | None:
-    side, _, rest = key.partition(".")
-    if side not in ("encoder", "decoder"):
-        return None if side not in ("quant_conv", "post_quant_conv") else key
-    simple = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out"}
-    head, _, tail = rest.partition(".")
-    if head in simple:
-        return f"{side}.{simple[head]}.{tail}"
-    if m := re.match(r"^mid\.block_(\d)\.(\w+)\.(weight|bias)$", rest):
-        return f"{side}.mid_block.resnets.{int(m.group(1)) - 1}.{_RESNET.get(m.group(2), m.group(2))}.{m.group(3)}"
-    if m := re.match(r"^mid\.attn_1\.(\w+)\.(weight|bias)$", rest):
-        name = _ATTN.get(m.group(1))
-        return f"{side}.mid_block.attentions.0.{name}.{m.group(2)}" if name else None
-    if m := re.match(r"^(down|up)\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)$", rest):
-        level = int(m.group(2)) if m.group(1) == "down" else up_levels - 1 - int(m.group(2))
-        blocks = "down_blocks" if m.group(1) == "down" else "up_blocks"
-        name = _RESNET.get(m.group(4), m.group(4))
-        return f"{side}.{blocks}.{level}.resnets.{m.group(3)}.{name}.{m.group(5)}"
-    if m := re.match(r"^down\.(\d+)\.downsample\.conv\.(weight|bias)$", rest):
-        return f"{side}.down_blocks.{m.group(1)}.downsamplers.0.conv.{m.group(2)}"
-    if m := re.match(r"^up\.(\d+)\.upsample\.conv\.(weight|bias)$", rest):
-        return f"{side}.up_blocks.{up_levels - 1 - int(m.group(1))}.upsamplers.0.conv.{m.group(2)}"
-    return None
+    def is_attention_conv(new: str) -> bool:
+        return ".attentions.0." in new and not new.endswith(("group_norm.weight", "group_norm.bias"))
+
+    return _convert(state, rename, is_attention_conv, _linear_from_conv)
 
 
 def diffusers_vae_to_bfl(state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `bfl_vae_to_diffusers` (used to write the tiny zoo's ae file)."""
     up_levels = _levels(list(state), "decoder.up_blocks")
+
+    def is_attention_linear(new: str) -> bool:
+        return ".attn_1." in new and ".attn_1.norm." not in new
+
+    return _convert(state, lambda key: _rename(key, up_levels, _DIFFUSERS_HEADS, _DIFFUSERS_RULES),
+                    is_attention_linear, _conv_from_linear)
+
+
+def _convert(state: dict[str, Any], rename: Callable[[str], str | None], reshaped: Callable[[str], bool],
+             reshape: Callable[[Any], Any]) -> dict[str, Any]:
+    """Every key through `rename` (None: unknown, refused); `reshape` the values whose new key is `reshaped`."""
     out: dict[str, Any] = {}
     for key, value in state.items():
-        new = _diffusers_key(key, up_levels)
+        new = rename(key)
         if new is None:
             raise VaeKeyError(key)
-        if ".attn_1." in new and ".attn_1.norm." not in new:
-            value = _conv_from_linear(value)
-        out[new] = value
+        out[new] = reshape(value) if reshaped(new) else value
     return out
 
 
-def _diffusers_key(key: str, up_levels: int) -> str | None:
+# A rule: a pattern on the key after its `encoder.` / `decoder.` side, and the new key (after the same side) from
+# its match and the number of decoder up levels; None for a name the converter does not know.
+Rule = tuple[re.Pattern[str], Callable[[re.Match[str], int], str | None]]
+
+
+def _rename(key: str, up_levels: int, heads: dict[str, str], rules: list[Rule]) -> str | None:
     side, _, rest = key.partition(".")
     if side not in ("encoder", "decoder"):
         return None
-    simple = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "norm_out"}
     head, _, tail = rest.partition(".")
-    if head in simple:
-        return f"{side}.{simple[head]}.{tail}"
-    back = {v: k for k, v in _RESNET.items()}
-    if m := re.match(r"^mid_block\.resnets\.(\d)\.(\w+)\.(weight|bias)$", rest):
-        return f"{side}.mid.block_{int(m.group(1)) + 1}.{back.get(m.group(2), m.group(2))}.{m.group(3)}"
-    if m := re.match(r"^mid_block\.attentions\.0\.(\w+(?:\.0)?)\.(weight|bias)$", rest):
-        name = _ATTN_BACK.get(m.group(1))
-        return f"{side}.mid.attn_1.{name}.{m.group(2)}" if name else None
-    if m := re.match(r"^(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)$", rest):
-        level = int(m.group(2)) if m.group(1) == "down" else up_levels - 1 - int(m.group(2))
-        return f"{side}.{m.group(1)}.{level}.block.{m.group(3)}.{back.get(m.group(4), m.group(4))}.{m.group(5)}"
-    if m := re.match(r"^down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)$", rest):
-        return f"{side}.down.{m.group(1)}.downsample.conv.{m.group(2)}"
-    if m := re.match(r"^up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)$", rest):
-        return f"{side}.up.{up_levels - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}"
+    if head in heads:
+        return f"{side}.{heads[head]}.{tail}"
+    for pattern, build in rules:
+        if m := pattern.match(rest):
+            new = build(m, up_levels)
+            return f"{side}.{new}" if new else None
     return None
+
+
+def _level(direction: str, index: str, up_levels: int) -> int:
+    """The level of a down/up block: up levels count from the other end in the other layout."""
+    return int(index) if direction == "down" else up_levels - 1 - int(index)
+
+
+_BFL_HEADS = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out"}
+_DIFFUSERS_HEADS = {v: k for k, v in _BFL_HEADS.items()}
+_RESNET_BACK = {v: k for k, v in _RESNET.items()}
+_BFL_RULES: list[Rule] = [
+    (re.compile(r"^mid\.block_(\d)\.(\w+)\.(weight|bias)$"),
+     lambda m, up: f"mid_block.resnets.{int(m[1]) - 1}.{_RESNET.get(m[2], m[2])}.{m[3]}"),
+    (re.compile(r"^mid\.attn_1\.(\w+)\.(weight|bias)$"),
+     lambda m, up: f"mid_block.attentions.0.{_ATTN[m[1]]}.{m[2]}" if m[1] in _ATTN else None),
+    (re.compile(r"^(down|up)\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)$"),
+     lambda m, up: f"{m[1]}_blocks.{_level(m[1], m[2], up)}.resnets.{m[3]}.{_RESNET.get(m[4], m[4])}.{m[5]}"),
+    (re.compile(r"^down\.(\d+)\.downsample\.conv\.(weight|bias)$"),
+     lambda m, up: f"down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"),
+    (re.compile(r"^up\.(\d+)\.upsample\.conv\.(weight|bias)$"),
+     lambda m, up: f"up_blocks.{_level('up', m[1], up)}.upsamplers.0.conv.{m[2]}"),
+]
+_DIFFUSERS_RULES: list[Rule] = [
+    (re.compile(r"^mid_block\.resnets\.(\d)\.(\w+)\.(weight|bias)$"),
+     lambda m, up: f"mid.block_{int(m[1]) + 1}.{_RESNET_BACK.get(m[2], m[2])}.{m[3]}"),
+    (re.compile(r"^mid_block\.attentions\.0\.(\w+(?:\.0)?)\.(weight|bias)$"),
+     lambda m, up: f"mid.attn_1.{_ATTN_BACK[m[1]]}.{m[2]}" if m[1] in _ATTN_BACK else None),
+    (re.compile(r"^(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)$"),
+     lambda m, up: f"{m[1]}.{_level(m[1], m[2], up)}.block.{m[3]}.{_RESNET_BACK.get(m[4], m[4])}.{m[5]}"),
+    (re.compile(r"^down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)$"),
+     lambda m, up: f"down.{m[1]}.downsample.conv.{m[2]}"),
+    (re.compile(r"^up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)$"),
+     lambda m, up: f"up.{_level('up', m[1], up)}.upsample.conv.{m[2]}"),
+]
 
 
 def infer_vae_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:

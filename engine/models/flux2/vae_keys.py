@@ -18,35 +18,33 @@ _MOVED = {"encoder.quant_conv.": "quant_conv.", "decoder.post_quant_conv.": "pos
 
 def bfl_flux2_vae_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """BFL FLUX.2 autoencoder keys -> AutoencoderKLFlux2 keys."""
-    out: dict[str, Any] = {}
-    rest: dict[str, Any] = {}
-    for key, value in state.items():
-        moved = next((new + key[len(old):] for old, new in _MOVED.items() if key.startswith(old)), None)
-        if moved is not None:
-            out[moved] = value
-        elif key.startswith(("bn.", "quant_conv.", "post_quant_conv.")):
-            out[key] = value
-        else:
-            rest[key] = value
+    out, rest = _move_prefixes(state, _MOVED, ("bn.", "quant_conv.", "post_quant_conv."))
     out.update(bfl_vae_to_diffusers(rest))
     return out
 
 
 def diffusers_to_bfl_flux2_vae(state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `bfl_flux2_vae_to_diffusers` (writes the tiny zoo's BFL-layout file)."""
-    back = {new: old for old, new in _MOVED.items()}
+    out, rest = _move_prefixes(state, {new: old for old, new in _MOVED.items()}, ("bn.",))
+    out.update(diffusers_vae_to_bfl(rest))
+    return out
+
+
+def _move_prefixes(state: dict[str, Any], moves: dict[str, str], kept: tuple[str, ...]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the keys FLUX.2 adds: prefixes renamed by `moves`, those starting with `kept` as they are; the rest, for
+    the FLUX.1 converter)."""
     out: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     for key, value in state.items():
-        moved = next((old + key[len(new):] for new, old in back.items() if key.startswith(new)), None)
+        moved = next((new + key[len(old):] for old, new in moves.items() if key.startswith(old)), None)
         if moved is not None:
             out[moved] = value
-        elif key.startswith("bn."):
+        elif key.startswith(kept):
             out[key] = value
         else:
             rest[key] = value
-    out.update(diffusers_vae_to_bfl(rest))
-    return out
+    return out, rest
 
 
 def infer_flux2_vae_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
