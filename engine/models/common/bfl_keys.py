@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 FINAL_MOD = "final_layer.adaLN_modulation.1"
 _BLOCK = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.(.+)$")
 _D_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
 DOUBLE_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
               "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+# The renames both families share (BFL stem -> diffusers stem); each layout adds its own to these.
+SHARED_TOP = {"img_in": "x_embedder", "txt_in": "context_embedder", "final_layer.linear": "proj_out"}
+SHARED_DOUBLE = {
+    "img_attn.proj": "attn.to_out.0",
+    "txt_attn.proj": "attn.to_add_out",
+    "img_attn.norm.query_norm.scale": "attn.norm_q.weight",
+    "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
+    "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
+    "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight",
+}
+SHARED_SINGLE = {"norm.query_norm.scale": "attn.norm_q.weight", "norm.key_norm.scale": "attn.norm_k.weight"}
 
 
 @dataclass(frozen=True)
@@ -54,30 +65,47 @@ def _single_hidden(state: dict[str, Any], key: str) -> int:
     return int(state[f"{block}.linear1.weight"].shape[1])
 
 
-def bfl_to_diffusers(layout: BflLayout, state: dict[str, Any]) -> dict[str, Any]:
-    """Convert a BFL-keyed state dict (prefix already removed) to diffusers keys."""
+def _renamed(rest: str, table: dict[str, str], key: str, error: type[KeyError]) -> str:
+    """`rest` renamed by `table`; `error(key)` when the table does not know it."""
+    new = rename(rest, table)
+    if new is None:
+        raise error(key)
+    return new
+
+
+# Converts one key inside a block: (out, key, value, block kind, block index, key within the block).
+BlockConverter = Callable[[dict[str, Any], str, Any, str, str, str], None]
+
+
+def _convert(state: dict[str, Any], final_mod: tuple[str, str], blocks: re.Pattern[str], top: dict[str, str],
+             error: type[KeyError], convert_block: BlockConverter) -> dict[str, Any]:
+    """What both directions do with each key: swap the final modulation's halves (stem final_mod[0] becomes
+    final_mod[1]), rename keys outside the blocks by `top`, and hand block keys to `convert_block`."""
     out: dict[str, Any] = {}
     for key, value in state.items():
         stem, _, param = key.rpartition(".")
-        if stem == FINAL_MOD:
-            out[f"norm_out.linear.{param}"] = swap_halves(value)
+        if stem == final_mod[0]:
+            out[f"{final_mod[1]}.{param}"] = swap_halves(value)
             continue
-        match = _BLOCK.match(key)
+        match = blocks.match(key)
         if match is None:
-            new = rename(key, layout.top)
-            if new is None:
-                raise layout.error(key)
-            out[new] = value
+            out[_renamed(key, top, key, error)] = value
             continue
-        kind, index, rest = match.groups()
+        convert_block(out, key, value, *match.groups())
+    return out
+
+
+def bfl_to_diffusers(layout: BflLayout, state: dict[str, Any]) -> dict[str, Any]:
+    """Convert a BFL-keyed state dict (prefix already removed) to diffusers keys."""
+    def convert_block(out: dict[str, Any], key: str, value: Any, kind: str, index: str, rest: str) -> None:
         rest_stem, _, rest_param = rest.rpartition(".")
         if kind == "double_blocks":
             base = f"transformer_blocks.{index}."
             if rest_stem in DOUBLE_QKV:
                 for name, part in zip(DOUBLE_QKV[rest_stem], value.chunk(3, dim=0)):
                     out[f"{base}{name}.{rest_param}"] = part
-                continue
-            new = rename(rest, layout.double)
+                return
+            table = layout.double
         else:
             base = f"single_transformer_blocks.{index}."
             if layout.single_fused and rest_stem == "linear1" and rest_param in ("weight", "bias"):
@@ -85,53 +113,40 @@ def bfl_to_diffusers(layout: BflLayout, state: dict[str, Any]) -> dict[str, Any]
                 sizes = [hidden, hidden, hidden, value.shape[0] - 3 * hidden]
                 for name, part in zip(layout.single_fused, value.split(sizes, dim=0)):
                     out[f"{base}{name}.{rest_param}"] = part
-                continue
-            new = rename(rest, layout.single)
-        if new is None:
-            raise layout.error(key)
-        out[base + new] = value
-    return out
+                return
+            table = layout.single
+        out[base + _renamed(rest, table, key, layout.error)] = value
+
+    return _convert(state, (FINAL_MOD, "norm_out.linear"), _BLOCK, layout.top, layout.error, convert_block)
 
 
 def diffusers_to_bfl(layout: BflLayout, state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `bfl_to_diffusers` (used to write files in the BFL layout)."""
     import torch
 
-    top = {v: k for k, v in layout.top.items()}
     double = {v: k for k, v in layout.double.items()}
     single = {v: k for k, v in layout.single.items()}
-    out: dict[str, Any] = {}
     fused: dict[str, dict[str, Any]] = {}
-    for key, value in state.items():
-        stem, _, param = key.rpartition(".")
-        if stem == "norm_out.linear":
-            out[f"{FINAL_MOD}.{param}"] = swap_halves(value)
-            continue
-        match = _D_BLOCK.match(key)
-        if match is None:
-            new = rename(key, top)
-            if new is None:
-                raise layout.error(key)
-            out[new] = value
-            continue
-        kind, index, rest = match.groups()
+
+    def convert_block(out: dict[str, Any], key: str, value: Any, kind: str, index: str, rest: str) -> None:
         rest_stem, _, rest_param = rest.rpartition(".")
         if kind == "transformer_blocks":
             base = f"double_blocks.{index}."
             target = next((bfl for bfl, parts in DOUBLE_QKV.items() if rest_stem in parts), None)
             if target is not None:
                 fused.setdefault(f"{base}{target}.{rest_param}", {})[rest_stem] = value
-                continue
-            new = rename(rest, double)
+                return
+            table = double
         else:
             base = f"single_blocks.{index}."
             if rest_stem in layout.single_fused:
                 fused.setdefault(f"{base}linear1.{rest_param}", {})[rest_stem] = value
-                continue
-            new = rename(rest, single)
-        if new is None:
-            raise layout.error(key)
-        out[base + new] = value
+                return
+            table = single
+        out[base + _renamed(rest, table, key, layout.error)] = value
+
+    top = {v: k for k, v in layout.top.items()}
+    out = _convert(state, ("norm_out.linear", FINAL_MOD), _D_BLOCK, top, layout.error, convert_block)
     for key, parts in fused.items():
         order = layout.single_fused if ".linear1." in key else DOUBLE_QKV[key.split(".", 2)[2].rsplit(".", 1)[0]]
         missing = [name for name in order if name not in parts]

@@ -15,41 +15,30 @@ from __future__ import annotations
 from typing import Any
 
 from engine.models.common import bfl_keys
-from engine.models.common.bfl_keys import BflLayout
+from engine.models.common.bfl_keys import SHARED_DOUBLE, SHARED_SINGLE, SHARED_TOP, BflLayout
 from engine.models.common.transformer_family import Shape, TransformerFamily, infer_transformer_config
 
-# BFL suffix -> diffusers suffix, for plain renames (".weight"/".bias" appended by the converter).
+# BFL suffix -> diffusers suffix, for plain renames (".weight"/".bias" appended by the converter), on top of
+# the renames FLUX.2 shares (bfl_keys.SHARED_*).
 _TOP = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
+    **SHARED_TOP,
     "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
     "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
     "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
     "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
     "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
     "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-    "final_layer.linear": "proj_out",
 }
 _DOUBLE = {
+    **SHARED_DOUBLE,
     "img_mod.lin": "norm1.linear",
     "txt_mod.lin": "norm1_context.linear",
-    "img_attn.proj": "attn.to_out.0",
-    "txt_attn.proj": "attn.to_add_out",
-    "img_attn.norm.query_norm.scale": "attn.norm_q.weight",
-    "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
-    "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
-    "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight",
     "img_mlp.0": "ff.net.0.proj",
     "img_mlp.2": "ff.net.2",
     "txt_mlp.0": "ff_context.net.0.proj",
     "txt_mlp.2": "ff_context.net.2",
 }
-_SINGLE = {
-    "modulation.lin": "norm.linear",
-    "linear2": "proj_out",
-    "norm.query_norm.scale": "attn.norm_q.weight",
-    "norm.key_norm.scale": "attn.norm_k.weight",
-}
+_SINGLE = {**SHARED_SINGLE, "modulation.lin": "norm.linear", "linear2": "proj_out"}
 _SINGLE_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from engine.models.common import bfl_keys
-from engine.models.common.bfl_keys import BflLayout
+from engine.models.common.bfl_keys import SHARED_DOUBLE, SHARED_SINGLE, SHARED_TOP, BflLayout
 from engine.models.common.transformer_family import Shape, TransformerFamily, infer_transformer_config
 
+# BFL suffix -> diffusers suffix on top of the renames FLUX.1 shares (bfl_keys.SHARED_*).
 _TOP = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
+    **SHARED_TOP,
     "time_in.in_layer": "time_guidance_embed.timestep_embedder.linear_1",
     "time_in.out_layer": "time_guidance_embed.timestep_embedder.linear_2",
     "guidance_in.in_layer": "time_guidance_embed.guidance_embedder.linear_1",
@@ -30,26 +30,15 @@ _TOP = {
     "double_stream_modulation_img.lin": "double_stream_modulation_img.linear",
     "double_stream_modulation_txt.lin": "double_stream_modulation_txt.linear",
     "single_stream_modulation.lin": "single_stream_modulation.linear",
-    "final_layer.linear": "proj_out",
 }
 _DOUBLE = {
-    "img_attn.proj": "attn.to_out.0",
-    "txt_attn.proj": "attn.to_add_out",
-    "img_attn.norm.query_norm.scale": "attn.norm_q.weight",
-    "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
-    "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
-    "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight",
+    **SHARED_DOUBLE,
     "img_mlp.0": "ff.linear_in",
     "img_mlp.2": "ff.linear_out",
     "txt_mlp.0": "ff_context.linear_in",
     "txt_mlp.2": "ff_context.linear_out",
 }
-_SINGLE = {
-    "linear1": "attn.to_qkv_mlp_proj",
-    "linear2": "attn.to_out",
-    "norm.query_norm.scale": "attn.norm_q.weight",
-    "norm.key_norm.scale": "attn.norm_k.weight",
-}
+_SINGLE = {**SHARED_SINGLE, "linear1": "attn.to_qkv_mlp_proj", "linear2": "attn.to_out"}
 # Keys only FLUX.2 has (its shared modulations): how a file is told apart from FLUX.1.
 FLUX2_BFL_MARKER = "single_stream_modulation.lin.weight"
 FLUX2_DIFFUSERS_MARKER = "single_stream_modulation.linear.weight"
