@@ -13,7 +13,7 @@ A prompt with any such name is refused as a whole, in ComfyUI's error shape.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from engine.core.folders import UnsafePathError, contained_path
 from engine.core.graph import parse_prompt, unwrap_literal
@@ -36,6 +36,18 @@ def path_kind(inp: Input) -> str | None:
     if inp.type == STRING and inp.name.lower().endswith(_FILE_LIKE_SUFFIXES):
         return "name"
     return None
+
+
+def path_values(prompt: dict[str, Any], registry: Any, kind: str) -> Iterator[str]:
+    """The string literals of every input whose `path_kind` is `kind`, node by node in prompt order."""
+    for node in prompt.values():
+        schema = registry.get(node.get("class_type")) if isinstance(node, dict) else None
+        if schema is None:
+            continue
+        for inp in schema.inputs:
+            value = unwrap_literal(node.get("inputs", {}).get(inp.name))
+            if path_kind(inp) == kind and isinstance(value, str):
+                yield value
 
 
 def check_name(kind: str, value: str, folders: Any) -> str | None:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.core.folders import UnsafePathError
-from engine.core.graph import unwrap_literal
-from engine.core.prompt_paths import path_kind
+from engine.core.prompt_paths import path_values
 
 FILE_TYPES_SHIPPED = ("output", "temp")
 _COUNTED_NAME = re.compile(r"^(?P<base>.*)_(?P<counter>\d+)_(?P<ext>\.[^.]+)$")
@@ -30,20 +29,15 @@ FileKey = tuple[str, str, str]  # (type, subfolder, filename)
 def input_files(prompt: dict[str, Any], registry: Any, folders: Any) -> list[tuple[str, bytes]]:
     """(name as written in the prompt, content) of every existing file the prompt's upload inputs load."""
     found: dict[str, bytes] = {}
-    for node in prompt.values():
-        schema = registry.get(node.get("class_type")) if isinstance(node, dict) else None
-        if schema is None:
+    for value in path_values(prompt, registry, "file"):
+        if value in found:
             continue
-        for inp in schema.inputs:
-            value = unwrap_literal(node.get("inputs", {}).get(inp.name))
-            if path_kind(inp) != "file" or not isinstance(value, str) or value in found:
-                continue
-            try:
-                path = folders.resolve_file(value, "input")
-            except UnsafePathError:
-                continue  # refused at queueing time already; the node reports it if it runs
-            if path.is_file():
-                found[value] = path.read_bytes()
+        try:
+            path = folders.resolve_file(value, "input")
+        except UnsafePathError:
+            continue  # refused at queueing time already; the node reports it if it runs
+        if path.is_file():
+            found[value] = path.read_bytes()
     return list(found.items())
 
 

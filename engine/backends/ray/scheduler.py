@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.core.folders import DEFAULT_MODEL_FOLDERS, UnsafePathError
-from engine.core.graph import unwrap_literal
-from engine.core.prompt_paths import path_kind
+from engine.core.prompt_paths import path_values
 
 MODELS_REMEMBERED = 8  # per worker: the memory manager keeps about this many loaded
 _SAMPLE = 1 << 20  # bytes read at the start, middle and end of a large model file
@@ -148,17 +147,12 @@ def model_files(prompt: dict[str, Any], registry: Any, folders: Any) -> list[Pat
     """Model files and folders the prompt's combo and file-name inputs name, in any model folder."""
     roots = [(key, [str(root) for root in folders.model_dirs(key)]) for key in DEFAULT_MODEL_FOLDERS]
     found: list[Path] = []
-    for node in prompt.values():
-        schema = registry.get(node.get("class_type")) if isinstance(node, dict) else None
-        if schema is None:
+    for value in path_values(prompt, registry, "name"):
+        if not value:
             continue
-        for inp in schema.inputs:
-            value = unwrap_literal(node.get("inputs", {}).get(inp.name))
-            if path_kind(inp) != "name" or not isinstance(value, str) or not value:
-                continue
-            path = _find_model(folders, roots, value)
-            if path is not None and path not in found:
-                found.append(path)
+        path = _find_model(folders, roots, value)
+        if path is not None and path not in found:
+            found.append(path)
     return found
 
 
