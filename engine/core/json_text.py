@@ -100,3 +100,18 @@ def _key(key: Any) -> Any:
         return str(key)
     except Exception:  # noqa: BLE001 - a key whose __str__ raises still gets a name
         return f"<{type(key).__name__}>"
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, as error messages say it ("a JSON string")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

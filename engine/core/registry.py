@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 import traceback
 from typing import Any, Callable, Iterable, Iterator
 
 from engine.core.schema import NodeSchema
 from engine.core.schema_checks import check_schema
+
+# Importable packages of node packs to load besides `nodes` (comma-separated), e.g. test packs.
+EXTRA_PACKAGES_ENV = "FLUXGRAPH_EXTRA_NODE_PACKAGES"
+
+
+def node_packages(environ: Any = None) -> list[str]:
+    """`nodes` and the packages named in FLUXGRAPH_EXTRA_NODE_PACKAGES, in that order."""
+    value = (environ if environ is not None else os.environ).get(EXTRA_PACKAGES_ENV, "")
+    return ["nodes", *(p.strip() for p in value.split(",") if p.strip())]
 
 log = logging.getLogger(__name__)
 

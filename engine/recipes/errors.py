@@ -16,18 +16,3 @@ class RecipeError(Exception):
         self.details = details
         self.kind = kind
         self.extra_info = extra_info
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, as error messages say it ("a JSON string")."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"

@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.core.json_text import dumps
+from engine.core.json_text import dumps, json_type
 from engine.recipes.conditioning import apply_conditioning, conditioning_workflow, parse_conditioning
-from engine.recipes.errors import RecipeError, json_type
+from engine.recipes.errors import RecipeError
 from engine.recipes.graph_tools import TEXT_ENCODERS, positive_encoders
-from engine.recipes.variants import (MAX_REFERENCE_IMAGES, add_reference_images, describe_variant,
-                                     installed_variants, known_variants)
+from engine.recipes.variants import (
+    MAX_REFERENCE_IMAGES,
+    add_reference_images,
+    describe_variant,
+    installed_variants,
+    known_variants,
+)
 
 SEED_MAX = 2**64 - 1
 MAX_PROMPT_CHARS = 20_000

@@ -14,11 +14,10 @@ from typing import Any
 
 from engine.backends.factory import make_backend
 from engine.backends.runtime import Runtime
+from engine.core.registry import node_packages
 from engine.memory.budget import add_memory_arguments, settings_from_args
 from engine.memory.manager import MemoryManager
 from engine.server.config import MB, ServerConfig
-
-EXTRA_PACKAGES_ENV = "FLUXGRAPH_EXTRA_NODE_PACKAGES"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +85,7 @@ def build_runtime(base_dir: str | None, memory: Any = None) -> Runtime:
     Building the manager imports no torch: it loads on first model use."""
     models = MemoryManager.from_settings(memory) if memory is not None else MemoryManager()
     runtime = Runtime.create(base_dir=base_dir, models=models)
-    for package in filter(None, (p.strip() for p in os.environ.get(EXTRA_PACKAGES_ENV, "").split(","))):
+    for package in node_packages()[1:]:  # `nodes` itself is discovered by Runtime.create
         runtime.registry.discover(package)
     return runtime
 

@@ -14,8 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.core.json_text import dumps  # noqa: F401  (re-exported: the routes import it from here)
-from engine.recipes.errors import json_type  # one wording of JSON types for every error message
+from engine.core.json_text import (
+    dumps,  # noqa: F401  (re-exported: the routes import it from here)
+    json_type,  # one wording of JSON types for every error message
+)
 
 
 class ApiError(Exception):

@@ -6,15 +6,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-EXTRA_PACKAGES_ENV = "FLUXGRAPH_EXTRA_NODE_PACKAGES"
+from engine.core.registry import EXTRA_PACKAGES_ENV, node_packages
+
 # Passed on to the workers: they must stay offline and quiet exactly like the server.
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE", "TOKENIZERS_PARALLELISM",
                  "HF_HOME", EXTRA_PACKAGES_ENV)
 
 
 def default_node_packages() -> list[str]:
-    extra = [p.strip() for p in os.environ.get(EXTRA_PACKAGES_ENV, "").split(",") if p.strip()]
-    return ["nodes", *extra]
+    return node_packages()
 
 
 @dataclass
