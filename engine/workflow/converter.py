@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.core.registry import NodeRegistry
+from engine.core.schema import Input
 from engine.core.types import STRING
 from engine.workflow.bypass import bypass_input_index
 from engine.workflow.conversion import NodeOrigin, UiConversion
@@ -27,7 +28,8 @@ from engine.workflow.widgets import apply_text_replacements, expand_dynamic_prom
 UI_ONLY_TYPES = frozenset({"Note", "MarkdownNote", "Label (rgthree)", "Bookmark (rgthree)",
                            "Fast Groups Bypasser (rgthree)", "Fast Groups Muter (rgthree)",
                            "Fast Bypasser (rgthree)", "Fast Muter (rgthree)", "Note Plus (mtb)"})
-# Executable value nodes that are folded into their consumers as literals.
+# Executable value nodes that are folded into their consumers as literals, where the consumer's input takes a
+# literal (a widget input); into a link-only input (lazy, '*', a match type, forceInput) they stay nodes.
 VALUE_PRIMITIVE_TYPES = frozenset({"PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
                                    "PrimitiveStringMultiline", "PrimitiveBoolean"})
 
@@ -52,6 +54,17 @@ class _CycleError(Exception):
     pass
 
 
+def accepts_literal(inp: Input | None) -> bool:
+    """Whether a folded value may replace the link into this input: only a plain widget input takes one.
+
+    A lazy input, a '*' or match-type socket, a forceInput or rawLink input is fed by a node, as the editor
+    queues it (an input the schema does not declare keeps the old folding).
+    """
+    if inp is None:
+        return True
+    return inp.is_widget and not (inp.lazy or inp.raw_link or inp.force_input)
+
+
 class Converter:
     def __init__(self, workflow: UiWorkflow, registry: NodeRegistry, choice_env: Any, rng: random.Random | None,
                  dynamic_prompts: bool, fold_primitives: bool) -> None:
@@ -66,6 +79,9 @@ class Converter:
         self.node_errors: dict[str, Any] = {}
         self.missing_types: dict[str, list[str]] = {}
         self._scopes: dict[tuple[str, ...], Scope] = {}
+        # Whether the input being resolved takes a literal; value nodes that feed one that does not are kept.
+        self._fold_here = True
+        self._kept_values: dict[tuple[tuple[str, ...], str], tuple[Scope, UiNode]] = {}
 
     # --- classification ----------------------------------------------------------------------------------
 
@@ -162,6 +178,9 @@ class Converter:
             setter = self.find_setter(scope, node)
             return None if setter is None else self.resolve_socket(scope, setter.inputs[0], wanted, visited)
         if kind == "value":
+            if not self._fold_here:
+                self._kept_values.setdefault((scope.path, node.id), (scope, node))
+                return _LinkTo(scope.exec_id(node.id), slot)
             return self.value_node_output(scope, node, visited)
         if kind == "ui_only":
             return None
@@ -248,8 +267,12 @@ class Converter:
         literals.update(scope.overrides.get(node.id, {}))
         links: dict[str, list[Any]] = {}
         for socket in node.inputs:
-            resolved = self.resolve_socket(scope, socket, socket.type, set())
             name = socket.api_name
+            self._fold_here = accepts_literal(schema.input(name))
+            try:
+                resolved = self.resolve_socket(scope, socket, socket.type, set())
+            finally:
+                self._fold_here = True
             if isinstance(resolved, _LinkTo):
                 links[name] = [resolved.node_id, resolved.slot]
             elif isinstance(resolved, _Literal):
@@ -333,8 +356,21 @@ class Converter:
                 self.result.dropped[exec_id] = f"{self.result.origins[exec_id].describe()}: {reasons}"
                 changed = True
 
+    def emit_kept_values(self) -> None:
+        """Emit the value nodes that feed a link-only input (and those they in turn feed through links)."""
+        done: set[tuple[tuple[str, ...], str]] = set()
+        while pending := [key for key in self._kept_values if key not in done]:
+            for key in pending:
+                done.add(key)
+                scope, node = self._kept_values[key]
+                try:
+                    self.emit_node(scope, node)
+                except _CycleError as exc:
+                    self.add_error(scope, node, "circular_link", "Links form a loop", str(exc))
+
     def run(self) -> UiConversion:
         self.emit_scope(Scope(self.workflow.root))
+        self.emit_kept_values()
         if self.node_errors:
             raise self.failure()
         self.drop_orphans()

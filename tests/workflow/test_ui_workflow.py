@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from engine.core.registry import NodeRegistry
-from engine.core.schema import AnyInput, Combo, Float, Int, Socket, String, node
+from engine.core.schema import AnyInput, Boolean, Combo, Float, Int, Socket, String, node
 from engine.workflow.exporter import api_to_ui
 from engine.workflow.widgets import apply_text_replacements, expand_dynamic_prompt, map_widget_values
 from engine.workflow.convert import (WorkflowFormatError, annotate_node_errors, convert_request, convert_ui_workflow,
@@ -75,8 +75,14 @@ def _test_registry() -> NodeRegistry:
         _declare("ImageBlend", [Socket("image1", "IMAGE"), Socket("image2", "IMAGE", optional=True)], ["IMAGE"]),
         _declare("PrimitiveInt", [Int("value", 0, extra=seed)], ["INT"], display_name="Int"),
         _declare("PrimitiveString", [String("value")], ["STRING"], display_name="String"),
+        _declare("PrimitiveBoolean", [Boolean("value")], ["BOOLEAN"], display_name="Boolean"),
         _declare("TagList", [String("tags")], ["STRING"]),
         _declare("ShowAny", [AnyInput("value")], [], output_node=True),
+        _declare("ComfySwitchNode", [Boolean("switch", default=None),
+                                     Socket("on_false", "COMFY_MATCHTYPE_V3", lazy=True),
+                                     Socket("on_true", "COMFY_MATCHTYPE_V3", lazy=True)], ["*"],
+                 display_name="Switch"),
+        _declare("ForcedInt", [Int("count", 1, force_input=True), Int("lazy_count", 1, lazy=True)], ["INT"]),
     ])
 
 
@@ -395,6 +401,50 @@ def test_primitive_value_nodes_fold_unless_asked_not_to(registry):
     assert folded["6"]["inputs"]["seed"] == 31337 and "9" not in folded
     kept = ui_to_api(ui.json(), registry, fold_primitives=False)
     assert kept["6"]["inputs"]["seed"] == ["9", 0] and kept["9"]["inputs"] == {"value": 31337}
+
+
+def _switch_graph(ui: Ui) -> None:
+    """PrimitiveBoolean -> switch, PrimitiveInt -> both lazy branches, the switch -> a sampler's seed."""
+    _sampler_graph(ui)
+    ui.add(9, "PrimitiveInt", [11, "fixed"], outputs=["INT"])
+    ui.add(10, "PrimitiveInt", [22, "fixed"], outputs=["INT"])
+    ui.add(11, "PrimitiveBoolean", [True], outputs=["BOOLEAN"])
+    ui.add(12, "ComfySwitchNode", [], inputs=[("switch", "BOOLEAN", "switch"), ("on_false", "*"), ("on_true", "*")],
+           outputs=["*"])
+    ui.connect(11, 0, 12, "switch")
+    ui.connect(9, 0, 12, "on_false")
+    ui.connect(10, 0, 12, "on_true")
+    ui.nodes[6]["inputs"].append({"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": None})
+    ui.connect(12, 0, 6, "seed")
+
+
+def test_value_nodes_stay_nodes_where_only_a_link_is_accepted(registry):
+    ui = Ui()
+    _switch_graph(ui)
+    prompt = ui_to_api(ui.json(), registry)
+    # The lazy match-type branches keep their value nodes; the BOOLEAN widget `switch` takes the literal.
+    assert prompt["12"]["inputs"] == {"switch": True, "on_false": ["9", 0], "on_true": ["10", 0]}
+    assert prompt["9"] == {"inputs": {"value": 11}, "class_type": "PrimitiveInt", "_meta": {"title": "Int"}}
+    assert prompt["10"]["inputs"] == {"value": 22} and "11" not in prompt
+    assert prompt["6"]["inputs"]["seed"] == ["12", 0]
+
+
+def test_value_nodes_stay_nodes_for_forced_and_lazy_inputs(registry):
+    ui = Ui()
+    ui.add(9, "PrimitiveInt", [5, "fixed"], outputs=["INT"])
+    ui.add(10, "ForcedInt", [None, 1], inputs=[("count", "INT"), ("lazy_count", "INT", "lazy_count")],
+           outputs=["INT"])
+    ui.add(11, "ShowAny", inputs=[("value", "*")])
+    ui.add(12, "PrimitiveInt", [6, "fixed"], outputs=["INT"])
+    ui.add(13, "ShowAny", inputs=[("value", "*")])
+    ui.connect(9, 0, 10, "count")
+    ui.connect(9, 0, 10, "lazy_count")
+    ui.connect(10, 0, 11, "value")
+    ui.connect(12, 0, 13, "value")  # a '*' input
+    prompt = ui_to_api(ui.json(), registry)
+    assert prompt["10"]["inputs"] == {"count": ["9", 0], "lazy_count": ["9", 0]}
+    assert prompt["9"]["inputs"] == {"value": 5}
+    assert prompt["13"]["inputs"] == {"value": ["12", 0]} and prompt["12"]["inputs"] == {"value": 6}
 
 
 def test_set_and_get_nodes_are_virtual_wires(registry):
@@ -834,6 +884,36 @@ def test_ui_workflow_runs_from_the_cli_and_again_from_the_png_it_saved(tmp_path,
     assert main(["run", str(png_path), "--base-dir", str(tmp_path)]) == 0
     with Image.open(tmp_path / "output" / "ui_run" / "cyan_00002_.png") as again, Image.open(first) as before:
         assert list(again.convert("RGB").getdata()) == list(before.convert("RGB").getdata())
+
+
+def test_primitive_int_into_a_switch_converts_validates_and_runs(tmp_path):
+    from engine.backends.runtime import Runtime
+
+    runtime = Runtime.create(tmp_path, registry=_real_registry())
+    ui = Ui()
+    ui.add(1, "PrimitiveInt", [24, "fixed"], outputs=["INT"])
+    ui.add(2, "PrimitiveInt", [40, "fixed"], outputs=["INT"])
+    ui.add(3, "PrimitiveBoolean", [True], outputs=["BOOLEAN"])
+    ui.add(4, "ComfySwitchNode", [], inputs=[("switch", "BOOLEAN", "switch"), ("on_false", "*"), ("on_true", "*")],
+           outputs=["*"])
+    ui.add(5, "EmptyImage", [64, 16, 1, 0xFF0000], inputs=[("width", "INT", "width")], outputs=["IMAGE"])
+    ui.add(6, "SaveImage", ["switched"], inputs=[("images", "IMAGE")])
+    ui.connect(3, 0, 4, "switch")
+    ui.connect(1, 0, 4, "on_false")
+    ui.connect(2, 0, 4, "on_true")
+    ui.connect(4, 0, 5, "width")
+    ui.connect(5, 0, 6, "images")
+    prompt = ui_to_api(ui.json(), runtime.registry, choice_env=runtime.folders)
+    assert prompt["4"]["inputs"]["on_true"] == ["2", 0] and prompt["2"]["class_type"] == "PrimitiveInt"
+    result = runtime.validate(prompt)
+    assert result.ok, (result.error, result.node_errors)
+    outcome = runtime.executor.execute(result.prompt, "switch", outputs=result.outputs)
+    assert outcome.status == "success", outcome.error
+    record = outcome.outputs["6"]["images"][0]
+    from PIL import Image
+
+    with Image.open(runtime.folders.output_dir / record["subfolder"] / record["filename"]) as image:
+        assert image.size == (40, 16)  # on_true's PrimitiveInt, through the switch
 
 
 TINY_NAMES = {38: ["flux1-dev-tiny.safetensors", "default"],
