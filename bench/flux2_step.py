@@ -24,7 +24,6 @@ import os
 import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench.flux_step import _step_times, _sync, environment, measure, step_bench_setup  # noqa: E402
+from bench.flux_step import StepClock, _sync, environment, instantiate, measure, step_bench_setup  # noqa: E402
 
 TEXT_TOKENS = 512  # the FLUX.2 pipelines pad every prompt to 512 tokens
 KLEIN_4B = dict(in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128, num_attention_heads=24,
@@ -57,16 +56,8 @@ def build(kind: str, device: torch.device) -> tuple[Any, Any, str]:
         dtype, label = torch.float32, "scaled-down klein 4B (1 double + 2 single blocks, 512 wide, float32)"
     else:
         dtype, label = torch.bfloat16, "FLUX.2 klein 4B full size, random bf16 weights"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Flux2Transformer2DModel(**config)
-            vae = AutoencoderKLFlux2(**FLUX2_VAE) if kind == "full" else None
-    finally:
-        torch.set_default_dtype(previous)
-    if vae is None:
-        vae = tiny_flux2_vae().to(device)
+    model = instantiate(Flux2Transformer2DModel, config, dtype, device)
+    vae = instantiate(AutoencoderKLFlux2, FLUX2_VAE, dtype, device) if kind == "full" else tiny_flux2_vae().to(device)
     return model.eval(), vae.eval(), label
 
 
@@ -84,16 +75,10 @@ def run_ours(model: Any, embeds: torch.Tensor, references: list[torch.Tensor], w
     options: dict[str, Any] = {"pooled_output": None}
     if references:
         options["reference_latents"] = references
-    _sync(device)
-    stamps = [time.perf_counter()]
-
-    def on_step(step: int, total: int) -> None:
-        _sync(device)
-        stamps.append(time.perf_counter())
-
+    clock = StepClock(device)
     sample(Guider(handle, [[embeds, options]]), SamplerChoice("euler"), flux2_sigmas(steps, width, height), latent,
-           RandomNoise(0), memory=MemoryManager(device=device), progress=on_step)
-    return _step_times(stamps)
+           RandomNoise(0), memory=MemoryManager(device=device), progress=clock.stamp)
+    return clock.step_times()
 
 
 def make_pipeline(model: Any, vae: Any) -> Any:
@@ -110,26 +95,20 @@ def make_pipeline(model: Any, vae: Any) -> Any:
 def run_diffusers(pipe: Any, embeds: torch.Tensor, images: list[Any], width: int, height: int, steps: int,
                   device: torch.device) -> list[float]:
     _sync(device)
-    stamps: list[float] = []
+    clock = StepClock(device, start=False)  # started by the first transformer call, after the references are encoded
 
-    def on_step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-        _sync(device)
-        stamps.append(time.perf_counter())
-        return {}
-
-    def first_step_start(pipeline: Any, *args: Any, **kwargs: Any) -> None:  # after the references are encoded
-        if not stamps:
-            _sync(device)
-            stamps.append(time.perf_counter())
+    def first_step_start(pipeline: Any, *args: Any, **kwargs: Any) -> None:
+        if not clock.stamps:
+            clock.stamp()
 
     hook = pipe.transformer.register_forward_pre_hook(first_step_start)
     try:
         pipe(image=images or None, prompt_embeds=embeds.to(device, pipe.transformer.dtype), width=width,
              height=height, num_inference_steps=steps, guidance_scale=1.0, output_type="latent",
-             generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=on_step_end)
+             generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=clock.on_step_end)
     finally:
         hook.remove()
-    return _step_times(stamps)
+    return clock.step_times()
 
 
 def bench_case(kind: str, size: int, refs: int, steps: int, repeats: int, device: torch.device) -> dict:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,7 +69,20 @@ class PeakRss:
         self.peak = max(self.peak, self._rss())
 
 
+def instantiate(model_class: Any, config: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Any:
+    """model_class(**config), its weights created in `dtype` straight on `device`."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return model_class(**config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_transformer(kind: str, device: torch.device) -> tuple[Any, str]:
+    """(FLUX.1 transformer, label): "tiny" (the zoo's), "scaled" (real input widths, 2 double + 4 single
+    blocks, 512 wide), "real" (real widths, 2 double + 4 single blocks) or "full" (full size, bf16)."""
     from diffusers import FluxTransformer2DModel
 
     from engine.models.common.configs import load_config
@@ -82,16 +95,12 @@ def build_transformer(kind: str, device: torch.device) -> tuple[Any, str]:
     if kind == "scaled":
         config.update(num_layers=2, num_single_layers=4, num_attention_heads=4)  # 512 wide, real I/O widths
         dtype, label = torch.float32, "scaled-down FLUX.1-dev (2 double + 4 single blocks, 512 wide, float32)"
+    elif kind == "real":
+        config.update(num_layers=2, num_single_layers=4)
+        dtype, label = torch.float32, "FLUX.1-dev real widths, 2 double + 4 single blocks, float32"
     else:
         dtype, label = torch.bfloat16, "FLUX.1-dev full size, random bf16 weights"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = FluxTransformer2DModel(**config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval(), label
+    return instantiate(FluxTransformer2DModel, config, dtype, device).eval(), label
 
 
 def _sync(device: torch.device) -> None:
@@ -103,56 +112,77 @@ def _step_times(stamps: list[float]) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+class StepClock:
+    """Stamps the time (CUDA synchronised) at the start, unless start=False, and at each step callback."""
+
+    def __init__(self, device: torch.device, start: bool = True) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+        if start:
+            self.stamp()
+
+    def stamp(self, *args: Any, **kwargs: Any) -> None:
+        _sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def on_step_end(self, pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        """diffusers' callback_on_step_end."""
+        self.stamp()
+        return {}
+
+    def step_times(self) -> list[float]:
+        return _step_times(self.stamps)
+
+
 def run_ours(model: Any, embeds: torch.Tensor, pooled: torch.Tensor, width: int, height: int, steps: int,
-             device: torch.device) -> list[float]:
+             device: torch.device, variant: str = "dev", guidance: float = 3.5,
+             references: Sequence[torch.Tensor] = ()) -> list[float]:
+    """Step times of our sampler (euler + simple); `references` as ReferenceLatent conditioning (Kontext)."""
     from engine.memory.manager import MemoryManager
     from engine.models.flux1.variants import flux_model_handle
     from engine.sampling.pipeline import Guider, RandomNoise, SamplerChoice, sample, schedule_for
+    from engine.sampling.reference import add_reference_latent
     from engine.sampling.schedules import scheduler_sigmas
 
-    handle = flux_model_handle(model, "dev", source="bench")
+    handle = flux_model_handle(model, variant, source="bench")
     latent = {"samples": torch.zeros(1, 16, height // 8, width // 8)}
     sigmas = scheduler_sigmas("simple", schedule_for(handle, latent["samples"]), steps)
-    cond = [[embeds, {"pooled_output": pooled, "guidance": 3.5}]]
-    _sync(device)
-    stamps = [time.perf_counter()]
-
-    def on_step(step: int, total: int) -> None:
-        _sync(device)
-        stamps.append(time.perf_counter())
-
+    cond = [[embeds, {"pooled_output": pooled, "guidance": guidance}]]
+    for reference in references:
+        cond = add_reference_latent(cond, reference)
+    clock = StepClock(device)
     sample(Guider(handle, cond), SamplerChoice("euler"), sigmas, latent, RandomNoise(0),
-           memory=MemoryManager(device=device), progress=on_step)
-    return _step_times(stamps)
+           memory=MemoryManager(device=device), progress=clock.stamp)
+    return clock.step_times()
 
 
-def make_pipeline(model: Any) -> Any:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+# diffusers' pipeline and scheduler config for each variant the benchmarks compare
+PIPELINES = {"dev": ("FluxPipeline", "flux1-dev-scheduler"),
+             "kontext": ("FluxKontextPipeline", "flux1-kontext-scheduler")}
+
+
+def make_pipeline(model: Any, variant: str = "dev") -> Any:
+    import diffusers
 
     from engine.models.common.configs import load_config
 
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(load_config("flux1-dev-scheduler"))
-    pipe = FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                        tokenizer_2=None, transformer=model)
+    pipeline_class, scheduler_config = PIPELINES[variant]
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(load_config(scheduler_config))
+    pipe = getattr(diffusers, pipeline_class)(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
+                                              text_encoder_2=None, tokenizer_2=None, transformer=model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def run_diffusers(pipe: Any, embeds: torch.Tensor, pooled: torch.Tensor, width: int, height: int, steps: int,
-                  device: torch.device) -> list[float]:
+                  device: torch.device, guidance: float = 3.5, **pipe_kwargs: Any) -> list[float]:
+    """Step times of the diffusers pipeline; `pipe_kwargs` go to its call (Kontext: the reference image)."""
     dtype = pipe.transformer.dtype
-    _sync(device)
-    stamps = [time.perf_counter()]
-
-    def on_step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-        _sync(device)
-        stamps.append(time.perf_counter())
-        return {}
-
+    clock = StepClock(device)
     pipe(prompt_embeds=embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype), width=width,
-         height=height, num_inference_steps=steps, guidance_scale=3.5, output_type="latent",
-         generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=on_step_end)
-    return _step_times(stamps)
+         height=height, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
+         generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=clock.on_step_end, **pipe_kwargs)
+    return clock.step_times()
 
 
 def measure(run: Callable[[], list[float]], device: torch.device) -> tuple[list[float], int | None, int | None]:

@@ -19,9 +19,7 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,63 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from flux_step import T5_TOKENS, _step_times, _sync, build_transformer  # noqa: E402
-
-
-def run_ours(model: Any, embeds: torch.Tensor, pooled: torch.Tensor, references: list[torch.Tensor], size: int,
-             steps: int, device: torch.device) -> list[float]:
-    from engine.memory.manager import MemoryManager
-    from engine.models.flux1.variants import flux_model_handle
-    from engine.sampling.pipeline import Guider, RandomNoise, SamplerChoice, sample, schedule_for
-    from engine.sampling.reference import add_reference_latent
-    from engine.sampling.schedules import scheduler_sigmas
-
-    handle = flux_model_handle(model, "kontext", source="bench")
-    latent = {"samples": torch.zeros(1, 16, size // 8, size // 8)}
-    cond = [[embeds, {"pooled_output": pooled, "guidance": 2.5}]]
-    for reference in references:
-        cond = add_reference_latent(cond, reference)
-    sigmas = scheduler_sigmas("simple", schedule_for(handle, latent["samples"]), steps)
-    _sync(device)
-    stamps = [time.perf_counter()]
-
-    def on_step(step: int, total: int) -> None:
-        _sync(device)
-        stamps.append(time.perf_counter())
-
-    sample(Guider(handle, cond), SamplerChoice("euler"), sigmas, latent, RandomNoise(0),
-           memory=MemoryManager(device=device), progress=on_step)
-    return _step_times(stamps)
-
-
-def run_diffusers(pipe: Any, embeds: torch.Tensor, pooled: torch.Tensor, reference: torch.Tensor, size: int,
-                  steps: int, device: torch.device) -> list[float]:
-    dtype = pipe.transformer.dtype
-    _sync(device)
-    stamps = [time.perf_counter()]
-
-    def on_step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-        _sync(device)
-        stamps.append(time.perf_counter())
-        return {}
-
-    pipe(image=reference.to(device, dtype), prompt_embeds=embeds.to(device, dtype),
-         pooled_prompt_embeds=pooled.to(device, dtype), width=size, height=size, num_inference_steps=steps,
-         guidance_scale=2.5, output_type="latent", generator=torch.Generator("cpu").manual_seed(0),
-         callback_on_step_end=on_step_end, _auto_resize=False, max_area=size * size)
-    return _step_times(stamps)
-
-
-def make_pipeline(model: Any) -> Any:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
-
-    from engine.models.common.configs import load_config
-
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(load_config("flux1-kontext-scheduler"))
-    pipe = FluxKontextPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                               tokenizer_2=None, transformer=model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from flux_step import T5_TOKENS, build_transformer, make_pipeline, run_diffusers, run_ours  # noqa: E402
 
 
 def stats(times: list[float]) -> dict[str, float]:
@@ -111,14 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     embeds = torch.randn(1, T5_TOKENS, model.config.joint_attention_dim, generator=gen)
     pooled = torch.randn(1, model.config.pooled_projection_dim, generator=gen)
     references = [torch.randn(1, 16, size // 8, size // 8, generator=gen) for _ in range(2)]
-    pipe = make_pipeline(model)
+    pipe = make_pipeline(model, "kontext")
     ours: dict[int, list[float]] = {0: [], 1: [], 2: []}
     theirs: list[float] = []
     with torch.inference_mode():
         for _ in range(args.repeats):  # alternate, so drift and other load hit every case alike
             for count in ours:
-                ours[count] += run_ours(model, embeds, pooled, references[:count], size, args.steps, device)[1:]
-            theirs += run_diffusers(pipe, embeds, pooled, references[0], size, args.steps, device)[1:]
+                ours[count] += run_ours(model, embeds, pooled, size, size, args.steps, device, variant="kontext",
+                                        guidance=2.5, references=references[:count])[1:]
+            # the pipeline's reference goes in as latents (its VAE is skipped), at the output's size
+            theirs += run_diffusers(pipe, embeds, pooled, size, size, args.steps, device, guidance=2.5,
+                                    image=references[0].to(device, pipe.transformer.dtype), _auto_resize=False,
+                                    max_area=size * size)[1:]
     result = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch_threads": torch.get_num_threads(), "model": label, "resolution": f"{size}x{size}",

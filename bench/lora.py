@@ -35,34 +35,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from flux_step import _sync  # noqa: E402
+from flux_step import _sync, build_transformer  # noqa: E402
 
 CPU_ANCHOR = {"load_lora_weights_s": 0.065, "fuse_lora_s": 5.2, "unfuse_lora_s": 5.1, "set_adapters_s": 0.0015}
 TARGET_SPEEDUP = 5.0
 
 
 def build(kind: str, device: torch.device) -> tuple[Any, str]:
-    from diffusers import FluxTransformer2DModel
-
-    from engine.models.common.configs import load_config
-
-    config = {k: v for k, v in load_config("flux1-dev").items() if not k.startswith("_")}
-    if kind == "scaled":
-        config.update(num_layers=2, num_single_layers=4, num_attention_heads=4)
-        dtype, label = torch.float32, "scaled-down FLUX.1-dev (2 double + 4 single blocks, 512 wide, float32)"
-    elif kind == "real":
-        config.update(num_layers=2, num_single_layers=4)
-        dtype, label = torch.float32, "FLUX.1-dev real widths, 2 double + 4 single blocks, float32"
-    else:
-        dtype, label = torch.bfloat16, "FLUX.1-dev full size, random bf16 weights"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = FluxTransformer2DModel(**config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval().requires_grad_(False), label
+    model, label = build_transformer(kind, device)
+    return model.requires_grad_(False), label
 
 
 def lora_targets(model: Any) -> list[str]:
