@@ -96,7 +96,12 @@ def expect_id_list(body: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def query_int(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
+MAX_QUERY_INT = 2**31 - 1  # far beyond any history size; SQLite and the queue never see a wider number
+
+
+def query_int(request: web.Request, name: str, default: int | None = None, minimum: int = 0,
+              maximum: int = MAX_QUERY_INT) -> int | None:
+    """An integer query parameter within [minimum, maximum]; 400 `invalid_query` naming it otherwise."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -107,7 +112,10 @@ def query_int(request: web.Request, name: str, default: int | None = None, minim
                        f"got {raw[:100]!r}") from None
     if value < minimum:
         raise ApiError(400, "invalid_query", f"Query parameter '{name}' must be at least {minimum}",
-                       f"got {value}")
+                       f"got {raw[:100]}")
+    if value > maximum:
+        raise ApiError(400, "invalid_query", f"Query parameter '{name}' must be at most {maximum}",
+                       f"got {raw[:100]}")
     return value
 
 

@@ -3,8 +3,8 @@
 - The multipart body is streamed and refused with 413 past `--max-upload-size` (default 50 MB).
 - The file must decode as an image whose pixel count stays under the decompression-bomb limit, and its name
   must carry an image extension: an HTML or SVG page can never be stored as an "image".
-- The name is reduced to a plain file name (no folders, control characters, leading dots); the subfolder
-  must stay inside the type's root.
+- The name is reduced to a plain file name (no folders, control or bidi-override characters, leading dots;
+  not UTF-8 -> 400); the subfolder must stay inside the type's root and be a name the file system can hold.
 - Without `overwrite`, a file with identical content is reused, otherwise `name (1).ext`, `name (2).ext`...
 - Files are written to a temporary name and renamed, so readers never see half a file.
 """
@@ -25,17 +25,18 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.core.atomic_files import write_bytes_atomic
 from engine.core.folders import FILE_TYPES
 from engine.server.errors import ApiError, json_response
 from engine.server.state import ServerState, state_of
-from engine.server.user_files import check_relative_name, resolve_user_file
+from engine.server.user_files import UNSAFE_CHARACTERS, check_relative_name, resolve_user_file
 
 UPLOAD_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_FIELD_BYTES = 64 * 1024
 MAX_NAME_LENGTH = 200
-_UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+_UNSAFE_NAME_CHARS = re.compile('[<>:"/\\\\|?*]|' + UNSAFE_CHARACTERS.pattern)
 
 
 @dataclass
@@ -63,6 +64,9 @@ async def read_upload_form(request: web.Request, file_field: str, max_bytes: int
         raise
     except (ValueError, AssertionError, UnicodeError) as exc:
         raise ApiError(400, "invalid_upload", "Malformed multipart body", str(exc)[:200]) from None
+    except HttpProcessingError as exc:  # a part's headers: NUL, CR or LF inside a header or its file name
+        raise ApiError(400, "invalid_upload", "Malformed multipart part header (a header or file name holds a "
+                       "control character such as NUL)", str(exc).strip()[:200]) from None
     return form
 
 
@@ -80,7 +84,13 @@ async def _read_limited(part: Any, limit: int, what: str, status: int) -> bytes:
 def sanitize_filename(name: str) -> str:
     """A plain, safe file name from whatever the client sent (400 when nothing usable is left)."""
     original = name
-    name = unicodedata.normalize("NFC", unquote(name))  # some clients (aiohttp) percent-encode the name
+    name = unquote(name)  # some clients (aiohttp) percent-encode the name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes reach us as lone surrogates
+        raise ApiError(400, "invalid_filename", "The upload's file name is not valid UTF-8",
+                       repr(original[:100])) from None
+    name = unicodedata.normalize("NFC", name)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]  # the base name only
     name = _UNSAFE_NAME_CHARS.sub("_", name).strip().lstrip(".").rstrip(". ")
     stem, suffix = os.path.splitext(name)

@@ -1,17 +1,26 @@
 """Files a client names (`filename`, `subfolder`, `type`): ComfyUI's name checks, then containment.
 
-Used by /view, the uploads and /prompt's file inputs: an empty name, an absolute name or `..` -> 400; an
-unknown type -> 400; anything that resolves outside its root (through the subfolder, the name or a
-symlink) -> 403.
+Used by /view, the uploads and /prompt's file inputs: an empty name, an absolute name, `..`, a control or
+bidi-override character, a name the file system cannot hold (a part over 255 bytes, over 1024 characters in
+all, more than 64 levels) -> 400; an unknown type -> 400; anything that resolves outside its root (through the
+subfolder, the name or a symlink) -> 403; a path the file system cannot resolve (a symlink loop) -> 400.
 """
 
 from __future__ import annotations
 
+import errno
+import re
 from pathlib import Path
 from typing import Any
 
 from engine.core.folders import FILE_TYPES, UnsafePathError, contained_path, split_annotation
 from engine.server.errors import ApiError
+
+MAX_PART_BYTES = 255  # NAME_MAX of ext4, xfs, btrfs, NTFS (in UTF-16 units)
+MAX_PATH_CHARS = 1024
+MAX_PATH_LEVELS = 64
+# C0/C1 controls, DEL, and the invisible marks that reorder how a name displays ("invoice\u202egnp.exe")
+UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def check_relative_name(name: str, what: str) -> None:
@@ -23,8 +32,25 @@ def check_relative_name(name: str, what: str) -> None:
     text = name.replace("\\", "/")
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
         raise ApiError(400, "invalid_filename", f"Absolute paths are not allowed in {what}", repr(name[:100]))
-    if ".." in text.split("/"):
+    parts = text.split("/")
+    if ".." in parts:
         raise ApiError(400, "invalid_filename", f"'..' is not allowed in {what}", repr(name[:100]))
+    if UNSAFE_CHARACTERS.search(name):
+        raise ApiError(400, "invalid_filename", f"{what} contains a control or bidi-override character",
+                       repr(name[:100]))
+    if len(parts) > MAX_PATH_LEVELS:
+        raise ApiError(400, "invalid_filename", f"{what} has more than {MAX_PATH_LEVELS} levels",
+                       f"{len(parts)} levels")
+    try:
+        longest = max(len(part.encode("utf-8")) for part in parts)
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid_filename", f"{what} is not valid UTF-8", repr(name[:100])) from None
+    if longest > MAX_PART_BYTES:
+        raise ApiError(400, "invalid_filename", f"A part of {what} is longer than {MAX_PART_BYTES} bytes",
+                       f"{longest} bytes in {name[:100]!r}...")
+    if len(name) > MAX_PATH_CHARS:
+        raise ApiError(400, "invalid_filename", f"{what} is longer than {MAX_PATH_CHARS} characters",
+                       f"{len(name)} characters")
 
 
 def resolve_user_file(folders: Any, filename: str, file_type: str, subfolder: str) -> Path:
@@ -42,3 +68,8 @@ def resolve_user_file(folders: Any, filename: str, file_type: str, subfolder: st
         return contained_path(folder, filename)
     except UnsafePathError as exc:
         raise ApiError(403, "path_outside_folder", "The path leaves its folder", str(exc)) from None
+    except (OSError, RuntimeError) as exc:  # Python < 3.13 reports a symlink loop as RuntimeError
+        reason = "a symlink loop" if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP \
+            else (exc.strerror or type(exc).__name__)
+        raise ApiError(400, "unresolvable_path", "The path cannot be resolved", f"{reason}: "
+                       f"{(subfolder + '/' if subfolder else '') + filename!r:.200}") from None
