@@ -32,11 +32,19 @@ def size_problem(width: Any, height: Any, multiple: int) -> str | None:
     return None
 
 
-def _size_validator(multiple: int):
+def size_validator(multiple: int):
+    """A validate_inputs hook refusing sizes that are not multiples of `multiple` or too large."""
     def validate(width: int | None = None, height: int | None = None) -> bool | str:
         return size_problem(width, height, multiple) or True
 
     return validate
+
+
+def size_inputs(default: int, multiple: int) -> list[Int]:
+    """A blank-latent node's inputs: width and height (default x default, in steps of `multiple`), batch_size."""
+    return [Int("width", default, min=16, max=MAX_RESOLUTION, step=multiple),
+            Int("height", default, min=16, max=MAX_RESOLUTION, step=multiple),
+            Int("batch_size", 1, min=1, max=4096)]
 
 
 def _empty(width: int, height: int, batch_size: int, channels: int, multiple: int) -> dict:
@@ -48,22 +56,14 @@ def _empty(width: int, height: int, batch_size: int, channels: int, multiple: in
     return {"samples": torch.zeros(batch_size, channels, height // 8, width // 8)}
 
 
-_BATCH = Int("batch_size", 1, min=1, max=4096)
-
-
-@node("EmptySD3LatentImage", category="latent/sd3",
-      inputs=[Int("width", 1024, min=16, max=MAX_RESOLUTION, step=16),
-              Int("height", 1024, min=16, max=MAX_RESOLUTION, step=16), _BATCH],
-      outputs=[LATENT], validate_inputs=_size_validator(16),
-      description="A blank 16-channel latent (FLUX.1 and SD3) of the given size.")
+@node("EmptySD3LatentImage", category="latent/sd3", inputs=size_inputs(1024, 16), outputs=[LATENT],
+      validate_inputs=size_validator(16), description="A blank 16-channel latent (FLUX.1 and SD3) of the given size.")
 def empty_sd3_latent_image(ctx: Any, width: int, height: int, batch_size: int):
     return (_empty(width, height, batch_size, 16, 16),)
 
 
-@node("EmptyLatentImage", category="latent", display_name="Empty Latent Image",
-      inputs=[Int("width", 512, min=16, max=MAX_RESOLUTION, step=8),
-              Int("height", 512, min=16, max=MAX_RESOLUTION, step=8), _BATCH],
-      outputs=[LATENT], validate_inputs=_size_validator(8),
+@node("EmptyLatentImage", category="latent", display_name="Empty Latent Image", inputs=size_inputs(512, 8),
+      outputs=[LATENT], validate_inputs=size_validator(8),
       description="A blank 4-channel latent; FLUX samplers widen it to 16 channels.")
 def empty_latent_image(ctx: Any, width: int, height: int, batch_size: int):
     return (_empty(width, height, batch_size, 4, 8),)

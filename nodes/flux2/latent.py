@@ -7,7 +7,7 @@ from typing import Any
 from engine.core.schema import Int, node
 from engine.core.types import LATENT, SIGMAS
 from nodes.flux.common import MAX_RESOLUTION
-from nodes.flux.latent import size_problem
+from nodes.flux.latent import size_inputs, size_problem
 
 FLUX2_CHANNELS = 128  # engine.sampling.flux2_latents.FLUX2_CHANNELS (kept torch-free here)
 FLUX2_DOWNSCALE = 16
@@ -18,10 +18,7 @@ def _validate_size(width: int | None = None, height: int | None = None) -> bool 
 
 
 @node("EmptyFlux2LatentImage", category="latent", display_name="Empty Flux 2 Latent",
-      inputs=[Int("width", 1024, min=16, max=MAX_RESOLUTION, step=16),
-              Int("height", 1024, min=16, max=MAX_RESOLUTION, step=16),
-              Int("batch_size", 1, min=1, max=4096)],
-      outputs=[LATENT], validate_inputs=_validate_size,
+      inputs=size_inputs(1024, FLUX2_DOWNSCALE), outputs=[LATENT], validate_inputs=_validate_size,
       description="A blank FLUX.2 latent: 128 channels at 1/16 of the image size.")
 def empty_flux2_latent_image(ctx: Any, width: int, height: int, batch_size: int):
     import torch
