@@ -15,6 +15,7 @@ from aiohttp import web
 
 from engine.backends.contract import Backend
 from engine.backends.factory import make_backend
+from engine.core.atomic_files import remove_stale_parts
 from engine.core.folders import UnsafePathError, contained_path
 from engine.queue.store import PromptQueue
 from engine.server import routes_files, routes_generate, routes_info, routes_prompt, routes_workflows, uploads
@@ -103,6 +104,15 @@ def _add_static(app: web.Application, web_dir: Path) -> None:
     app.router.add_get("/{path:.+}", get_static)  # registered last: every API route wins
 
 
+def _remove_stale_parts(runtime: Any) -> None:
+    """Half-written files of a save that a kill -9 interrupted (engine.core.atomic_files) go at start-up."""
+    folders = runtime.folders
+    removed = remove_stale_parts(p for p in (folders.input_dir, folders.output_dir, folders.temp_dir) if p.is_dir())
+    if removed:
+        log.warning("removed %d unfinished file(s) left by an interrupted save: %s", len(removed),
+                    ", ".join(str(p) for p in removed[:5]) + (", ..." if len(removed) > 5 else ""))
+
+
 def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQueue | None = None,
                backend: Backend | None = None) -> web.Application:
     """`backend`: an executor backend (engine.backends.contract); by default the one `config.executor` names."""
@@ -130,6 +140,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())
+        await asyncio.get_running_loop().run_in_executor(None, _remove_stale_parts, runtime)
         worker.start()
         if queue.recovered:
             log.warning("resuming prompt(s) interrupted by the last shutdown: %s", ", ".join(queue.recovered))
