@@ -1,8 +1,13 @@
 """Where files live: ComfyUI's folder layout (models/<key>, input, output, temp, user) and containment.
 
-Every user-supplied path (a /view query, an upload, a LoadImage name in a prompt, a model name, a
-filename_prefix) is resolved through `FolderPaths` so that nothing escapes its root: `..`, absolute paths
-and symlinks pointing outside are refused with `UnsafePathError`.
+Every user-supplied path (a /view query, an upload, a LoadImage name in a prompt, a filename_prefix) is
+resolved through `FolderPaths` so that nothing escapes its root: `..`, absolute paths and symlinks pointing
+outside are refused with `UnsafePathError`.
+
+Model names are checked on the name only (`check_relative_name`: no `..`, not absolute, no drive, no NUL):
+the links the machine's owner placed inside a models folder (a shared models folder, files linked into the
+Hugging Face cache whose snapshots point into `../../blobs`) are followed wherever they lead, as ComfyUI
+does, so that listing, validation and loading agree. A request can only name paths under the folder.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ class UnsafePathError(ValueError):
     """A user-supplied path that would leave its root folder."""
 
 
-def contained_path(root: Path, relative: str | os.PathLike[str]) -> Path:
-    """`root / relative`, refusing anything that resolves outside `root` (symlinks included)."""
+def check_relative_name(relative: str | os.PathLike[str]) -> Path:
+    """The name as a relative path, refusing what climbs out lexically: NUL, absolute paths, drives, `..`."""
     text = os.fspath(relative)
     if "\x00" in text:
         raise UnsafePathError("path contains a NUL byte")
@@ -50,6 +55,13 @@ def contained_path(root: Path, relative: str | os.PathLike[str]) -> Path:
         raise UnsafePathError(f"absolute paths are not allowed: {text!r}")
     if any(part == ".." for part in Path(text.replace("\\", "/")).parts):
         raise UnsafePathError(f"'..' is not allowed in paths: {text!r}")
+    return candidate
+
+
+def contained_path(root: Path, relative: str | os.PathLike[str]) -> Path:
+    """`root / relative`, refusing anything that resolves outside `root` (symlinks included)."""
+    text = os.fspath(relative)
+    candidate = check_relative_name(text)
     root_resolved = root.resolve()
     full = (root_resolved / candidate).resolve()
     if full != root_resolved and root_resolved not in full.parents:
@@ -132,7 +144,16 @@ class FolderPaths:
         for root in self.model_dirs(key):
             if not root.is_dir():
                 continue
+            real_of: dict[str, str] = {}  # walked folder -> its real path, to stop at a symlink loop
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                real_of[dirpath] = real = os.path.realpath(dirpath)
+                parent, ancestors = os.path.dirname(dirpath), []
+                while parent in real_of:
+                    ancestors.append(real_of[parent])
+                    parent = os.path.dirname(parent)
+                if real in ancestors:  # a link back to a folder above: walked once only
+                    dirnames[:] = []
+                    continue
                 rel_dir = Path(dirpath).relative_to(root)
                 if include_dirs and rel_dir != Path(".") and (
                         "config.json" in filenames or "model_index.json" in filenames):
@@ -140,17 +161,24 @@ class FolderPaths:
                     dirnames[:] = []
                     continue
                 for filename in filenames:
-                    if Path(filename).suffix.lower() in exts:
-                        found.add((rel_dir / filename).as_posix())
+                    if Path(filename).suffix.lower() in exts and os.path.exists(os.path.join(dirpath, filename)):
+                        found.add((rel_dir / filename).as_posix())  # (a dangling link is not offered)
                 dirnames.sort()
         return sorted(found)
 
     def model_path(self, key: str, name: str) -> Path:
-        """Resolve a model name from a prompt to a real path inside one of the key's directories."""
+        """A model name from a prompt -> its path under the first of the key's directories that holds it.
+
+        The name is checked lexically (`check_relative_name`); symlinks inside the folder are followed even
+        when they point elsewhere (module docstring). The path is returned unresolved, so that a file linked
+        to a content-addressed blob keeps its own name (variant hints such as "kontext" read it)."""
+        relative = check_relative_name(name)
+        if not str(name).strip():
+            raise FileNotFoundError(f"no model name given for folder '{key}'")
         for root in self.model_dirs(key):
             if not root.is_dir():
                 continue
-            path = contained_path(root, name)
+            path = Path(root) / relative
             if path.exists():
                 return path
         searched = ", ".join(str(d) for d in self.model_dirs(key))
