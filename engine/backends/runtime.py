@@ -52,4 +52,4 @@ class Runtime:
 
 def _extra_model_path_files(base: Path, explicit: list[str] | None) -> list[Path]:
     files = [base / "extra_model_paths.yaml"] if (base / "extra_model_paths.yaml").is_file() else []
-    return files + [Path(p) for p in explicit or []]
+    return files + [Path(p).expanduser() for p in explicit or []]

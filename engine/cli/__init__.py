@@ -1,6 +1,7 @@
 """The `fluxgraph` command: run and validate workflows, list nodes, serve, prepare models.
 
     fluxgraph run WORKFLOW.json|IMAGE.png [--set NODE.INPUT=VALUE ...] [--output-dir DIR] [--base-dir DIR]
+                  [--extra-model-paths-config FILE ...]
     fluxgraph validate WORKFLOW [--set ...] [--json]
     fluxgraph nodes [NAME ...] [--json]
     fluxgraph serve [server options]
@@ -35,7 +36,8 @@ from engine.core.graph import parse_prompt
 from engine.core.registry import NodeRegistry
 from engine.memory.budget import add_memory_arguments, settings_from_args
 from engine.memory.manager import MemoryManager
-from engine.server import add_serve_arguments, serve
+from engine.core.extra_model_paths import ExtraModelPathsError
+from engine.server import add_extra_model_paths_argument, add_serve_arguments, extra_model_path_files, serve
 from engine.zoo import writer as zoo
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "CliError",
@@ -48,8 +50,12 @@ def _runtime(args: argparse.Namespace) -> Any:
         memory = settings_from_args(args)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    return Runtime.create(args.base_dir, output_dir=getattr(args, "output_dir", None),
-                          input_dir=getattr(args, "input_dir", None), models=MemoryManager.from_settings(memory))
+    try:
+        return Runtime.create(args.base_dir, output_dir=getattr(args, "output_dir", None),
+                              input_dir=getattr(args, "input_dir", None), models=MemoryManager.from_settings(memory),
+                              extra_model_paths=extra_model_path_files(args))
+    except ExtraModelPathsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def _prepare(args: argparse.Namespace, runtime: Any) -> tuple[dict[str, Any], dict[str, Any], Any]:
@@ -183,6 +189,7 @@ def _add_workflow_arguments(parser: argparse.ArgumentParser) -> None:
                              "VALUE is JSON when it parses, else a string")
     parser.add_argument("--base-dir", help="folder holding models/, input/, output/, temp/ (default: current)")
     parser.add_argument("--input-dir", help="input folder (default: BASE/input)")
+    add_extra_model_paths_argument(parser, several_per_flag=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -238,7 +238,8 @@ class _NodeValidator:
             return []
         details = verdict if isinstance(verdict, str) else ""
         return [_error("custom_validation_failed", "Custom validation failed for node",
-                       details or f"{schema.name} rejected its inputs", received_inputs=kwargs)]
+                       details or f"{schema.name} rejected its inputs",
+                       received_inputs={k: v for k, v in kwargs.items() if k != "folders"})]  # not the layout
 
 
 def close_matches(value: Any, options: list[Any], limit: int = 3) -> list[Any]:

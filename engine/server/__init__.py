@@ -14,10 +14,27 @@ from typing import Any
 
 from engine.backends.factory import make_backend
 from engine.backends.runtime import Runtime
+from engine.core.extra_model_paths import ExtraModelPathsError
 from engine.core.registry import node_packages
 from engine.memory.budget import add_memory_arguments, settings_from_args
 from engine.memory.manager import MemoryManager
 from engine.server.config import MB, ServerConfig
+
+
+def add_extra_model_paths_argument(parser: argparse.ArgumentParser, several_per_flag: bool = True) -> None:
+    """ComfyUI's `--extra-model-paths-config PATH [PATH ...]` (repeatable), read after BASE/extra_model_paths.yaml.
+    Beside a positional argument (`fluxgraph run WORKFLOW`) each flag takes one file, so that it cannot
+    swallow the workflow."""
+    parser.add_argument("--extra-model-paths-config", nargs="+" if several_per_flag else None, action="append",
+                        default=[], metavar="PATH",
+                        help="also read this extra_model_paths.yaml file (repeatable; read after the one in the "
+                             "base folder, if any)")
+
+
+def extra_model_path_files(args: argparse.Namespace) -> list[str]:
+    """The --extra-model-paths-config files in the order given (the flag's lists flattened)."""
+    groups = getattr(args, "extra_model_paths_config", None) or []
+    return [path for group in groups for path in ([group] if isinstance(group, str) else group)]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +51,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also accept this Host header name (repeatable; loopback names are always accepted)")
     parser.add_argument("--base-dir", default=None,
                         help="folder holding models/, input/, output/, temp/, user/ (default: current folder)")
+    add_extra_model_paths_argument(parser)
     parser.add_argument("--max-upload-size", type=float, default=50, metavar="MB",
                         help="largest accepted upload or request body in MB (default 50)")
     parser.add_argument("--max-history", type=int, default=10_000, metavar="N",
@@ -77,14 +95,19 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
                         max_upload_bytes=int(args.max_upload_size * MB), max_history=args.max_history,
                         memory=memory, executor=executor, ray_address=getattr(args, "ray_address", None),
                         workers=getattr(args, "workers", None),
-                        ray_shared_storage=bool(getattr(args, "ray_shared_storage", False)))
+                        ray_shared_storage=bool(getattr(args, "ray_shared_storage", False)),
+                        extra_model_paths=extra_model_path_files(args))
 
 
-def build_runtime(base_dir: str | None, memory: Any = None) -> Runtime:
+def build_runtime(base_dir: str | None, memory: Any = None, extra_model_paths: list[str] | None = None) -> Runtime:
     """The runtime, with a memory manager built from `memory` (MemorySettings; default settings if None).
-    Building the manager imports no torch: it loads on first model use."""
+    Building the manager imports no torch: it loads on first model use. A bad extra_model_paths file stops
+    start-up with its own message."""
     models = MemoryManager.from_settings(memory) if memory is not None else MemoryManager()
-    runtime = Runtime.create(base_dir=base_dir, models=models)
+    try:
+        runtime = Runtime.create(base_dir=base_dir, models=models, extra_model_paths=extra_model_paths)
+    except ExtraModelPathsError as exc:
+        raise SystemExit(f"fluxgraph serve: {exc}") from None
     for package in node_packages()[1:]:  # `nodes` itself is discovered by Runtime.create
         runtime.registry.discover(package)
     return runtime
@@ -100,7 +123,7 @@ def serve(args: argparse.Namespace) -> None:
     if config.exposed and not config.auth_token:
         logging.getLogger("engine.server").warning(
             "listening beyond loopback without --auth-token: anyone on the network can queue prompts")
-    runtime = build_runtime(args.base_dir, config.memory)
+    runtime = build_runtime(args.base_dir, config.memory, config.extra_model_paths)
     logging.getLogger("engine.memory.manager").info("memory: %s", runtime.models.settings.describe())
     backend = None
     if config.executor != "inprocess":  # connect now: a bad --ray-address stops here with a clear message
@@ -123,4 +146,4 @@ def main(argv: list[str] | None = None) -> None:
     serve(parser.parse_args(argv))
 
 
-__all__ = ["add_serve_arguments", "serve", "main"]
+__all__ = ["add_extra_model_paths_argument", "add_serve_arguments", "extra_model_path_files", "serve", "main"]

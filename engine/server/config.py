@@ -32,6 +32,7 @@ class ServerConfig:
     ray_address: str | None = None  # an existing Ray cluster; None starts a local instance on loopback
     workers: int | None = None  # Ray workers (default: one per GPU, or 1 on a CPU-only machine)
     ray_shared_storage: bool = False  # workers use the server's folders directly (same path on every machine)
+    extra_model_paths: list[str] = field(default_factory=list)  # --extra-model-paths-config files, in order
     memory: Any = None  # engine.memory.budget.MemorySettings from --vram-budget/--lowvram/...; None: defaults
 
     @property
