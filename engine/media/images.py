@@ -23,13 +23,22 @@ CROP_METHODS = ("disabled", "center")
 
 # ----- tensor <-> PIL
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    """One H×W×C (C = 1, 3 or 4) or H×W float image in 0..1 -> an 8-bit PIL image (L, RGB or RGBA)."""
+    """One H×W×C (C = 1, 3 or 4) or H×W float image in 0..1 -> an 8-bit PIL image (L, RGB or RGBA).
+
+    Levels are truncated, not rounded, as ComfyUI's SaveImage and previews do (float32 `255 * x`, clipped to
+    0..255, cast to uint8): 0.999 is level 254, 0.5 is 127. NaN becomes 0.
+    """
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"expected an H×W×C image with 1, 3 or 4 channels, got shape {tuple(image.shape)}")
-    array = (image.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
-    return Image.fromarray(array)
+    return Image.fromarray(to_uint8(image.detach().float().cpu().numpy()))
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Float levels in 0..1 -> uint8 by ComfyUI's rule: clip(255 * x, 0, 255), truncated toward 0."""
+    scaled = np.float32(255.0) * np.nan_to_num(np.asarray(array, dtype=np.float32), nan=0.0)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
 def pil_to_tensor(picture: Image.Image, mode: str = "RGB") -> torch.Tensor:
@@ -104,9 +113,11 @@ def resize_images(images: torch.Tensor, width: int, height: int, method: str = "
                   crop: str = "disabled") -> torch.Tensor:
     """Resize an IMAGE batch (B×H×W×C) to width×height.
 
-    `crop="center"` first cuts the source to the target's aspect ratio, so nothing is stretched.
-    Methods: nearest-exact, bilinear, area, bicubic (torch) and lanczos (PIL, per channel in float so any
-    channel count works). Results stay in 0..1 (bicubic and lanczos overshoot at edges).
+    ComfyUI's `common_upscale`, value for value: `crop="center"` first cuts the source to the target's
+    aspect ratio (ComfyUI's rounding of the margins), so nothing is stretched. nearest-exact, bilinear, area
+    and bicubic are torch's interpolation (bicubic may overshoot 0..1, as in ComfyUI; saving clips it);
+    lanczos goes through 8-bit PIL images as ComfyUI does (levels truncated, RGBA resized premultiplied),
+    so it gives multiples of 1/255.
     """
     if method not in UPSCALE_METHODS:
         raise ValueError(f"unknown upscale method {method!r}; expected one of {list(UPSCALE_METHODS)}")
@@ -123,8 +134,6 @@ def resize_images(images: torch.Tensor, width: int, height: int, method: str = "
     channels_first = images.movedim(-1, 1).float()
     resized = F.interpolate(channels_first, size=(height, width), mode=method)
     resized = resized.movedim(1, -1)
-    if method == "bicubic":
-        resized = resized.clamp(0.0, 1.0)
     return resized.contiguous()
 
 
@@ -134,26 +143,34 @@ def resize_masks(masks: torch.Tensor, width: int, height: int, method: str = "bi
 
 
 def center_crop_to_aspect(images: torch.Tensor, aspect: float) -> torch.Tensor:
-    """Cut the middle of each B×H×W×C image to width/height = aspect."""
+    """Cut the middle of each B×H×W×C image to width/height = aspect, as ComfyUI's center crop does.
+
+    The margin cut from each side is round((W - W × aspect / (W / H)) / 2) columns (or the same in rows),
+    Python's rounding (halves to even), and the same margin goes on both sides.
+    """
     height, width = images.shape[1], images.shape[2]
-    if width / height > aspect:  # too wide: trim left and right
-        new_width = max(1, round(height * aspect))
-        left = (width - new_width) // 2
-        return images[:, :, left:left + new_width]
-    new_height = max(1, round(width / aspect))
-    top = (height - new_height) // 2
-    return images[:, top:top + new_height]
+    old_aspect = width / height
+    x = y = 0
+    if old_aspect > aspect:
+        x = min(round((width - width * (aspect / old_aspect)) / 2), (width - 1) // 2)
+    elif old_aspect < aspect:
+        y = min(round((height - height * (old_aspect / aspect)) / 2), (height - 1) // 2)
+    return images[:, y:height - y, x:width - x]
 
 
 def _resize_lanczos(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    out = torch.empty((images.shape[0], height, width, images.shape[3]), dtype=torch.float32)
-    source = images.detach().float().cpu().numpy()
+    """ComfyUI's lanczos: each image to 8 bits (truncated), PIL's LANCZOS resize, back to float / 255."""
+    source = to_uint8(images.detach().float().cpu().numpy())
+    channels = source.shape[3]
+    out = np.empty((source.shape[0], height, width, channels), dtype=np.uint8)
     for b in range(source.shape[0]):
-        for c in range(source.shape[3]):
-            channel = Image.fromarray(np.ascontiguousarray(source[b, :, :, c]))  # float32 -> mode F
-            resized = channel.resize((width, height), resample=Image.Resampling.LANCZOS)
-            out[b, :, :, c] = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy())
-    return out.clamp(0.0, 1.0).to(images.device)
+        if channels in (3, 4):
+            out[b] = np.asarray(Image.fromarray(source[b]).resize((width, height), Image.Resampling.LANCZOS))
+            continue
+        for c in range(channels):  # masks and other channel counts: one greyscale image per channel
+            channel = Image.fromarray(np.ascontiguousarray(source[b, :, :, c]))
+            out[b, :, :, c] = np.asarray(channel.resize((width, height), Image.Resampling.LANCZOS))
+    return torch.from_numpy(out.astype(np.float32) / 255.0).to(images.device)
 
 
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:

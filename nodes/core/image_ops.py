@@ -86,6 +86,8 @@ def composite(destination: Any, source: Any, x: int, y: int, mask: Any = None,
     The mask (MASK, resized to the source) weights the source; parts beyond the destination are cut off.
     A batch of one on either side is repeated to the other's size.
     """
+    import torch
+
     from engine.media.images import as_mask_batch, repeat_to_batch, resize_images, resize_masks  # noqa: PLC0415 - loads torch
 
     source = _match_channels(destination, source.to(destination.device, destination.dtype))
@@ -99,13 +101,15 @@ def composite(destination: Any, source: Any, x: int, y: int, mask: Any = None,
     if visible_h <= 0 or visible_w <= 0:
         return result
     if mask is None:
-        weight = 1.0
+        weight = torch.ones_like(source[:, :visible_h, :visible_w])
     else:
         mask = resize_masks(as_mask_batch(mask).to(result.device, result.dtype), source.shape[2],
                             source.shape[1], "bilinear")
         weight = repeat_to_batch(mask, batch)[:, :visible_h, :visible_w].unsqueeze(-1)
     region = result[:, y:y + visible_h, x:x + visible_w]
-    result[:, y:y + visible_h, x:x + visible_w] = region + (source[:, :visible_h, :visible_w] - region) * weight
+    # ComfyUI's arithmetic, so values agree to the bit: mask * source + (1 - mask) * destination.
+    result[:, y:y + visible_h, x:x + visible_w] = (weight * source[:, :visible_h, :visible_w]
+                                                   + (torch.ones_like(weight) - weight) * region)
     return result
 
 
@@ -141,21 +145,22 @@ def outpaint_mask(height: int, width: int, left: int, top: int, right: int, bott
     """The mask over the original area: 0 inside, ramping up to 1 within `feathering` of a padded side.
 
     A pixel at distance d (< feathering) from the nearest padded side gets ((feathering - d) / feathering)²;
-    sides without padding do not count. With feathering 0, or too large for the image, the area is all 0.
+    sides without padding do not count (their distance is the image's height or width). The distance to the
+    bottom is height - row and to the right width - col, as in ComfyUI; the value is worked out in double
+    precision and stored as float32, as ComfyUI does. With feathering 0, or too large, the area is all 0.
     """
     import torch
 
-    inner = torch.zeros((height, width), dtype=torch.float32)
     if not (0 < feathering and feathering * 2 < height and feathering * 2 < width):
-        return inner
-    rows = torch.arange(height, dtype=torch.float32).unsqueeze(1).expand(height, width)
-    cols = torch.arange(width, dtype=torch.float32).unsqueeze(0).expand(height, width)
+        return torch.zeros((height, width), dtype=torch.float32)
+    rows = torch.arange(height, dtype=torch.float64).unsqueeze(1).expand(height, width)
+    cols = torch.arange(width, dtype=torch.float64).unsqueeze(0).expand(height, width)
     far_rows, far_cols = torch.full_like(rows, height), torch.full_like(cols, width)
     distances = torch.stack([rows if top else far_rows, height - rows if bottom else far_rows,
                              cols if left else far_cols, width - cols if right else far_cols])
     nearest = distances.min(dim=0).values
-    ramp = ((feathering - nearest) / feathering).clamp(min=0.0) ** 2
-    return torch.where(nearest < feathering, ramp, inner)
+    ramp = (feathering - nearest) / feathering
+    return torch.where(nearest < feathering, ramp * ramp, torch.zeros_like(ramp)).float()
 
 
 @node("ImagePadForOutpaint", category="image", display_name="Pad Image for Outpainting",

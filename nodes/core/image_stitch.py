@@ -25,37 +25,53 @@ def _pad_to(image: Any, height: int, width: int) -> Any:
     return canvas
 
 
-def stitch(image1: Any, image2: Any, direction: str, match_image_size: bool, spacing_width: int,
-           spacing_color: str) -> Any:
+def _grow_batch(image: Any, batch: int) -> Any:
+    """A shorter batch is completed with copies of its last image, as ComfyUI's ImageStitch does."""
     import torch
 
-    from engine.media.images import repeat_to_batch, resize_images  # noqa: PLC0415 - loads torch
+    missing = batch - image.shape[0]
+    return image if missing <= 0 else torch.cat([image, image[-1:].expand(missing, *image.shape[1:])])
+
+
+def stitch(image1: Any, image2: Any, direction: str, match_image_size: bool, spacing_width: int,
+           spacing_color: str) -> Any:
+    """ComfyUI's ImageStitch, step for step: batches, size, padding, channels, then the spacer strip.
+
+    With match_image_size, image2 is resized (lanczos) to image1's height (left/right) or width (up/down);
+    its other side is int(h1 × w2 / h2) (or int(w1 / (w2 / h2))), truncated as ComfyUI does. An odd spacing
+    width is rounded up to even.
+    """
+    import torch
+
+    from engine.media.images import resize_images  # noqa: PLC0415 - loads torch
 
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r} is not one of {list(DIRECTIONS)}")
     batch = max(image1.shape[0], image2.shape[0])
-    first, second = repeat_to_batch(image1.float(), batch), repeat_to_batch(image2.float().to(image1.device), batch)
-    channels = max(first.shape[-1], second.shape[-1])
-    first, second = (_with_channels(first, channels), _with_channels(second, channels))
+    first, second = _grow_batch(image1.float(), batch), _grow_batch(image2.float().to(image1.device), batch)
     horizontal = direction in ("left", "right")
-    if match_image_size:  # image2 takes image1's height (side by side) or width (stacked), aspect kept
-        h2, w2 = second.shape[1], second.shape[2]
-        if horizontal:
-            size = (max(1, round(w2 * first.shape[1] / h2)), first.shape[1])
-        else:
-            size = (first.shape[2], max(1, round(h2 * first.shape[2] / w2)))
-        second = resize_images(second, size[0], size[1], "lanczos")
+    if match_image_size:
+        (h1, w1), (h2, w2) = first.shape[1:3], second.shape[1:3]
+        aspect = w2 / h2
+        width, height = (max(1, int(h1 * aspect)), h1) if horizontal else (w1, max(1, int(w1 / aspect)))
+        second = resize_images(second, width, height, "lanczos")
     elif horizontal:
         height = max(first.shape[1], second.shape[1])
         first, second = _pad_to(first, height, first.shape[2]), _pad_to(second, height, second.shape[2])
     else:
         width = max(first.shape[2], second.shape[2])
         first, second = _pad_to(first, first.shape[1], width), _pad_to(second, second.shape[1], width)
+    channels = max(first.shape[-1], second.shape[-1])
+    first, second = _with_channels(first, channels), _with_channels(second, channels)
     parts = [first, second] if direction in ("right", "down") else [second, first]
     if spacing_width > 0:
-        color = torch.tensor(SPACING_COLORS[spacing_color] + (1.0,) * (channels - 3), dtype=first.dtype)
-        shape = (batch, first.shape[1], spacing_width) if horizontal else (batch, spacing_width, first.shape[2])
-        parts.insert(1, color.expand(*shape, channels).clone())
+        spacing_width += spacing_width % 2
+        color = torch.tensor((SPACING_COLORS[spacing_color] + (1.0,))[:channels], dtype=first.dtype)
+        if horizontal:
+            shape = (batch, max(first.shape[1], second.shape[1]), spacing_width)
+        else:
+            shape = (batch, spacing_width, max(first.shape[2], second.shape[2]))
+        parts.insert(1, color.to(first.device).expand(*shape, channels).clone())
     return torch.cat(parts, dim=2 if horizontal else 1)
 
 
@@ -64,7 +80,7 @@ def _with_channels(image: Any, channels: int) -> Any:
 
     if image.shape[-1] >= channels:
         return image
-    alpha = torch.ones(*image.shape[:-1], channels - image.shape[-1], dtype=image.dtype)
+    alpha = torch.ones(*image.shape[:-1], channels - image.shape[-1], dtype=image.dtype, device=image.device)
     return torch.cat([image, alpha], dim=-1)
 
 

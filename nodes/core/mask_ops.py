@@ -75,31 +75,57 @@ def grow_mask(ctx: Any, mask: Any, expand: int, tapered_corners: bool):
     return (grow(mask, expand, tapered_corners),)
 
 
-def _edge_ramp(length: int, start: int, end: int) -> Any:
-    """Weights along one axis: (i + 1) / start over the first `start` cells, mirrored over the last `end`."""
+def _ramp(size: int) -> Any:
+    """(i + 1) / size for i < size: the factors of one feathered edge, from the outermost line inwards.
+
+    Each factor is worked out in double precision and applied to the float32 mask, as ComfyUI does.
+    """
     import torch
 
-    weights = torch.ones(length, dtype=torch.float32)
-    start, end = min(start, length), min(end, length)
-    if start > 0:
-        weights[:start] *= torch.arange(1, start + 1, dtype=torch.float32) / start
-    if end > 0:
-        weights[length - end:] *= torch.arange(end, 0, -1, dtype=torch.float32) / end
-    return weights
+    return torch.tensor([(i + 1) / size for i in range(size)], dtype=torch.float64).float()
+
+
+def far_edge_lines(length: int, size: int) -> list[int]:
+    """The lines ComfyUI's FeatherMask (0.8.0) scales by (i + 1) / size on the right (or bottom) side.
+
+    It counts the i-th factor at index -i: the first one lands on line 0 (Python's -0 is 0: the *left*
+    or top line), the others on the lines length - i. So the far ramp starts one line inwards (the last
+    line gets 2 / size, the line `size - 1` from the edge is never scaled) and line 0 is scaled by 1 / size.
+    """
+    size = min(size, length)
+    return [(length - i) % length for i in range(size)]
+
+
+def feather(mask: Any, left: int, top: int, right: int, bottom: int) -> Any:
+    """ComfyUI's FeatherMask: the left, right, top and bottom ramps applied one after another, in place.
+
+    Each edge width is first capped at the mask's size. The left and top ramps scale line i (from the edge)
+    by (i + 1) / width; the right and bottom ramps are ComfyUI's, see `far_edge_lines`.
+    """
+    from engine.media.images import as_mask_batch  # noqa: PLC0415 - loads torch
+
+    output = as_mask_batch(mask).float().clone()
+    height, width = output.shape[1], output.shape[2]
+    left, right = min(left, width), min(right, width)
+    top, bottom = min(top, height), min(bottom, height)
+    device = output.device
+    if left:
+        output[:, :, :left] *= _ramp(left).to(device)
+    if right:
+        output[:, :, far_edge_lines(width, right)] *= _ramp(right).to(device)
+    if top:
+        output[:, :top, :] *= _ramp(top).to(device)[:, None]
+    if bottom:
+        output[:, far_edge_lines(height, bottom), :] *= _ramp(bottom).to(device)[:, None]
+    return output
 
 
 @node("FeatherMask", category="mask",
       inputs=[Socket("mask", MASK)]
       + [Int(side, 0, min=0, max=MAX_RESOLUTION, step=1) for side in ("left", "top", "right", "bottom")],
-      outputs=[MASK], description="Fades the mask to 0 linearly over the given width at each edge.")
+      outputs=[MASK], description="Fades the mask linearly over the given width at each edge (ComfyUI's ramps).")
 def feather_mask(ctx: Any, mask: Any, left: int, top: int, right: int, bottom: int):
-    from engine.media.images import as_mask_batch  # noqa: PLC0415 - loads torch
-
-    mask = as_mask_batch(mask).float()
-    height, width = mask.shape[1], mask.shape[2]
-    rows = _edge_ramp(height, top, bottom).to(mask.device)
-    cols = _edge_ramp(width, left, right).to(mask.device)
-    return (mask * rows[:, None] * cols[None, :],)
+    return (feather(mask, left, top, right, bottom),)
 
 
 @node("ThresholdMask", category="mask",
@@ -141,7 +167,7 @@ def combine_masks(destination: Any, source: Any, x: int, y: int, operation: str)
     bottom = min(y + source.shape[1], output.shape[1])
     right = min(x + source.shape[2], output.shape[2])
     if bottom <= y or right <= x:
-        return output
+        return output.clamp(0.0, 1.0)  # ComfyUI clamps the destination even when nothing overlaps
     region = output[:, y:bottom, x:right]
     placed = source[:, :bottom - y, :right - x]
     if operation == "multiply":
