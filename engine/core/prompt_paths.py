@@ -8,10 +8,14 @@ combo check. Here, before a prompt is queued, each literal that names a file is 
 - every combo value and STRING inputs named like files (`*_name`, `*_path`, `*filename`): no `..`, no
   absolute path, no NUL (model folders may legitimately be symlinks, so these are checked as text).
 A prompt with any such name is refused as a whole, in ComfyUI's error shape.
+
+`UNSAFE_NAME_CHARACTERS` (control characters and bidi overrides) are refused in every file name a client
+gives: validation (engine/core/validate.py), SaveImage at run time, the server's /view and uploads.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Any, Iterator
 
@@ -23,6 +27,17 @@ from engine.core.types import STRING
 _UPLOAD_KEYS = ("image_upload", "audio_upload", "video_upload", "file_upload", "image_folder")
 _FILE_LIKE_SUFFIXES = ("_name", "_path", "filename", "_file")
 _TEXT_ROOT = PurePosixPath("/__fluxgraph_name_check__")
+# C0/C1 controls (CR, LF, NUL...), DEL, and the invisible marks that reorder how a name displays
+# ("invoice\u202egnp.exe" shows as "invoiceexe.png")
+UNSAFE_NAME_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def unsafe_character(name: str) -> str | None:
+    """A description of the first control or bidi-override character in `name` (None when there is none)."""
+    match = UNSAFE_NAME_CHARACTERS.search(name)
+    if match is None:
+        return None
+    return f"U+{ord(match.group()):04X} at position {match.start()}"
 
 
 def path_kind(inp: Input) -> str | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import difflib
 import functools
-import posixpath
 import inspect
 import math
+import posixpath
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from engine.core.graph import PromptFormatError, PromptGraph, PromptNode, as_link, is_link, parse_prompt, unwrap_literal
 from engine.core.registry import NodeRegistry
 from engine.core.schema import Input, NodeSchema
+from engine.core.text_inputs import string_refusal
 from engine.core.types import ANY, BOOLEAN, COMBO, FLOAT, INT, PRIMITIVES, STRING, types_compatible
 
 _LIST_IN_DETAILS_LIMIT = 20
@@ -208,6 +209,10 @@ class _NodeValidator:
                                  received_value=value, exception_message=str(exc),
                                  exception_type=type(exc).__name__))
             return False, value
+        refusal = string_refusal(inp, converted) if inp.type == STRING else None  # hooks or not (text_inputs)
+        if refusal is not None:
+            errors.append(_error(*refusal[:3], input_name=inp.name, input_config=config, **refusal[3]))
+            return False, converted
         if skip_builtin or inp.type not in (INT, FLOAT):
             return True, converted
         if inp.min is not None and converted < inp.min:

@@ -29,14 +29,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.core.atomic_files import write_bytes_atomic
 from engine.core.folders import FILE_TYPES
+from engine.core.prompt_paths import UNSAFE_NAME_CHARACTERS
 from engine.server.errors import ApiError, json_response
 from engine.server.state import ServerState, state_of
-from engine.server.user_files import UNSAFE_CHARACTERS, check_relative_name, resolve_user_file
+from engine.server.user_files import check_relative_name, resolve_user_file
 
 UPLOAD_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_FIELD_BYTES = 64 * 1024
 MAX_NAME_LENGTH = 200
-_UNSAFE_NAME_CHARS = re.compile('[<>:"/\\\\|?*]|' + UNSAFE_CHARACTERS.pattern)
+_UNSAFE_NAME_CHARS = re.compile('[<>:"/\\\\|?*]|' + UNSAFE_NAME_CHARACTERS.pattern)
 
 
 @dataclass

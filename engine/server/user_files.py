@@ -9,18 +9,16 @@ subfolder, the name or a symlink) -> 403; a path the file system cannot resolve 
 from __future__ import annotations
 
 import errno
-import re
 from pathlib import Path
 from typing import Any
 
 from engine.core.folders import FILE_TYPES, UnsafePathError, contained_path, split_annotation
+from engine.core.prompt_paths import UNSAFE_NAME_CHARACTERS
 from engine.server.errors import ApiError
 
 MAX_PART_BYTES = 255  # NAME_MAX of ext4, xfs, btrfs, NTFS (in UTF-16 units)
 MAX_PATH_CHARS = 1024
 MAX_PATH_LEVELS = 64
-# C0/C1 controls, DEL, and the invisible marks that reorder how a name displays ("invoice\u202egnp.exe")
-UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def check_relative_name(name: str, what: str) -> None:
@@ -35,7 +33,7 @@ def check_relative_name(name: str, what: str) -> None:
     parts = text.split("/")
     if ".." in parts:
         raise ApiError(400, "invalid_filename", f"'..' is not allowed in {what}", repr(name[:100]))
-    if UNSAFE_CHARACTERS.search(name):
+    if UNSAFE_NAME_CHARACTERS.search(name):
         raise ApiError(400, "invalid_filename", f"{what} contains a control or bidi-override character",
                        repr(name[:100]))
     if len(parts) > MAX_PATH_LEVELS:

@@ -2,7 +2,8 @@
 
 ComfyUI's naming: `<subfolder>/<name>_<counter:05>_.png`, counter = 1 + the highest counter already used by
 files of the same base name in that folder. The prefix may hold `%width%`, `%height%`, `%year%`, `%month%`,
-`%day%`, `%hour%`, `%minute%`, `%second%`, and `%batch_num%` (the image's index in the batch).
+`%day%`, `%hour%`, `%minute%`, `%second%`, and `%batch_num%` (the image's index in the batch). A prefix with a
+control character (CR, LF...) or a bidi override is refused (validation refuses literal ones already).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from engine.core.folders import UnsafePathError, contained_path
+from engine.core.prompt_paths import unsafe_character
 
 
 @dataclass
@@ -46,6 +48,10 @@ def save_target(root: Path, filename_prefix: str, width: int, height: int) -> Sa
     prefix = expand_prefix(filename_prefix, width, height).replace("\\", "/")
     if not prefix.strip("/ "):
         raise ValueError(f"filename_prefix {filename_prefix!r} has no file name part")
+    where = unsafe_character(prefix)  # a linked prefix (e.g. from a string node) was not validated beforehand
+    if where is not None:
+        raise ValueError(f"filename_prefix {filename_prefix[:100]!r} contains a control or bidi-override character "
+                         f"({where}); file names cannot hold line breaks or other control characters")
     relative = PurePosixPath(prefix)
     base_name = relative.name
     subfolder = relative.parent.as_posix()
