@@ -18,9 +18,9 @@ from aiohttp import web
 
 import engine
 from engine.core.folders import DEFAULT_MODEL_FOLDERS
+from engine.memory.system_ram import ram_info
 from engine.server.errors import ApiError, json_response
 from engine.server.state import state_of
-from engine.memory.system_ram import ram_info
 
 # The ComfyUI protocol level these routes follow (clients read `comfyui_version`).
 COMPATIBLE_COMFYUI_VERSION = "0.8.0"
@@ -148,10 +148,21 @@ async def get_system_stats(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+async def get_users(request: web.Request) -> web.Response:
+    """ComfyUI's single-user answer: storage on the server, nothing for the frontend to migrate."""
+    return json_response({"storage": "server", "migrated": True})
+
+
+async def get_workflow_templates(request: web.Request) -> web.Response:
+    """Example workflows of custom node packs, by pack: fluxgraph has none ({} as ComfyUI answers then)."""
+    return json_response({})
+
+
 def routes() -> list[tuple[str, str, Any]]:
     return [
         ("GET", "/object_info", get_object_info), ("GET", "/object_info/{node_class}", get_object_info_class),
         ("GET", "/features", get_features), ("GET", "/models", get_models),
         ("GET", "/models/{folder}", get_models_folder), ("GET", "/embeddings", get_embeddings),
         ("GET", "/extensions", get_extensions), ("GET", "/system_stats", get_system_stats),
+        ("GET", "/users", get_users), ("GET", "/workflow_templates", get_workflow_templates),
     ]
