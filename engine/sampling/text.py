@@ -5,6 +5,10 @@ CLIP-L: padded/truncated to its 77 positions, pooled output as in FluxPipeline. 
 up to the encoder handle's `t5_max_length` (512 for dev, 256 for schnell), beyond which they are cut.
 For prompts under 256 tokens this is exactly FluxPipeline with `max_sequence_length=256`. Neither encoder
 gets an attention mask, as in FluxPipeline and ComfyUI.
+
+A T5 length asked for explicitly (the text encode nodes' `t5_max_length`, 0 meaning ComfyUI's rule above) is
+diffusers' `max_sequence_length`: the tokens are padded or cut to exactly that many, as FluxPipeline does
+(its default is 512).
 """
 
 from __future__ import annotations
@@ -46,11 +50,12 @@ def encode_clip_pooled(encoders: Any, text: str, memory: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_t5(encoders: Any, text: str, memory: Any) -> torch.Tensor:
+def encode_t5(encoders: Any, text: str, memory: Any, max_length: int = 0) -> torch.Tensor:
+    """T5 token embeddings; `max_length` > 0 pads or cuts to exactly that many tokens (diffusers' rule)."""
     if encoders.t5 is None or encoders.t5_tokenizer is None:
         raise _missing(encoders, "T5-XXL text encoder")
     tokenizer = encoders.t5_tokenizer
-    length = t5_length(tokenizer, text, int(encoders.t5_max_length))
+    length = int(max_length) if max_length else t5_length(tokenizer, text, int(encoders.t5_max_length))
     ids = tokenizer([text], padding="max_length", max_length=length, truncation=True,
                     return_tensors="pt").input_ids
     with memory.use(encoders.t5) as t5:
@@ -58,16 +63,16 @@ def encode_t5(encoders: Any, text: str, memory: Any) -> torch.Tensor:
     return out.float().cpu()
 
 
-def encode_flux_prompt(encoders: Any, clip_text: str, t5_text: str,
-                       memory: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_flux_prompt(encoders: Any, clip_text: str, t5_text: str, memory: Any,
+                       t5_max_length: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(T5 embeddings [1, seq, dim], CLIP pooled [1, dim]), CPU float32. A FLUX.2 encoder gives its stacked
-    hidden states of `t5_text` (the prompt) and no pooled embedding."""
+    hidden states of `t5_text` (the prompt) and no pooled embedding (`t5_max_length` is FLUX.1's only)."""
     kind = getattr(encoders, "kind", "flux")
     if kind == "flux2":
         return encode_flux2_prompt(encoders, t5_text, memory), None
     if kind != "flux":
         raise ValueError(f"this CLIP is of kind {kind!r}; FLUX.1 prompts need kind 'flux' (clip_l + t5xxl)")
     pooled = encode_clip_pooled(encoders, clip_text, memory)
-    embeds = encode_t5(encoders, t5_text, memory)
+    embeds = encode_t5(encoders, t5_text, memory, t5_max_length)
     return embeds, pooled
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from engine.core.schema import Float, Input, Socket, node
+from engine.core.schema import Float, Input, Int, Socket, node
 from engine.core.types import CLIP, CONDITIONING, STRING
 from engine.memory.manager import MemoryManager
 from engine.models.lora.patch import apply_patches, patches_for
@@ -18,7 +18,18 @@ def _prompt(name: str) -> Input:
     return Input(name, STRING, multiline=True, extra={"dynamicPrompts": True})
 
 
-def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -> list:
+# diffusers' `max_sequence_length` (FluxPipeline: 512 by default, at most 512); 0 keeps ComfyUI's T5 length.
+T5_MAX_LENGTH_LIMIT = 512
+
+
+def _t5_max_length() -> Input:
+    return Int("t5_max_length", 0, min=0, max=T5_MAX_LENGTH_LIMIT, step=1, optional=True,
+               extra={"advanced": True},
+               tooltip="0: ComfyUI's T5 length (padded to 256 tokens, longer prompts kept). N: diffusers' "
+                       "max_sequence_length, padded or cut to exactly N tokens (FluxPipeline's default is 512).")
+
+
+def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, t5_max_length: int = 0, **options: Any) -> list:
     from engine.sampling.conditioning import make_conditioning  # noqa: PLC0415 - conditioning loads torch on first use
     from engine.sampling.text import encode_flux_prompt  # noqa: PLC0415 - text loads torch on first use
 
@@ -34,7 +45,7 @@ def _encode(ctx: Any, clip: Any, clip_text: str, t5_text: str, **options: Any) -
             if module is not None and patches:
                 stack.enter_context(text_memory.use(module))  # place first: placing restores the originals
                 stack.enter_context(apply_patches(module, patches))
-        embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, text_memory)
+        embeds, pooled = encode_flux_prompt(clip, clip_text, t5_text, text_memory, int(t5_max_length or 0))
     return make_conditioning(embeds, pooled, **options)
 
 
@@ -47,21 +58,21 @@ def _text_memory(ctx: Any, clip: Any) -> Any:
 
 
 @node("CLIPTextEncode", category="conditioning", display_name="CLIP Text Encode (Prompt)",
-      inputs=[_prompt("text"), Socket("clip", CLIP)],
+      inputs=[_prompt("text"), Socket("clip", CLIP), _t5_max_length()],
       outputs=[CONDITIONING],
       description="Encodes a prompt with both FLUX text encoders (CLIP-L pooled, T5-XXL tokens).")
-def clip_text_encode(ctx: Any, text: str, clip: Any):
-    return (_encode(ctx, clip, text, text),)
+def clip_text_encode(ctx: Any, text: str, clip: Any, t5_max_length: int = 0):
+    return (_encode(ctx, clip, text, text, t5_max_length),)
 
 
 @node("CLIPTextEncodeFlux", category="advanced/conditioning/flux",
       inputs=[Socket("clip", CLIP), _prompt("clip_l"),
               _prompt("t5xxl"),
-              Float("guidance", 3.5, min=0.0, max=100.0, step=0.1)],
+              Float("guidance", 3.5, min=0.0, max=100.0, step=0.1), _t5_max_length()],
       outputs=[CONDITIONING],
       description="Encodes separate prompts for CLIP-L and T5-XXL and sets the distilled guidance.")
-def clip_text_encode_flux(ctx: Any, clip: Any, clip_l: str, t5xxl: str, guidance: float):
-    return (_encode(ctx, clip, clip_l, t5xxl, guidance=float(guidance)),)
+def clip_text_encode_flux(ctx: Any, clip: Any, clip_l: str, t5xxl: str, guidance: float, t5_max_length: int = 0):
+    return (_encode(ctx, clip, clip_l, t5xxl, t5_max_length, guidance=float(guidance)),)
 
 
 @node("FluxGuidance", category="advanced/conditioning/flux",

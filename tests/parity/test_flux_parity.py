@@ -5,8 +5,10 @@ Settings that reproduce FluxPipeline's sigma schedule exactly: sampler `euler` w
 steps = num_inference_steps, and no ModelSamplingFlux on KSampler (its shift then follows the latent's
 size, as FluxPipeline's `calculate_shift`). With cfg 1 there is no negative pass; with cfg > 1 and a
 negative prompt it matches FluxPipeline's `true_cfg_scale` with `negative_prompt`. FLUX.1 dev's distilled
-guidance is FluxGuidance's value (FluxPipeline's `guidance_scale`). The text side matches
-`max_sequence_length=256` (see engine/sampling/text.py). The noise matches FluxPipeline called with
+guidance is FluxGuidance's value (FluxPipeline's `guidance_scale`). The text side: FluxPipeline runs with its
+own default `max_sequence_length` (512) and our CLIPTextEncode nodes ask for it with `t5_max_length=512`
+(engine/sampling/text.py); ComfyUI's default length (256 for short prompts) is checked against
+`max_sequence_length=256` in one test. The noise matches FluxPipeline called with
 `generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]` (engine/sampling/noise.py).
 
 Our graph loads the BFL-layout single files of the tiny zoo (UNETLoader, DualCLIPLoader, VAELoader); the
@@ -41,13 +43,24 @@ def reference_pipeline(variant: str):
 
 def reference_images(variant: str, *, width: int, height: int, batch: int, seed: int, steps: int,
                      prompt: str = PROMPT, guidance: float = 3.5, cfg: float = 1.0,
-                     negative: str | None = None) -> torch.Tensor:
+                     negative: str | None = None, **diffusers_options) -> torch.Tensor:
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
     extra = {"negative_prompt": negative, "true_cfg_scale": cfg} if negative is not None else {}
     images = reference_pipeline(variant)(
         prompt=[prompt] * batch, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
-        generator=generators, output_type="pt", max_sequence_length=256, **extra).images
+        generator=generators, output_type="pt", **extra, **diffusers_options).images
     return images.permute(0, 2, 3, 1)  # -> IMAGE layout [B, H, W, C]
+
+
+DIFFUSERS_T5_LENGTH = 512  # FluxPipeline's default max_sequence_length
+
+
+def diffusers_text(graph: dict) -> dict:
+    """Every CLIPTextEncode of the graph asks for diffusers' T5 length (the documented node option)."""
+    for node in graph.values():
+        if node["class_type"] == "CLIPTextEncode":
+            node["inputs"]["t5_max_length"] = DIFFUSERS_T5_LENGTH
+    return graph
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +73,8 @@ def runtime():
 def test_graph_matches_flux_pipeline(runtime, variant, width, height):
     steps = 4 if variant == "schnell" else 5
     guidance = 3.5 if variant == "dev" else None
-    ours, _ = run_prompt(runtime, txt2img_prompt(variant, width=width, height=height, batch=2, seed=123,
-                                                 steps=steps, guidance=guidance))
+    ours, _ = run_prompt(runtime, diffusers_text(txt2img_prompt(variant, width=width, height=height, batch=2,
+                                                                seed=123, steps=steps, guidance=guidance)))
     expected = reference_images(variant, width=width, height=height, batch=2, seed=123, steps=steps)
     assert ours.shape == expected.shape == (2, height, width, 3)
     assert float((ours - expected).abs().max()) <= TOLERANCE
@@ -69,8 +82,8 @@ def test_graph_matches_flux_pipeline(runtime, variant, width, height):
 
 
 def test_cfg_with_a_negative_prompt_matches_true_cfg(runtime):
-    ours, _ = run_prompt(runtime, txt2img_prompt("dev", batch=1, seed=5, steps=3, cfg=2.5,
-                                                 negative="blurry, low quality"))
+    ours, _ = run_prompt(runtime, diffusers_text(txt2img_prompt("dev", batch=1, seed=5, steps=3, cfg=2.5,
+                                                                negative="blurry, low quality")))
     expected = reference_images("dev", width=64, height=64, batch=1, seed=5, steps=3, cfg=2.5,
                                 negative="blurry, low quality")
     assert float((ours - expected).abs().max()) <= TOLERANCE
@@ -92,9 +105,19 @@ def test_custom_sampling_graph_matches_flux_pipeline(runtime):
                                                                 "sampler": ["33", 0], "sigmas": ["34", 0],
                                                                 "latent_image": ["5", 0]}},
     })
-    ours, _ = run_prompt(runtime, graph)
+    ours, _ = run_prompt(runtime, diffusers_text(graph))
     expected = reference_images("dev", width=80, height=48, batch=1, seed=9, steps=4)
     assert float((ours - expected).abs().max()) <= TOLERANCE
+
+
+def test_comfyuis_default_t5_length_is_max_sequence_length_256(runtime):
+    """Without the option the T5 prompt is padded to 256 tokens, as ComfyUI does: FluxPipeline with
+    max_sequence_length=256, and not its default 512."""
+    ours, _ = run_prompt(runtime, txt2img_prompt("dev", batch=1, seed=21, steps=3))
+    at_256 = reference_images("dev", width=64, height=64, batch=1, seed=21, steps=3, max_sequence_length=256)
+    at_512 = reference_images("dev", width=64, height=64, batch=1, seed=21, steps=3)
+    assert float((ours - at_256).abs().max()) <= TOLERANCE
+    assert float((ours - at_512).abs().max()) > TOLERANCE  # the length matters: the option is needed
 
 
 @pytest.mark.parametrize("change", [{"prompt": "a bowl of fruit on a wooden table"}, {"seed": 43},
