@@ -38,6 +38,10 @@ DEFAULT_MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "segmentation": ("segmentation",),
 }
 LEGACY_KEYS = {"unet": "diffusion_models", "clip": "text_encoders"}
+# A diffusers pipeline folder of models/diffusers (one holding model_index.json) is offered to the loaders of
+# these keys as "diffusers/<folder>" when it has the listed subfolder (listing with `pipelines=True`).
+PIPELINE_PREFIX = "diffusers/"
+PIPELINE_PARTS = {"diffusion_models": "transformer", "text_encoders": "text_encoder", "vae": "vae"}
 FILE_TYPES = ("input", "output", "temp")
 
 
@@ -132,13 +136,26 @@ class FolderPaths:
         else:
             self.extra_model_dirs.setdefault(key, []).append(Path(path))
 
+    def list_pipelines(self) -> list[str]:
+        """The diffusers pipeline folders (holding `model_index.json`) of the `diffusers` key, as ComfyUI's
+        DiffusersLoader lists them."""
+        names = self.list_models("diffusers", extensions=(), include_dirs=True)
+        return [name for name in names if (self.model_path("diffusers", name) / "model_index.json").is_file()]
+
     def list_models(self, key: str, extensions: Iterable[str] = MODEL_EXTENSIONS,
-                    include_dirs: bool = False) -> list[str]:
+                    include_dirs: bool = False, pipelines: bool = False) -> list[str]:
         """Files (relative paths, recursive, following symlinks) under every directory of a folder key.
 
         With `include_dirs`, directories holding a `config.json` or `model_index.json` (diffusers and
-        transformers folders) are listed too.
+        transformers folders) are listed too. With `pipelines`, the pipeline folders of models/diffusers that
+        hold this key's part are listed as "diffusers/<folder>" (after the key's own names).
         """
+        key = LEGACY_KEYS.get(key, key)
+        if pipelines and key in PIPELINE_PARTS:
+            own = self.list_models(key, extensions, include_dirs)
+            return own + [PIPELINE_PREFIX + name for name in self.list_pipelines()
+                          if (self.model_path("diffusers", name) / PIPELINE_PARTS[key]).is_dir()
+                          and PIPELINE_PREFIX + name not in own]
         exts = {e.lower() for e in extensions}
         found: set[str] = set()
         for root in self.model_dirs(key):
@@ -181,6 +198,9 @@ class FolderPaths:
             path = Path(root) / relative
             if path.exists():
                 return path
+        key = LEGACY_KEYS.get(key, key)
+        if key in PIPELINE_PARTS and relative.as_posix().startswith(PIPELINE_PREFIX):
+            return self.model_path("diffusers", relative.as_posix()[len(PIPELINE_PREFIX):])
         searched = ", ".join(str(d) for d in self.model_dirs(key))
         raise FileNotFoundError(f"model {name!r} not found in folder '{key}' (searched: {searched})")
 

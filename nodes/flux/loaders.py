@@ -1,4 +1,4 @@
-"""Model loaders: UNETLoader, DualCLIPLoader, CLIPLoader, VAELoader, CheckpointLoaderSimple.
+"""Model loaders: UNETLoader, DualCLIPLoader, CLIPLoader, VAELoader, CheckpointLoaderSimple, DiffusersLoader.
 
 UNETLoader and VAELoader load FLUX.1 or FLUX.2, whichever the weights are; CLIPLoader's `type` says which
 text encoder is expected ("flux": FLUX.1's clip_l + t5xxl, "flux2": FLUX.2's Qwen3 / Mistral), and a file of
@@ -6,8 +6,9 @@ the other family fails validation with a message naming the file and what it hol
 
 Thin adapters over engine.models: each resolves the chosen name inside the ComfyUI folder layout and
 calls the matching `load_*` function. Combo lists are computed from the files really present (and, for
-the folder-capable loaders, diffusers/transformers folders). Weights stay on the CPU until the memory
-manager moves them for a run.
+the folder-capable loaders, diffusers/transformers folders; UNETLoader, CLIPLoader and VAELoader also offer
+the pipeline folders of models/diffusers as "diffusers/<folder>", DiffusersLoader loads one whole).
+Weights stay on the CPU until the memory manager moves them for a run.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ FLUX2_TEXT = (("qwen3", "mistral"), "a FLUX.2 text encoder for type 'flux2' (Qwe
                                     "clip_l / t5xxl are FLUX.1's: use type 'flux' or DualCLIPLoader")
 
 
-def _lister(key: str, include_dirs: bool = False):
+def _lister(key: str, include_dirs: bool = False, pipelines: bool = False):
     def choices(folders: Any) -> list[str]:
         if folders is None:
             return []
-        return folders.list_models(key, include_dirs=include_dirs)
+        return folders.list_models(key, include_dirs=include_dirs, pipelines=pipelines)
 
     choices.__name__ = f"list_{key}"
     return choices
@@ -90,7 +91,7 @@ def _with_device(encoders: Any, device: str) -> Any:
 
 
 @node("UNETLoader", category="advanced/loaders", display_name="Load Diffusion Model",
-      inputs=[Combo("unet_name", _lister("diffusion_models", include_dirs=True)),
+      inputs=[Combo("unet_name", _lister("diffusion_models", include_dirs=True, pipelines=True)),
               Combo("weight_dtype", WEIGHT_DTYPES)],
       outputs=[MODEL],
       description="Loads a FLUX.1 or FLUX.2 transformer (BFL, ComfyUI or diffusers layout); family and variant "
@@ -115,7 +116,8 @@ def dual_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, type: str, devi
 
 
 @node("CLIPLoader", category="advanced/loaders", display_name="Load CLIP",
-      inputs=[Combo("clip_name", _lister("text_encoders", include_dirs=True)), Combo("type", SINGLE_CLIP_TYPES),
+      inputs=[Combo("clip_name", _lister("text_encoders", include_dirs=True, pipelines=True)),
+              Combo("type", SINGLE_CLIP_TYPES),
               Combo("device", CLIP_DEVICES, optional=True, extra={"advanced": True})],
       outputs=[CLIP], validate_inputs=_validate_clip,
       description="Loads the text encoders of one file or diffusers pipeline folder: type 'flux' for FLUX.1 "
@@ -134,7 +136,7 @@ def clip_loader(ctx: Any, clip_name: str, type: str, device: str = "default"):
 
 
 @node("VAELoader", category="loaders", display_name="Load VAE",
-      inputs=[Combo("vae_name", _lister("vae", include_dirs=True))], outputs=[VAE],
+      inputs=[Combo("vae_name", _lister("vae", include_dirs=True, pipelines=True))], outputs=[VAE],
       description="Loads the FLUX.1 or FLUX.2 autoencoder (BFL / ComfyUI file or a diffusers folder).")
 def vae_loader(ctx: Any, vae_name: str):
     from engine.models.flux2.vae import load_flux2_vae  # noqa: PLC0415 - vae loads torch on first use
@@ -160,4 +162,28 @@ def checkpoint_loader_simple(ctx: Any, ckpt_name: str):
     return (model, encoders, vae)
 
 
-NODES = [unet_loader, dual_clip_loader, clip_loader, vae_loader, checkpoint_loader_simple]
+def _pipelines(folders: Any) -> list[str]:
+    return [] if folders is None else folders.list_pipelines()
+
+
+@node("DiffusersLoader", category="advanced/loaders/deprecated",
+      inputs=[Combo("model_path", _pipelines)], outputs=[MODEL, CLIP, VAE],
+      description="Loads a FLUX.1 or FLUX.2 diffusers pipeline folder of models/diffusers (one holding "
+                  "model_index.json): its transformer, text encoders (with the pipeline's own tokenizers) and VAE.")
+def diffusers_loader(ctx: Any, model_path: str):
+    from engine.models.flux2.vae import load_flux2_vae  # noqa: PLC0415 - vae loads torch on first use
+
+    folders = _folders(ctx)
+    path = folders.model_path("diffusers", model_path)
+    dtype = _compute_dtype(ctx)
+    model = load_diffusion_model(path, compute_dtype=dtype)
+    if "flux2-vae" in model_parts(path):
+        encoders = load_flux2_text_encoder(path, _tokenizer_roots(folders), dtype=dtype)
+        vae = load_flux2_vae(path)
+    else:
+        encoders = load_text_encoders_folder(path, dtype, _tokenizer_roots(folders))
+        vae = load_flux_vae(path)
+    return (model, encoders, vae)
+
+
+NODES = [unet_loader, dual_clip_loader, clip_loader, vae_loader, checkpoint_loader_simple, diffusers_loader]

@@ -170,7 +170,7 @@ def model_choice_problem(folders: object, key: str, input_name: str, name: objec
     `expected` is wanted, or None. Being the hook's input, the name's presence is checked here too."""
     if folders is None or not isinstance(name, str):
         return None
-    listing = folders.list_models(key, include_dirs=True)  # type: ignore[attr-defined]
+    listing = folders.list_models(key, include_dirs=True, pipelines=True)  # type: ignore[attr-defined]
     if name not in listing:
         return f"{input_name}: '{name}' not in the {key} folder ({len(listing)} models listed)"
     path = folders.model_path(key, name)  # type: ignore[attr-defined]
