@@ -35,8 +35,13 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
     `allow_missing` tensors must be set by `after_load(module)` (e.g. tying a shared embedding)."""
     import torch
 
-    with torch.device("meta"):
-        module = factory()
+    try:
+        with torch.device("meta"):
+            module = factory()
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RuntimeError, ZeroDivisionError) as exc:
+        # the libraries' own errors for a config they cannot build (a folder's config.json, an inferred one)
+        raise ModelFileError(source, f"cannot build the model from its config: {type(exc).__name__}: {exc}") \
+            from None
     expected = set(module.state_dict())
     ignored = set(ignore_unexpected)
     unexpected = sorted(k for k in state if k not in expected and k not in ignored)
@@ -46,7 +51,10 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
     for key, value in state.items():
         if key in expected:
             _check_shape(module, key, value, source)
-    module.load_state_dict(_converted(state, expected, dtype), strict=False, assign=True)
+    try:
+        module.load_state_dict(_converted(state, expected, dtype), strict=False, assign=True)
+    except RuntimeError as exc:
+        raise ModelFileError(source, f"weights do not fit the model: {exc}") from None
     _materialise_buffers(module)
     if after_load is not None:
         after_load(module)
@@ -74,8 +82,8 @@ def _converted(state: dict[str, Any], expected: set[str], dtype: Any) -> dict[st
 def _check_shape(module: Any, key: str, value: Any, source: str | Path) -> None:
     target = module.get_parameter(key) if key in dict(module.named_parameters()) else module.get_buffer(key)
     if tuple(target.shape) != tuple(value.shape):
-        raise ModelFileError(source, f"tensor {key!r} has shape {list(value.shape)}, the model built from the "
-                                     f"inferred config expects {list(target.shape)}")
+        raise ModelFileError(source, f"tensor {key!r} has shape {list(value.shape)}, the model built from its "
+                                     f"config expects {list(target.shape)}")
 
 
 def _materialise_buffers(module: Any) -> None:
@@ -109,9 +117,14 @@ def read_folder_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(folder, "no config.json in this model folder")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(path, f"invalid JSON: {exc}") from None
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot read it: {exc.strerror or exc}") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(path, f"expected a JSON object, found {type(config).__name__}")
+    return config
 
 
 def load_folder_weights(folder: Path) -> dict[str, Any]:

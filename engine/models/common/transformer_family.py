@@ -2,8 +2,9 @@
 
 The two families differ in data, not in steps: their key tables (`BflLayout`), the diffusers class, the
 tensor that shows a guidance embedding, how rope splits a head, and a few config fields of their own. A
-`TransformerFamily` holds that; the functions here do the rest: infer the diffusers config from tensor
-shapes (single files carry no config) and build the module, with fp8 block storage when asked.
+`TransformerFamily` holds that; the functions here do the rest: read a diffusers folder's own config.json
+(the truth for a folder) or infer the config from tensor shapes (only single files, which carry no config),
+and build the module, with fp8 block storage when asked.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.models.common.bfl_keys import BflLayout
-from engine.models.common.build import instantiate, weights_dtype
+from engine.models.common.build import instantiate, read_folder_config, weights_dtype
 from engine.models.common.fp8 import fp8_dtype, store_blocks_in_fp8
 from engine.models.common.safetensors_io import ModelFileError
 
@@ -78,6 +79,25 @@ def transformer_config(family: TransformerFamily, state: dict[str, Any], source:
         raise ModelFileError(source, str(exc)) from None
 
 
+def folder_transformer_config(family: TransformerFamily, folder: Path) -> dict[str, Any]:
+    """The config.json of a diffusers transformer folder, used as it is (sizes are not inferred for folders)."""
+    config = read_folder_config(folder)
+    if config.get("_class_name") not in (None, family.class_name):
+        raise ModelFileError(folder, f"holds a {config.get('_class_name')}, expected a {family.class_name} "
+                                     f"({family.name})")
+    return config
+
+
+def _check_rope(model: Any, source: str | Path) -> None:
+    """Rope axes that cannot work fail at loading, not in the middle of sampling: they split a head into even
+    widths."""
+    axes = list(model.config.get("axes_dims_rope") or [])
+    head = int(model.config.get("attention_head_dim", 0))
+    if axes and (sum(axes) != head or any(int(a) % 2 for a in axes)):
+        raise ModelFileError(source, f"config axes_dims_rope {axes} must be even widths adding up to the "
+                                     f"attention_head_dim {head}")
+
+
 def build_transformer(family: TransformerFamily, config: dict[str, Any], state: dict[str, Any],
                       source: str | Path, weight_dtype: str = "default", compute_dtype: Any = None) -> Any:
     """The diffusers module of `config` holding `state`: in `compute_dtype` (None: the state's float dtype),
@@ -86,9 +106,9 @@ def build_transformer(family: TransformerFamily, config: dict[str, Any], state: 
 
     cls = getattr(diffusers, family.class_name)
     compute = weights_dtype(state, compute_dtype)
-    init = {k: v for k, v in config.items() if not k.startswith("_")}
     fp8 = fp8_dtype(weight_dtype, state)
-    model = instantiate(lambda: cls(**init), state, source, dtype=compute if fp8 is None else None)
+    model = instantiate(lambda: cls.from_config(dict(config)), state, source, dtype=compute if fp8 is None else None)
+    _check_rope(model, source)
     if fp8 is not None:
         store_blocks_in_fp8(model, fp8, compute)
     return model

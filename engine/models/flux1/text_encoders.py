@@ -3,9 +3,10 @@
 Sources: single files as ComfyUI and BFL ship them (clip_l.safetensors with `text_model.*` keys,
 t5xxl_*.safetensors with `encoder.block.*` / `shared.weight` keys, ComfyUI's scaled-fp8 T5 included), the
 same under `text_encoders.{clip_l,t5xxl}.transformer.` inside all-in-one checkpoints, and transformers
-folders (`text_encoder/`, `text_encoder_2/` of a diffusers pipeline). Configs are inferred from shapes and
-replaced by the shipped clip_l / t5xxl configs when the sizes agree. CLIP's head count cannot be seen in
-the weights: heads are 64 wide, as in every released CLIP text tower.
+folders (`text_encoder/`, `text_encoder_2/` of a diffusers pipeline). A folder is built from its own
+config.json (read as transformers' AutoConfig does, offline). For single files, configs are inferred from
+shapes and replaced by the shipped clip_l / t5xxl configs when the sizes agree; CLIP's head count cannot be
+seen in the weights there: heads are 64 wide, as in every released CLIP text tower.
 """
 
 from __future__ import annotations
@@ -57,13 +58,29 @@ def clip_config(state: dict[str, Any], source: str | Path) -> dict[str, Any]:
                 projection_dim=projection.shape[0] if projection is not None else hidden)
 
 
-def build_clip(state: dict[str, Any], source: str | Path, dtype: Any = None) -> Any:
-    """CLIPTextModel from CLIP keys with or without the `text_model.` prefix."""
+def folder_text_config(folder: Path, config: dict[str, Any]) -> Any:
+    """The transformers config object of a text encoder folder's config.json, as AutoConfig builds it (no hub);
+    a full CLIP model's config gives its text tower's."""
+    from transformers import AutoConfig
+
+    model_type = str(config.get("model_type", ""))
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
+    try:
+        built = AutoConfig.for_model(model_type, **fields)
+    except Exception as exc:  # noqa: BLE001 - config classes validate with their own error types (hub's too)
+        raise ModelFileError(folder / "config.json", f"cannot read this text encoder config: {exc}") from None
+    return built.text_config if model_type == "clip" else built
+
+
+def build_clip(state: dict[str, Any], source: str | Path, dtype: Any = None, cfg: Any = None) -> Any:
+    """CLIPTextModel from CLIP keys with or without the `text_model.` prefix; `cfg`: a folder's own
+    CLIPTextConfig, None infers it from the shapes."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     state = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in state.items()}
-    config = clip_config(state, source)
-    cfg = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    if cfg is None:
+        config = clip_config(state, source)
+        cfg = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     dtype = weights_dtype(state, dtype)
     state = dequantize_scaled_fp8(state, dtype)
     return instantiate(lambda: CLIPTextModel(cfg), state, source, dtype=dtype, ignore_unexpected=CLIP_IGNORED)
@@ -90,23 +107,26 @@ def t5_config(state: dict[str, Any], source: str | Path) -> dict[str, Any]:
     return dict(shipped, **inferred, num_decoder_layers=inferred["num_layers"], **activation)
 
 
-def build_t5(state: dict[str, Any], source: str | Path, dtype: Any = None) -> Any:
-    """T5EncoderModel from T5 keys; `shared.weight` and `encoder.embed_tokens.weight` are one tied table."""
-    from transformers import T5Config, T5EncoderModel
+def build_t5(state: dict[str, Any], source: str | Path, dtype: Any = None, cfg: Any = None) -> Any:
+    """T5EncoderModel (UMT5EncoderModel for a umt5 `cfg`) from T5 keys; `shared.weight` and
+    `encoder.embed_tokens.weight` are one tied table. `cfg`: a folder's own config, None infers it."""
+    from transformers import T5Config, T5EncoderModel, UMT5EncoderModel
 
     state = dict(state)
     if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
         state["shared.weight"] = state["encoder.embed_tokens.weight"]
     state.pop("encoder.embed_tokens.weight", None)
-    config = t5_config(state, source)
-    cfg = T5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    if cfg is None:
+        config = t5_config(state, source)
+        cfg = T5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    model_cls = UMT5EncoderModel if cfg.model_type == "umt5" else T5EncoderModel
     dtype = weights_dtype(state, dtype)
     state = dequantize_scaled_fp8(state, dtype)
 
     def tie_embeddings(model: Any) -> None:
         model.encoder.embed_tokens.weight = model.shared.weight
 
-    return instantiate(lambda: T5EncoderModel(cfg), state, source, dtype=dtype,
+    return instantiate(lambda: model_cls(cfg), state, source, dtype=dtype,
                        allow_missing=("encoder.embed_tokens.weight",), after_load=tie_embeddings)
 
 
@@ -154,21 +174,26 @@ def load_text_encoder_folder(folder: str | Path, dtype: Any = None) -> tuple[dic
     `text_encoder*/` subfolder, the sibling `tokenizer*/`)."""
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
-        models = {"clip_l": build_clip(load_folder_weights(model_subfolder(folder, "text_encoder", False)),
-                                       folder / "text_encoder", dtype),
-                  "t5xxl": build_t5(load_folder_weights(model_subfolder(folder, "text_encoder_2", False)),
-                                    folder / "text_encoder_2", dtype)}
+        models = dict(_folder_encoder(model_subfolder(folder, sub, False), dtype, kind)
+                      for sub, kind in (("text_encoder", "clip_l"), ("text_encoder_2", "t5xxl")))
         return models, {"clip_l": folder / "tokenizer", "t5xxl": folder / "tokenizer_2"}
-    model_type = str(read_folder_config(folder).get("model_type", ""))
-    if model_type.startswith("clip"):
-        kind, model = "clip_l", build_clip(load_folder_weights(folder), folder, dtype)
-    elif model_type in ("t5", "umt5"):
-        kind, model = "t5xxl", build_t5(load_folder_weights(folder), folder, dtype)
-    else:
-        raise ModelFileError(folder, f"expected a CLIP or T5 text encoder folder, config.json says model_type "
-                                     f"{model_type!r}")
+    kind, model = _folder_encoder(folder, dtype)
     sibling = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}.get(folder.name)
     return {kind: model}, {kind: folder.parent / sibling if sibling else folder}
+
+
+def _folder_encoder(folder: Path, dtype: Any, expected: str | None = None) -> tuple[str, Any]:
+    """(kind, model) of one transformers text encoder folder, built from its config.json."""
+    config = read_folder_config(folder)
+    model_type = str(config.get("model_type", ""))
+    kind = "clip_l" if model_type.startswith("clip") else "t5xxl" if model_type in ("t5", "umt5") else None
+    if kind is None or expected not in (None, kind):
+        wanted = {"clip_l": "a CLIP", "t5xxl": "a T5"}.get(expected or "", "a CLIP or T5")
+        raise ModelFileError(folder, f"expected {wanted} text encoder folder, config.json says model_type "
+                                     f"{model_type!r}")
+    cfg = folder_text_config(folder, config)
+    build = build_clip if kind == "clip_l" else build_t5
+    return kind, build(load_folder_weights(folder), folder, dtype, cfg)
 
 
 def load_flux_text_encoders(paths: Sequence[str | Path], tokenizer_roots: Iterable[Path] = (),

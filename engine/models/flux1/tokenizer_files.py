@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,11 +42,43 @@ def has_tokenizer_files(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
+def declared_tokenizer_class(folder: Path) -> str | None:
+    """The `tokenizer_class` a folder's tokenizer_config.json declares, or None."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        declared = json.loads(path.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise ModelFileError(path, f"unreadable tokenizer config: {exc}") from None
+    return declared if isinstance(declared, str) and declared else None
+
+
+def load_declared_tokenizer(folder: Path, kind: str, declared: str) -> Any:
+    """The tokenizer class a folder declares, resolved as transformers' AutoTokenizer does (local files only, no
+    remote code)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for unreadable folders
+        raise ModelFileError(folder, f"could not load the {kind} tokenizer this folder declares ({declared}): "
+                                     f"{type(exc).__name__}: {exc}") from None
+    if tokenizer.pad_token is None:
+        raise ModelFileError(folder, f"the {kind} tokenizer this folder declares ({declared}) has no padding token; "
+                                     "FLUX pads prompts to a fixed length")
+    return tokenizer
+
+
 def load_tokenizer_dir(folder: Path, kind: str) -> Any:
-    """A transformers tokenizer from a folder (tokenizer.json, vocab.json+merges.txt, spiece.model, or CLIP's
-    gz merges)."""
+    """A transformers tokenizer from a folder: the class its tokenizer_config.json declares (AutoTokenizer's
+    resolution), else CLIPTokenizer / T5Tokenizer over tokenizer.json, vocab.json+merges.txt, spiece.model, or
+    CLIP's gz merges."""
     from transformers import CLIPTokenizer, T5Tokenizer
 
+    declared = declared_tokenizer_class(folder)
+    if declared is not None:
+        return load_declared_tokenizer(folder, kind, declared)
     if kind == "clip_l" and (folder / CLIP_BPE_FILE).is_file() and not (folder / "vocab.json").is_file() \
             and not (folder / "tokenizer.json").is_file():
         return clip_tokenizer_from_bpe_gz(folder / CLIP_BPE_FILE)

@@ -2,9 +2,9 @@
 
 Single files: BFL keys (bare or ComfyUI's `model.diffusion_model.` prefix, also inside all-in-one
 checkpoints) are converted by `flux_keys`; diffusers-keyed files load directly. Folders: a diffusers
-pipeline folder (its `transformer/`) or a transformer folder. The config is inferred from the shapes and
-replaced by the shipped config of the detected variant when they agree. Weight dtypes (UNETLoader's
-`weight_dtype`): engine/models/common/fp8.py.
+pipeline folder (its `transformer/`) or a transformer folder, built from the folder's own config.json. For
+single files the config is inferred from the shapes and replaced by the shipped config of the detected
+variant when they agree. Weight dtypes (UNETLoader's `weight_dtype`): engine/models/common/fp8.py.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.models.common.build import load_folder_weights, model_subfolder, read_folder_config, weights_dtype
+from engine.models.common.build import load_folder_weights, model_subfolder, weights_dtype
 from engine.models.common.configs import load_config
 from engine.models.common.detect import Component, detect_components, detect_flux_variant, require_component
 from engine.models.common.fp8 import WEIGHT_DTYPES, check_weight_dtype
 from engine.models.common.handles import FluxModel
 from engine.models.common.safetensors_io import ModelFileError, SafetensorsFile, dequantize_scaled_fp8, open_safetensors
-from engine.models.common.transformer_family import build_transformer, transformer_config
+from engine.models.common.transformer_family import build_transformer, folder_transformer_config, transformer_config
 from engine.models.flux1.keys import FLUX1, FluxKeyError, bfl_to_diffusers
 from engine.models.flux1.variants import flux_model_handle, variant_info
 
@@ -36,12 +36,13 @@ def load_flux_transformer(path: str | Path, weight_dtype: str = "default", compu
     """
     check_weight_dtype(weight_dtype)
     path = Path(path)
+    config = None
     if path.is_dir():
-        state, name_hint, metadata, source = _read_folder(path)
+        state, name_hint, metadata, source, config = _read_folder(path)
     else:
         state, name_hint, metadata, source = _read_file(path)
     return build_flux_model(state, source=source, name_hint=name_hint, metadata=metadata,
-                            weight_dtype=weight_dtype, compute_dtype=compute_dtype, variant=variant)
+                            weight_dtype=weight_dtype, compute_dtype=compute_dtype, variant=variant, config=config)
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], str, dict[str, str], Path]:
@@ -68,28 +69,32 @@ def transformer_state(sf: SafetensorsFile, comp: Component) -> dict[str, Any]:
                                       "(not a FLUX.1 layout this loader knows)") from None
 
 
-def _read_folder(path: Path) -> tuple[dict[str, Any], str, dict[str, str], Path]:
+def _read_folder(path: Path) -> tuple[dict[str, Any], str, dict[str, str], Path, dict[str, Any]]:
     folder = model_subfolder(path, "transformer")
-    config = read_folder_config(folder)
-    if config.get("_class_name") not in (None, "FluxTransformer2DModel"):
-        raise ModelFileError(folder, f"holds a {config.get('_class_name')}, expected a FluxTransformer2DModel")
+    config = folder_transformer_config(FLUX1, folder)
     hints = [path.name]
     index = path / "model_index.json"
     if index.is_file():
-        hints.append(index.read_text(encoding="utf-8"))  # e.g. FluxKontextPipeline
-    return load_folder_weights(folder), " ".join(hints), {}, folder
+        try:
+            hints.append(index.read_text(encoding="utf-8"))  # e.g. FluxKontextPipeline
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelFileError(index, f"cannot read it: {exc}") from None
+    return load_folder_weights(folder), " ".join(hints), {}, folder, config
 
 
 def build_flux_model(state: dict[str, Any], source: str | Path, name_hint: str = "",
                      metadata: dict[str, str] | None = None, weight_dtype: str = "default",
-                     compute_dtype: Any = None, variant: str | None = None) -> FluxModel:
-    """FluxModel from a diffusers-keyed state dict (shared by the file, folder and checkpoint loaders)."""
-    config = transformer_config(FLUX1, state, source)
+                     compute_dtype: Any = None, variant: str | None = None,
+                     config: dict[str, Any] | None = None) -> FluxModel:
+    """FluxModel from a diffusers-keyed state dict (shared by the file, folder and checkpoint loaders).
+
+    `config`: a folder's own config.json, used as it is; None (single files) infers it from the shapes."""
     if variant is None:
         variant = detect_flux_variant({k: tuple(v.shape) for k, v in state.items()}, name_hint, metadata, source)
     else:
         variant_info(variant)
-    config = shipped_config_if_matching(config, variant)
+    if config is None:
+        config = shipped_config_if_matching(transformer_config(FLUX1, state, source), variant)
     model = build_transformer(FLUX1, config, state, source, weight_dtype, compute_dtype)
     return flux_model_handle(model, variant, source=str(source))
 

@@ -1,5 +1,7 @@
 """Load the FLUX.1 VAE into diffusers' AutoencoderKL: BFL `ae.safetensors`, prefixed inside checkpoints
-(`vae.` / `first_stage_model.`), diffusers-keyed files, and diffusers folders (`vae/`).
+(`vae.` / `first_stage_model.`), diffusers-keyed files, and diffusers folders (`vae/`). A folder is built
+from its own config.json (GroupNorm groups, scaling and shift factors included); for files the config is
+inferred from the shapes.
 
 FLUX.1 latents have 16 channels, scaled by 0.3611 after shifting by 0.1159; an autoencoder with another
 latent width (SD1.x/SDXL: 4) is refused with a message saying so instead of failing later in sampling.
@@ -32,7 +34,7 @@ def load_flux_vae(path: str | Path, dtype: Any = None) -> FluxVAE:
         config = read_folder_config(folder)
         if config.get("_class_name") not in (None, "AutoencoderKL"):
             raise ModelFileError(folder, f"holds a {config.get('_class_name')}, expected an AutoencoderKL")
-        return build_flux_vae(load_folder_weights(folder), folder, dtype)
+        return build_flux_vae(load_folder_weights(folder), folder, dtype, config=config)
     sf = open_safetensors(path)
     comp = require_component(detect_components(sf), "vae")
     return build_flux_vae(vae_state(sf, comp), path, dtype)
@@ -50,10 +52,28 @@ def vae_state(sf: SafetensorsFile, comp: Component) -> dict[str, Any]:
     return state
 
 
-def build_flux_vae(state: dict[str, Any], source: str | Path, dtype: Any = None) -> FluxVAE:
-    """FluxVAE from a diffusers-keyed AutoencoderKL state dict."""
+def build_flux_vae(state: dict[str, Any], source: str | Path, dtype: Any = None,
+                   config: dict[str, Any] | None = None) -> FluxVAE:
+    """FluxVAE from a diffusers-keyed AutoencoderKL state dict. `config`: a folder's own config.json, used as
+    it is (FLUX's scaling and shift factors only where it states none); None infers it from the shapes."""
     from diffusers import AutoencoderKL
 
+    if config is None:
+        config = _inferred_config(state, source)
+    config = dict(config)
+    for key, flux_value in (("scaling_factor", FLUX_SCALING_FACTOR), ("shift_factor", FLUX_SHIFT_FACTOR)):
+        if config.get(key) is None:
+            config[key] = flux_value
+    vae = instantiate(lambda: AutoencoderKL.from_config(config), state, source, dtype=dtype)
+    if vae.config.latent_channels != FLUX_LATENT_CHANNELS:
+        raise ModelFileError(source, f"a VAE with {vae.config.latent_channels} latent channels; FLUX.1 needs "
+                                     f"{FLUX_LATENT_CHANNELS} (is this an SD1.x/SDXL VAE?)")
+    return FluxVAE(vae=vae, scaling_factor=float(vae.config.scaling_factor),
+                   shift_factor=float(vae.config.shift_factor), source=str(source))
+
+
+def _inferred_config(state: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """A single file's config from its shapes (the shipped `ae` config when they agree with it)."""
     try:
         config = infer_vae_config({k: tuple(v.shape) for k, v in state.items()})
     except VaeKeyError as exc:
@@ -63,8 +83,5 @@ def build_flux_vae(state: dict[str, Any], source: str | Path, dtype: Any = None)
                                      f"{FLUX_LATENT_CHANNELS} (is this an SD1.x/SDXL VAE?)")
     shipped = load_config("ae")
     if all(shipped[f] == config[f] for f in _SHAPE_FIELDS):
-        config = shipped
-    init = {k: v for k, v in config.items() if not k.startswith("_")}
-    init.update(scaling_factor=FLUX_SCALING_FACTOR, shift_factor=FLUX_SHIFT_FACTOR)
-    vae = instantiate(lambda: AutoencoderKL(**init), state, source, dtype=dtype)
-    return FluxVAE(vae=vae, scaling_factor=FLUX_SCALING_FACTOR, shift_factor=FLUX_SHIFT_FACTOR, source=str(source))
+        config = dict(shipped)
+    return dict(config, scaling_factor=FLUX_SCALING_FACTOR, shift_factor=FLUX_SHIFT_FACTOR)

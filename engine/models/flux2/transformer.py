@@ -2,9 +2,9 @@
 
 Sources: BFL / ComfyUI single files (`double_blocks.*`, `single_blocks.*`, the shared
 `*_stream_modulation.lin` keys), bare or under `model.diffusion_model.` / `diffusion_model.`; diffusers-keyed
-files; diffusers folders (a pipeline's `transformer/` or a transformer folder). The config is always inferred
-from the shapes (`engine.models.flux2.keys.FLUX2`), so every FLUX.2 size loads without new code; the
-variant comes from `engine.models.flux2.variants`.
+files; diffusers folders (a pipeline's `transformer/` or a transformer folder), built from the folder's own
+config.json. For single files the config is inferred from the shapes (`engine.models.flux2.keys.FLUX2`), so
+every FLUX.2 size loads without new code; the variant comes from `engine.models.flux2.variants`.
 
 `load_diffusion_model` is UNETLoader's entry point: it sends FLUX.2 weights here and everything else to the
 FLUX.1 loader. `weight_dtype` works as for FLUX.1 (fp8 storage of the block Linear weights).
@@ -15,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.models.common.build import load_folder_weights, model_subfolder, read_folder_config, weights_dtype
+from engine.models.common.build import load_folder_weights, model_subfolder, weights_dtype
 from engine.models.common.family import model_parts, require_family_part
 from engine.models.common.fp8 import check_weight_dtype
 from engine.models.common.handles import FluxModel, FluxSampling
 from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
-from engine.models.common.transformer_family import build_transformer, transformer_config
+from engine.models.common.transformer_family import build_transformer, folder_transformer_config, transformer_config
 from engine.models.flux1.transformer import load_flux_transformer
 from engine.models.flux2.keys import FLUX2, Flux2KeyError, bfl_to_diffusers
 from engine.models.flux2.variants import detect_flux2_variant, flux2_variant_info, folder_is_distilled
@@ -45,13 +45,13 @@ def load_flux2_transformer(path: str | Path, weight_dtype: str = "default", comp
     """A MODEL handle (family "flux2") for the FLUX.2 transformer in `path` (file or diffusers folder)."""
     check_weight_dtype(weight_dtype)
     path = Path(path)
-    distilled = None
+    distilled = config = None
     if path.is_dir():
         folder = model_subfolder(path, "transformer")
-        config = read_folder_config(folder)
-        if config.get("_class_name") != "Flux2Transformer2DModel":
-            raise ModelFileError(folder, f"holds a {config.get('_class_name')}, expected a "
-                                         "Flux2Transformer2DModel (FLUX.2)")
+        config = folder_transformer_config(FLUX2, folder)
+        if config.get("_class_name") is None:
+            raise ModelFileError(folder, "config.json names no _class_name, expected a Flux2Transformer2DModel "
+                                         "(FLUX.2)")
         state, source, metadata = load_folder_weights(folder), folder, {}
         distilled = folder_is_distilled(path)
         hint = path.name
@@ -68,17 +68,21 @@ def load_flux2_transformer(path: str | Path, weight_dtype: str = "default", comp
             except Flux2KeyError as exc:
                 raise ModelFileError(path, f"unknown FLUX.2 transformer tensor {part.prefix}{exc.args[0]}") from None
         source, metadata, hint = path, sf.metadata, path.name
-    return build_flux2_model(state, source, hint, metadata, weight_dtype, compute_dtype, variant, distilled)
+    return build_flux2_model(state, source, hint, metadata, weight_dtype, compute_dtype, variant, distilled, config)
 
 
 def build_flux2_model(state: dict[str, Any], source: str | Path, name_hint: str = "",
                       metadata: dict[str, str] | None = None, weight_dtype: str = "default",
                       compute_dtype: Any = None, variant: str | None = None,
-                      distilled: bool | None = None) -> FluxModel:
-    """FluxModel (family "flux2") from a diffusers-keyed state dict."""
-    config = transformer_config(FLUX2, state, source)
-    variant = variant or detect_flux2_variant(config, name_hint, metadata, distilled)
-    info = flux2_variant_info(variant)
+                      distilled: bool | None = None, config: dict[str, Any] | None = None) -> FluxModel:
+    """FluxModel (family "flux2") from a diffusers-keyed state dict. `config`: a folder's own config.json, used
+    as it is; None (single files) infers it from the shapes."""
+    if config is None:
+        config = transformer_config(FLUX2, state, source)
+    if variant is not None:
+        flux2_variant_info(variant)
     model = build_transformer(FLUX2, config, state, source, weight_dtype, compute_dtype)
-    return FluxModel(transformer=model, variant=info.name, family="flux2", guidance_embeds=config["guidance_embeds"],
-                     sampling=FLUX2_SAMPLING, source=str(source))
+    built = dict(model.config)  # the folder's values, with the class defaults for what it leaves out
+    info = flux2_variant_info(variant or detect_flux2_variant(built, name_hint, metadata, distilled))
+    return FluxModel(transformer=model, variant=info.name, family="flux2",
+                     guidance_embeds=bool(built["guidance_embeds"]), sampling=FLUX2_SAMPLING, source=str(source))

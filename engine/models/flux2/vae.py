@@ -7,7 +7,8 @@ transformer handle does not carry those statistics, so `Flux2Autoencoder` does t
 encode and the inverse on decode: a FLUX.2 LATENT's `samples` are [B, 128, H/16, W/16] in model space (what
 EmptyFlux2LatentImage makes and ReferenceLatent passes on), and the sampler maps nothing.
 
-Key layout and config from shapes: engine/models/flux2/vae_keys.py.
+Key layout and config from shapes (single files): engine/models/flux2/vae_keys.py; a folder is built from
+its own config.json.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def load_flux2_vae(path: str | Path, dtype: Any = None) -> FluxVAE:
     path = Path(path)
     if path.is_dir():
         folder = model_subfolder(path, "vae")
-        cls = read_folder_config(folder).get("_class_name")
+        config = read_folder_config(folder)
+        cls = config.get("_class_name")
         if cls != "AutoencoderKLFlux2":
             raise ModelFileError(folder, f"holds a {cls}, expected the FLUX.2 VAE (AutoencoderKLFlux2)")
-        return build_flux2_vae(load_folder_weights(folder), folder, dtype)
+        return build_flux2_vae(load_folder_weights(folder), folder, dtype, config=config)
     part = require_family_part(path, ("flux2-vae",), "the FLUX.2 VAE")
     sf = open_safetensors(path)
     wanted = tuple(part.prefix + name for name in ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "bn."))
@@ -47,20 +49,22 @@ def load_flux2_vae(path: str | Path, dtype: Any = None) -> FluxVAE:
     return build_flux2_vae(state, path, dtype)
 
 
-def build_flux2_vae(state: dict[str, Any], source: str | Path, dtype: Any = None) -> FluxVAE:
+def build_flux2_vae(state: dict[str, Any], source: str | Path, dtype: Any = None,
+                    config: dict[str, Any] | None = None) -> FluxVAE:
+    """The FLUX.2 VAE handle; `config`: a folder's own config.json (used as it is), None infers it from shapes."""
     import torch
     from diffusers import AutoencoderKLFlux2
 
     state = dict(state)
     state.setdefault("bn.num_batches_tracked", torch.zeros((), dtype=torch.long))
-    try:
-        config = infer_flux2_vae_config({k: tuple(v.shape) for k, v in state.items()})
-    except VaeKeyError as exc:
-        raise ModelFileError(source, f"not the FLUX.2 VAE: tensor {exc.args[0]!r} is missing") from None
-    except (ValueError, KeyError) as exc:
-        raise ModelFileError(source, f"not the FLUX.2 VAE: {exc}") from None
-    init = {k: v for k, v in config.items() if not k.startswith("_")}
-    vae = instantiate(lambda: AutoencoderKLFlux2(**init), state, source, dtype=dtype)
+    if config is None:
+        try:
+            config = infer_flux2_vae_config({k: tuple(v.shape) for k, v in state.items()})
+        except VaeKeyError as exc:
+            raise ModelFileError(source, f"not the FLUX.2 VAE: tensor {exc.args[0]!r} is missing") from None
+        except (ValueError, KeyError) as exc:
+            raise ModelFileError(source, f"not the FLUX.2 VAE: {exc}") from None
+    vae = instantiate(lambda: AutoencoderKLFlux2.from_config(dict(config)), state, source, dtype=dtype)
     vae.bn.running_mean = vae.bn.running_mean.float()  # statistics stay float32 whatever the weights' dtype
     vae.bn.running_var = vae.bn.running_var.float()
     return FluxVAE(vae=Flux2Autoencoder(vae), scaling_factor=1.0, shift_factor=0.0, source=str(source))
