@@ -1,20 +1,23 @@
-"""Property-based tests: malformed prompts and request bodies always get a 4xx with a specific message.
+"""Property-based tests: malformed prompts, request bodies, uploads, /view paths and websocket messages.
 
-More than 500 generated requests (see the max_examples below) go to a real server on a local port; none may
-answer 500 (or 2xx), every error body names its type and says what is wrong, and the server still runs a
-valid prompt afterwards.
+About 1,000 generated requests (seeded: `derandomize=True`; see the max_examples below) go to a real server on
+a local port; none may answer 5xx, every error body names its type and says what is wrong, no handler logs an
+unhandled error, and the server still runs a valid prompt afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import json
+import logging
+import os
 import threading
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, WSMsgType, web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -65,13 +68,31 @@ class LiveServer:
         self.thread.join(10)
 
 
+class _UnhandledErrors(logging.Handler):
+    """Counts what the error middleware logs as a bug (each one answered 500)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
-    (base / "output").mkdir()
+    for sub in ("output", "input", "temp"):
+        (base / sub).mkdir()
+    os.symlink(base / "output" / "loop_b", base / "output" / "loop_a")  # a symlink loop
+    os.symlink(base / "output" / "loop_a", base / "output" / "loop_b")
+    errors = _UnhandledErrors()
+    logging.getLogger("engine.server").addHandler(errors)
     live = LiveServer(create_app(make_runtime(base), make_config(base)))
+    live.base, live.unhandled = base, errors.records
     yield live
     live.close()
+    logging.getLogger("engine.server").removeHandler(errors)
 
 
 def assert_specific_4xx(status: int, body: Any, allowed: tuple[int, ...] = (400,)) -> None:
@@ -239,10 +260,10 @@ def test_view_never_fails_and_never_escapes(server, filename, subfolder, file_ty
     assert_specific_4xx(status, body, allowed=(400, 403, 404))
 
 
-@settings(max_examples=40, **SETTINGS)
-@given(params=st.dictionaries(st.sampled_from(["max_items", "offset"]),
-                              st.text(alphabet="-x1.e ", min_size=1, max_size=4).filter(
-                                  lambda s: not s.strip().lstrip("-").isdigit()), min_size=1))
+@settings(max_examples=60, **SETTINGS)
+@given(params=st.dictionaries(st.sampled_from(["max_items", "offset"]), st.one_of(
+    st.text(alphabet="-x1.e ", min_size=1, max_size=4).filter(lambda s: not s.strip().lstrip("-").isdigit()),
+    st.integers(min_value=2**31, max_value=10**40).map(str), st.integers(max_value=-2).map(str)), min_size=1))
 def test_bad_history_queries_get_a_specific_400(server, params):
     from urllib.parse import urlencode
 
@@ -250,7 +271,109 @@ def test_bad_history_queries_get_a_specific_400(server, params):
     assert_specific_4xx(status, body)
 
 
+# ----------------------------------------------------------------------------- hostile names, uploads, websocket
+_hostile_chars = st.sampled_from(["a", "b", "/", "\\", ".", " ", "\x00", "\r", "\n", "\x7f", "\u202e", "\u2066",
+                                  "\u00e9", "\ud800"[:0] + "\u732b", "%", ":", '"'])
+_hostile_names = st.one_of(
+    st.text(_hostile_chars, max_size=40),
+    st.integers(min_value=250, max_value=600).map(lambda n: "n" * n + ".png"),
+    st.tuples(st.integers(1, 40), st.integers(100, 260)).map(lambda t: "/".join(["p" * t[1]] * t[0])),
+    st.integers(min_value=60, max_value=3000).map(lambda n: "/".join(["d"] * n)),
+    st.sampled_from(["loop_a", "loop_a/x.png", "loop_b/loop_a"]),
+)
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(filename=_hostile_names, subfolder=_hostile_names | st.just(""),
+       file_type=st.sampled_from(["output", "input", "temp"]))
+def test_view_with_hostile_names_gets_a_specific_4xx(server, filename, subfolder, file_type):
+    from urllib.parse import urlencode
+
+    query = urlencode({"filename": filename, "subfolder": subfolder, "type": file_type})
+    status, body = server.request("GET", "/view?" + query)
+    if len(query) > 8000:  # over aiohttp's request-line limit (8190 bytes): its HTTP parser answers, plain 400
+        assert status == 400
+        return
+    assert_specific_4xx(status, body, allowed=(400, 403, 404))
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 2), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = _png()
+_name_bytes = st.one_of(
+    st.binary(max_size=40).map(lambda b: b + b".png"),
+    _hostile_names.map(lambda n: n.encode("utf-8", "surrogatepass") + b".png"),
+    st.sampled_from([b"a\x00b.png", b"caf\xe9\xff.png", b"x\r\ny.png", "inv\u202egnp.png".encode(), b"..png"]),
+)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(filename=_name_bytes, subfolder=_hostile_names | st.just(""),
+       file_type=st.sampled_from(["input", "temp", "output", "models", ""]),
+       data=st.sampled_from([PNG, b"", b"<html>"]) | st.binary(max_size=64))
+def test_uploads_with_hostile_names_never_fail(server, filename, subfolder, file_type, data):
+    boundary = b"fuzzboundary"
+    part = b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+    body = (part % (boundary, b"subfolder", subfolder.encode("utf-8", "surrogatepass")) +
+            part % (boundary, b"type", file_type.encode()) +
+            b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="' + filename +
+            b'"\r\nContent-Type: image/png\r\n\r\n' + data + b"\r\n--" + boundary + b"--\r\n")
+    status, answer = server.request("POST", "/upload/image", body,
+                                    {"Content-Type": "multipart/form-data; boundary=" + boundary.decode()})
+    if status == 200:  # then it is a plain, safe name inside the type's folder
+        assert data == PNG and file_type in ("input", "temp", "output", ""), answer
+        root = (server.base / (file_type or "input")).resolve()
+        stored = (root / answer["subfolder"] / answer["name"]).resolve()
+        assert stored.is_file() and root in stored.parents
+        assert not any(c in answer["name"] for c in "\x00\r\n\u202e\u2066/\\")
+    else:
+        assert_specific_4xx(status, answer, allowed=(400, 403, 413))
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(junk=st.binary(min_size=1, max_size=2000), boundary=st.sampled_from(["x", "fuzzboundary", "--", "a" * 70]))
+def test_junk_multipart_bodies_get_a_specific_4xx(server, junk, boundary):
+    status, answer = server.request("POST", "/upload/image", junk,
+                                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert_specific_4xx(status, answer, allowed=(400, 413))
+
+
+async def _websocket_first_message(port: int, message: str | bytes) -> int | None:
+    """Connect, read the status greeting, send `message`, close; the close code the server agreed to."""
+    async with ClientSession() as session:
+        async with session.ws_connect(f"http://127.0.0.1:{port}/ws?clientId=fuzz") as ws:
+            greeting = await ws.receive(timeout=30)
+            assert greeting.type == WSMsgType.TEXT and json.loads(greeting.data)["type"] == "status"
+            await (ws.send_bytes(message) if isinstance(message, bytes) else ws.send_str(message))
+            await ws.close()
+            return ws.close_code
+
+
+_ws_messages = st.one_of(
+    st.integers(min_value=1, max_value=300_000).flatmap(
+        lambda n: st.sampled_from(["[" * n, "{\"a\":" * n, "[" * n + "]" * n, '"' + "[" * n])),
+    json_values.map(json.dumps),
+    json_values.map(lambda v: json.dumps({"type": "feature_flags", "data": v})),
+    st.text(max_size=200),
+    st.binary(max_size=200),
+)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(message=_ws_messages)
+def test_websocket_first_messages_never_break_the_socket(server, message):
+    code = server._call(_websocket_first_message(server.port, message))
+    assert code in (1000, 1009), code  # a normal close, or "message too big" for deep nesting
+
+
 def test_server_keeps_serving_after_the_fuzzing(server):
+    assert not server.unhandled, [r.getMessage() for r in server.unhandled][:5]
     status, body = server.request("POST", "/prompt", json.dumps({"prompt": image_graph("afterfuzz")}).encode())
     assert status == 200, body
     wait_until(lambda: server.request("GET", f"/api/jobs/{body['prompt_id']}")[1]["status"] == "success",
