@@ -4,6 +4,11 @@ SetLatentNoiseMask and DifferentialDiffusion, and the extra input channels of th
 Masks are 1 where the image is repainted. CONDITIONING keys (ComfyUI's names):
 - `concat_latent_image`: raw VAE latent [B, 16, h, w] of the image with the masked area set to grey;
 - `concat_mask`: the mask at pixel size [B, 1, 8h, 8w].
+With `noise_order="diffusers"` InpaintModelConditioning also keeps the masked latent's std
+(`concat_latent_std`) and marks the LATENT (`fill_noise_order`): the sampler then draws from each item's
+seed in FluxFillPipeline's order (image latent sample, starting noise, masked latent sample) and uses
+mean + std * eps as the masked latent, as diffusers does; "comfyui" (the default) draws the noise first
+and uses the mode.
 The Fill transformer (384 input channels = 64 packed latent + 64 packed masked-image latent + 256 packed
 mask) reads both on every step: the masked-image latent in model space, the mask folded 8x8 into 64 channels
 per latent pixel (FluxFillPipeline's `prepare_mask_latents`), both packed like the latent. Other FLUX
@@ -20,10 +25,13 @@ import torch.nn.functional as F
 
 from engine.sampling.conditioning import FluxCond, fit_batch, map_options
 from engine.sampling.latents import FLUX1_LATENT, pack_latents, pad_to_patch
-from engine.sampling.vae import encode
+from engine.sampling.vae import encode, encode_posterior
 
 CONCAT_LATENT = "concat_latent_image"
 CONCAT_MASK = "concat_mask"
+CONCAT_LATENT_STD = "concat_latent_std"  # diffusers noise order: std of the masked latent's distribution
+FILL_NOISE_ORDER = "fill_noise_order"  # LATENT key: "diffusers" asks the sampler for FluxFillPipeline's order
+NOISE_ORDERS = ("comfyui", "diffusers")
 DIFFERENTIAL_DIFFUSION = "differential_diffusion"  # FluxModel option: DifferentialDiffusion's strength
 LATENT_CHANNELS_PACKED = 64  # 16 latent channels x 2x2 patch
 VAE_SCALE = 8
@@ -77,20 +85,40 @@ def _warn_if_empty(mask: torch.Tensor, what: str) -> None:
 
 @torch.no_grad()
 def inpaint_model_conditioning(positive: list, negative: list, vae: Any, pixels: torch.Tensor, mask: Any,
-                               noise_mask: bool, memory: Any) -> tuple[list, list, dict]:
+                               noise_mask: bool, memory: Any,
+                               noise_order: str = "comfyui") -> tuple[list, list, dict]:
     """InpaintModelConditioning: the masked-image latent and mask on both conditionings, and the LATENT of
-    the whole image (with the mask as its noise_mask when `noise_mask`)."""
+    the whole image (with the mask as its noise_mask when `noise_mask`). See the module doc for noise_order."""
     what = "InpaintModelConditioning"
+    if noise_order not in NOISE_ORDERS:
+        raise ValueError(f"{what}: noise_order {noise_order!r} is not one of {list(NOISE_ORDERS)}")
     mask = fit_mask_to_pixels(mask, pixels, what)
     pixels, mask = crop_to_vae_grid(pixels, mask)
     _warn_if_empty(mask, what)
     masked = grey_out(pixels.float(), mask)
-    concat_latent = encode(vae, masked, memory)
+    concat_latent, concat_std = encode_posterior(vae, masked, memory)
     latent: dict[str, Any] = {"samples": encode(vae, pixels, memory)}
     if noise_mask:
         latent["noise_mask"] = mask
     options = {CONCAT_LATENT: concat_latent, CONCAT_MASK: mask}
+    if noise_order == "diffusers":
+        options[CONCAT_LATENT_STD] = concat_std
+        latent[FILL_NOISE_ORDER] = noise_order
     return map_options(positive, **options), map_options(negative, **options), latent
+
+
+def sample_fill_latents(conditioning: list | None, eps: torch.Tensor) -> list | None:
+    """Entries carrying a masked latent's std get mean + std * eps as their masked latent (diffusers order)."""
+    if conditioning is None:
+        return None
+    out = []
+    for tensor, options in conditioning:
+        std = options.get(CONCAT_LATENT_STD)
+        if std is not None and options.get(CONCAT_LATENT) is not None:
+            options = {key: value for key, value in options.items() if key != CONCAT_LATENT_STD}
+            options[CONCAT_LATENT] = options[CONCAT_LATENT] + std * eps
+        out.append([tensor, options])
+    return out
 
 
 @torch.no_grad()

@@ -50,6 +50,25 @@ def initial_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.devi
     return torch.cat(items, dim=0).to(device=device, dtype=dtype)
 
 
+def diffusers_fill_noise(shape: Sequence[int], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise, eps) in FluxFillPipeline's generator order, item i from its own CPU generator seeded seeds[i].
+
+    FluxFillPipeline first samples the input image's latent distribution (one draw of the latent's shape,
+    unused at strength 1), then draws the starting noise, then samples the masked image's latent
+    distribution (`eps`: masked latent = mean + std * eps). Both come back [B, *shape[1:]], float32 on the CPU.
+    """
+    if len(seeds) != shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {shape[0]}")
+    item_shape = (1, *shape[1:])
+    noises, samples = [], []
+    for seed in seeds:
+        generator = _generator(seed)
+        torch.randn(item_shape, generator=generator, dtype=torch.float32)  # the image latent's sample
+        noises.append(torch.randn(item_shape, generator=generator, dtype=torch.float32))
+        samples.append(torch.randn(item_shape, generator=generator, dtype=torch.float32))
+    return torch.cat(noises, dim=0), torch.cat(samples, dim=0)
+
+
 class StepNoise:
     """Fresh per-item noise for ancestral/SDE steps; deterministic per seed and independent of batch position."""
 

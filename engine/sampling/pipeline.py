@@ -12,7 +12,7 @@ SamplerCustomAdvanced are three doors onto it:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -22,13 +22,13 @@ from engine.memory.manager import manager_from
 from engine.sampling.flux2_latents import fit_latent_to_model, is_flux2, model_latent_format
 from engine.sampling.flux2_latents import image_size as family_image_size
 from engine.models.lora.patch import apply_patches, patches_for
-from engine.sampling.fill import step_mask_function
+from engine.sampling.fill import FILL_NOISE_ORDER, sample_fill_latents, step_mask_function
 from engine.sampling.flux2_denoiser import Flux2Denoiser
 from engine.sampling.flux2_schedule import flux2_model_schedule
 from engine.sampling.guidance import FluxDenoiser
 from engine.sampling.model_inputs import add_model_inputs
 from engine.sampling.latents import pad_to_patch
-from engine.sampling.noise import StepNoise, initial_noise, item_seeds
+from engine.sampling.noise import StepNoise, diffusers_fill_noise, initial_noise, item_seeds
 from engine.sampling.samplers import get_sampler
 from engine.sampling.schedules import FlowSchedule, flow_schedule
 
@@ -115,7 +115,13 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
     memory = manager_from(memory)
     device = memory.device
     latent_in = fmt.process_in(raw)
-    noise_tensor = noise.generate(latent, tuple(latent_in.shape)).float()
+    if latent.get(FILL_NOISE_ORDER) == "diffusers" and isinstance(noise, RandomNoise):  # FluxFillPipeline's draws
+        seeds = item_seeds(noise.seed, latent_in.shape[0], latent.get("batch_index"))
+        noise_tensor, eps = diffusers_fill_noise(tuple(latent_in.shape), seeds)
+        guider = replace(guider, positive=sample_fill_latents(guider.positive, eps),
+                         negative=sample_fill_latents(guider.negative, eps))
+    else:
+        noise_tensor = noise.generate(latent, tuple(latent_in.shape)).float()
     sigma0 = float(sigmas[0])
     x = sigma0 * noise_tensor + (1.0 - sigma0) * latent_in
 

@@ -121,7 +121,13 @@ def crop_to_multiple(pixels: torch.Tensor, multiple: int = VAE_SCALE) -> torch.T
 
 @torch.no_grad()
 def encode(vae: Any, pixels: torch.Tensor, memory: Any) -> torch.Tensor:
-    """IMAGE -> raw latents (CPU float32)."""
+    """IMAGE -> raw latents (CPU float32): the mode of the VAE's latent distribution, as ComfyUI."""
+    return encode_posterior(vae, pixels, memory)[0]
+
+
+@torch.no_grad()
+def encode_posterior(vae: Any, pixels: torch.Tensor, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE -> (mean, std) of the VAE's latent distribution (CPU float32); diffusers samples mean + std * eps."""
     module = _check_vae(vae)
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
         raise ValueError("pixels must be an IMAGE [batch, height, width, channels]")
@@ -129,5 +135,5 @@ def encode(vae: Any, pixels: torch.Tensor, memory: Any) -> torch.Tensor:
     x = pixels.permute(0, 3, 1, 2).float() * 2.0 - 1.0
     with memory.use(module):
         dist = module.encode(x.to(device=memory.device, dtype=module_dtype(module))).latent_dist
-        latents = dist.mode()
-    return latents.float().cpu()
+        mean, std = dist.mode(), dist.std
+    return mean.float().cpu(), std.float().cpu()

@@ -5,23 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.core.schema import Boolean, Float, Int, Output, Socket, node
+from engine.core.schema import Boolean, Combo, Float, Int, Output, Socket, node
 from engine.core.types import CONDITIONING, IMAGE, LATENT, MASK, MODEL, VAE
 
 from .common import memory
 
+NOISE_ORDERS = ("comfyui", "diffusers")  # engine.sampling.fill.NOISE_ORDERS (that module loads torch)
+
 
 @node("InpaintModelConditioning", category="conditioning/inpaint",
       inputs=[Socket("positive", CONDITIONING), Socket("negative", CONDITIONING), Socket("vae", VAE),
-              Socket("pixels", IMAGE), Socket("mask", MASK), Boolean("noise_mask", True)],
+              Socket("pixels", IMAGE), Socket("mask", MASK), Boolean("noise_mask", True),
+              Combo("noise_order", NOISE_ORDERS, default="comfyui", optional=True, extra={"advanced": True},
+                    tooltip="comfyui: the sampler's seed gives the starting noise, the masked image's latent is "
+                            "its mode. diffusers: FluxFillPipeline's order (the generator samples the image "
+                            "latent, then the noise, then the masked latent), to reproduce a diffusers script.")],
       outputs=[Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"), Output(LATENT, "latent")],
       description="Encodes the image and its masked version for inpainting: FLUX Fill reads the masked image "
                   "and mask from the conditioning; with noise_mask the sampler also keeps the unmasked area.")
 def inpaint_model_conditioning(ctx: Any, positive: list, negative: list, vae: Any, pixels: Any, mask: Any,
-                               noise_mask: bool = True):
+                               noise_mask: bool = True, noise_order: str = "comfyui"):
     from engine.sampling.fill import inpaint_model_conditioning as condition  # noqa: PLC0415 - fill loads torch on first use
 
-    return condition(positive, negative, vae, pixels, mask, bool(noise_mask), memory(ctx))
+    return condition(positive, negative, vae, pixels, mask, bool(noise_mask), memory(ctx), noise_order)
 
 
 @node("SetLatentNoiseMask", category="latent/inpaint", display_name="Set Latent Noise Mask",

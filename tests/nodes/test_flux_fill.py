@@ -2,10 +2,12 @@
 bad masks, DifferentialDiffusion, and the shipped fill workflows.
 
 Parity settings: InpaintModelConditioning with noise_mask off (FluxFillPipeline keeps nothing of the input
-latent by itself), KSampler euler/simple, FluxGuidance = guidance_scale. FluxFillPipeline samples the
-masked image's latent distribution with the generator before it draws the starting noise (trap); our VAE
-encoding takes the distribution's mode, so the reference is run with diffusers' `retrieve_latents` in
-"argmax" mode: the generator then only draws the noise, as ours does.
+latent by itself), KSampler euler/simple, FluxGuidance = guidance_scale. FluxFillPipeline runs as a script
+would call it (its default max_sequence_length 512, its own generator order); our graph asks for the same
+with the nodes' documented options: CLIPTextEncode `t5_max_length=512` and InpaintModelConditioning
+`noise_order="diffusers"` (the generator samples the image latent, then draws the noise, then samples the
+masked image's latent). ComfyUI's default order (noise first, the masked latent's mode) is checked against
+diffusers with its latents taken as the mode.
 """
 
 from __future__ import annotations
@@ -39,29 +41,31 @@ def fill_pipeline():
 
 
 def reference_fill(image: torch.Tensor, mask: torch.Tensor, *, seed: int, steps: int, guidance: float,
-                   monkeypatch) -> torch.Tensor:
-    import diffusers.pipelines.flux.pipeline_flux_fill as fill_module
-
-    monkeypatch.setattr(fill_module, "retrieve_latents",
-                        functools.partial(fill_module.retrieve_latents, sample_mode="argmax"))
+                   **options) -> torch.Tensor:
+    """FluxFillPipeline as a script calls it (`options` only for the check of ComfyUI's defaults)."""
     height, width = image.shape[1], image.shape[2]
     out = fill_pipeline()(prompt=PROMPT, image=image.permute(0, 3, 1, 2), mask_image=mask[:, None], height=height,
-                          width=width, num_inference_steps=steps, guidance_scale=guidance, max_sequence_length=256,
-                          generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").images
+                          width=width, num_inference_steps=steps, guidance_scale=guidance,
+                          generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **options).images
     return as_image(out)
 
 
+DIFFUSERS_OPTIONS = {"t5_max_length": 512, "noise_order": "diffusers"}
+
+
 def fill_graph(image_node: dict, *, mask_from: list, pixels_from: list, seed: int = 42, steps: int = 4,
-               guidance: float = 30.0, noise_mask: bool = False, unet: str = "flux1-fill-tiny.safetensors") -> dict:
+               guidance: float = 30.0, noise_mask: bool = False, unet: str = "flux1-fill-tiny.safetensors",
+               t5_max_length: int = 0, noise_order: str = "comfyui") -> dict:
     graph = loaders(unet)
     graph.update({
         "4": image_node,
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["2", 0]}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["2", 0],
+                                                         "t5_max_length": t5_max_length}},
         "6": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["5", 0], "guidance": guidance}},
         "7": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}},
         "8": {"class_type": "InpaintModelConditioning", "inputs": {
             "positive": ["6", 0], "negative": ["7", 0], "vae": ["3", 0], "pixels": pixels_from, "mask": mask_from,
-            "noise_mask": noise_mask}},
+            "noise_mask": noise_mask, "noise_order": noise_order}},
         "10": sampler(["1", 0], ["8", 0], ["8", 1], ["8", 2], seed=seed, steps=steps),
     })
     return decode_and_capture(graph, ["10", 0])
@@ -71,16 +75,33 @@ def load_image(name: str) -> dict:
     return {"class_type": "LoadImage", "inputs": {"image": name}}
 
 
-def test_fill_inpainting_matches_flux_fill_pipeline(runtime, monkeypatch):
+def test_fill_inpainting_matches_flux_fill_pipeline(runtime):
     ours, _ = run_graph(runtime, fill_graph(load_image("inpaint_example.png"), mask_from=["4", 1],
-                                            pixels_from=["4", 0], seed=7))
+                                            pixels_from=["4", 0], seed=7, **DIFFUSERS_OPTIONS))
     image, mask = input_image("inpaint_example.png")
-    expected = reference_fill(image, mask, seed=7, steps=4, guidance=30.0, monkeypatch=monkeypatch)
+    expected = reference_fill(image, mask, seed=7, steps=4, guidance=30.0)
     assert max_diff(ours, expected) <= TOLERANCE
 
 
-def test_fill_outpainting_matches_flux_fill_pipeline(runtime, monkeypatch):
-    graph = fill_graph(load_image("outpaint_example.png"), mask_from=["13", 1], pixels_from=["13", 0], seed=3)
+def test_comfyui_defaults_are_noise_first_and_256_tokens(runtime, monkeypatch):
+    """Without the options: ComfyUI's order and length, i.e. diffusers with its latents taken as the mode and
+    max_sequence_length=256, and not diffusers as a script calls it."""
+    import diffusers.pipelines.flux.pipeline_flux_fill as fill_module
+
+    ours, _ = run_graph(runtime, fill_graph(load_image("inpaint_example.png"), mask_from=["4", 1],
+                                            pixels_from=["4", 0], seed=7))
+    image, mask = input_image("inpaint_example.png")
+    as_a_script = reference_fill(image, mask, seed=7, steps=4, guidance=30.0)
+    assert max_diff(ours, as_a_script) > TOLERANCE
+    monkeypatch.setattr(fill_module, "retrieve_latents",
+                        functools.partial(fill_module.retrieve_latents, sample_mode="argmax"))
+    comfy_like = reference_fill(image, mask, seed=7, steps=4, guidance=30.0, max_sequence_length=256)
+    assert max_diff(ours, comfy_like) <= TOLERANCE
+
+
+def test_fill_outpainting_matches_flux_fill_pipeline(runtime):
+    graph = fill_graph(load_image("outpaint_example.png"), mask_from=["13", 1], pixels_from=["13", 0], seed=3,
+                       **DIFFUSERS_OPTIONS)
     graph["13"] = {"class_type": "ImagePadForOutpaint", "inputs": {"image": ["4", 0], "left": 16, "top": 0,
                                                                   "right": 16, "bottom": 16, "feathering": 0}}
     ours, _ = run_graph(runtime, graph)
@@ -89,7 +110,7 @@ def test_fill_outpainting_matches_flux_fill_pipeline(runtime, monkeypatch):
     padded[:, :48, 16:64] = image
     mask = torch.ones(1, 64, 80)
     mask[:, :48, 16:64] = 0.0
-    expected = reference_fill(padded, mask, seed=3, steps=4, guidance=30.0, monkeypatch=monkeypatch)
+    expected = reference_fill(padded, mask, seed=3, steps=4, guidance=30.0)
     assert ours.shape == (1, 64, 80, 3)
     assert max_diff(ours, expected) <= TOLERANCE
 
