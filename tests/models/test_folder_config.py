@@ -145,3 +145,26 @@ def test_flux2_folders_are_built_from_their_config(tmp_path: Path) -> None:
     _edit_json(folder / "vae" / "config.json", batch_norm_eps=0.25)
     assert load_flux2_transformer(folder).transformer.config.rope_theta == 500
     assert load_flux2_vae(folder).vae.inner.config.batch_norm_eps == 0.25
+
+
+@pytest.mark.parametrize("index", ['{"weight_map": ["a"]}', '{"weight_map": {"x": 3}}', "[]"])
+def test_a_broken_shard_index_is_a_model_file_error(copy: Path, index: str) -> None:
+    weights = copy / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()
+    (copy / "vae" / "diffusion_pytorch_model.safetensors.index.json").write_text(index, encoding="utf-8")
+    with pytest.raises(ModelFileError, match="invalid shard index"):
+        load_flux_vae(copy / "vae")
+
+
+def test_a_flux2_text_encoder_config_the_library_refuses_is_a_model_file_error(tmp_path: Path) -> None:
+    from engine.models.flux2.text_encoders import load_flux2_text_encoder
+    from tests.support.flux import zoo_base
+
+    folder = tmp_path / "klein"
+    shutil.copytree(zoo_base() / "models" / "diffusers" / "flux2-klein-4b-tiny", folder)
+    config = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    _edit_json(folder / "text_encoder" / "config.json",
+               num_attention_heads=config["num_attention_heads"] + 1, head_dim=None)
+    with pytest.raises(ModelFileError) as info:
+        load_flux2_text_encoder(folder)
+    assert str(folder / "text_encoder") in str(info.value)

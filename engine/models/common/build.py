@@ -134,10 +134,13 @@ def load_folder_weights(folder: Path) -> dict[str, Any]:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ModelFileError(index, f"invalid shard index: {exc}") from None
+                shards = sorted(set(weight_map.values()))
+                if not all(isinstance(shard, str) for shard in shards):
+                    raise TypeError("shard names must be strings")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise ModelFileError(index, f"invalid shard index: {type(exc).__name__}: {exc}") from None
             state: dict[str, Any] = {}
-            for shard in sorted(set(weight_map.values())):
+            for shard in shards:
                 state.update(open_safetensors(folder / shard).load())
             return state
         single = folder / f"{stem}.safetensors"

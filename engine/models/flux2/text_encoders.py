@@ -120,7 +120,10 @@ def build_language_model(state: dict[str, Any], architecture: str, source: str |
     config_cls, model_cls = (Qwen3Config, Qwen3Model) if architecture == "qwen3" else (MistralConfig, MistralModel)
     init = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version",
                                                          "dtype", "torch_dtype")}
-    cfg = config_cls(**init)
+    try:
+        cfg = config_cls(**init)
+    except Exception as exc:  # noqa: BLE001 - config classes validate with their own error types (hub's too)
+        raise ModelFileError(source, f"cannot build the text encoder from its config: {exc}") from None
 
     def rebuild_rotary(model: Any) -> None:  # its frequency buffers are not in files: recompute them
         model.rotary_emb = type(model.rotary_emb)(config=cfg)
