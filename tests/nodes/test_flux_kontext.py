@@ -19,7 +19,7 @@ from engine.core.registry import NodeRegistry
 from tests.support.conditioning import (SENSITIVITY, TOLERANCE, as_image, decode_and_capture, input_image,
                                         load_workflow, loaders, max_diff, mean_diff, reference_pipeline,
                                         run_graph, runtime_with_inputs, sampler, saved_png)
-from tests.support.reference import normalise, object_info_reference
+from tests.support.reference import normalise, object_info_reference, without_extensions
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is faster
 
@@ -204,4 +204,4 @@ CONDITIONING_NODES = [
 @pytest.mark.parametrize("name", CONDITIONING_NODES)
 def test_conditioning_node_declarations_match_comfyui(name, tmp_path):
     ours = NodeRegistry().discover("nodes").object_info(FolderPaths(tmp_path))  # no model files: empty combos
-    assert normalise(ours[name]) == normalise(object_info_reference()[name])
+    assert normalise(without_extensions(ours[name])) == normalise(object_info_reference()[name])

@@ -53,3 +53,26 @@ def normalise(info: dict) -> dict:
             inputs[section] = {k: _normalise_spec(v) for k, v in specs.items()}
     info["input"] = inputs
     return info
+
+
+# fluxgraph's documented optional inputs beyond ComfyUI's declaration (off by default, so saved workflows run
+# the same): diffusers reproduction options (docs/flux.md, docs/flux-conditioning.md).
+EXTENSION_INPUTS = {"CLIPTextEncode": ("t5_max_length",), "CLIPTextEncodeFlux": ("t5_max_length",),
+                    "InpaintModelConditioning": ("noise_order",)}
+
+
+def without_extensions(info: dict) -> dict:
+    """Our /object_info entry less its extension inputs, which must be optional (and last in input_order)."""
+    names = EXTENSION_INPUTS.get(info.get("name"), ())
+    if not names:
+        return info
+    info = {**info, "input": {k: dict(v) for k, v in info["input"].items()}}
+    for name in names:
+        assert name in info["input"].get("optional", {}), f"{info['name']}: extension input {name} is not optional"
+        del info["input"]["optional"][name]
+    if not info["input"].get("optional", True):
+        del info["input"]["optional"]
+    if "input_order" in info:
+        order = {k: [n for n in v if n not in names] for k, v in info["input_order"].items()}
+        info["input_order"] = {k: v for k, v in order.items() if v or k != "optional"}
+    return info
