@@ -12,6 +12,7 @@ from engine.cli.errors import EXIT_INVALID, CliError
 from engine.cli.reporting import format_validation_errors
 from engine.workflow.convert import annotate_node_errors
 from engine.workflow.convert import convert_ui_workflow as convert_workflow
+from engine.workflow.model_hints import add_download_hints, extra_data_model_hints
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -46,11 +47,12 @@ class LoadedWorkflow:
     conversion: Any = None  # engine.workflow.convert.UiConversion for UI-format workflows
 
     def annotate(self, node_errors: dict[str, Any]) -> dict[str, Any]:
-        """Validation errors naming the editor's node id and title, not only the generated prompt id."""
-        if self.conversion is None:
-            return node_errors
-
-        return annotate_node_errors(node_errors, self.conversion)
+        """Validation errors naming the editor's node id and title, not only the generated prompt id, and for a
+        missing model file the download hint the workflow carries (also in a PNG's or a /prompt body's
+        extra_data)."""
+        if self.conversion is not None:
+            node_errors = annotate_node_errors(node_errors, self.conversion)
+        return add_download_hints(node_errors, extra_data_model_hints(self.extra_data))
 
 
 def load_workflow_source(path: Path, registry: Any, folders: Any = None) -> LoadedWorkflow:

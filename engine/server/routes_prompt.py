@@ -15,6 +15,7 @@ from engine.server.errors import (ApiError, dumps, expect_bool, expect_id_list, 
 from engine.core.prompt_paths import unsafe_path_errors
 from engine.server.state import ServerState, state_of
 from engine.server.user_files import resolve_user_file
+from engine.workflow.model_hints import add_download_hints, extra_data_model_hints
 
 MAX_ID_LENGTH = 256
 
@@ -68,6 +69,8 @@ def _validate_and_queue(state: ServerState, sub: dict[str, Any]) -> dict[str, An
         raise ApiError(400, "duplicate_prompt_id", "A prompt with this prompt_id already exists",
                        sub["prompt_id"], node_errors={})
     result = runtime.validate(sub["prompt"], sub["targets"])
+    # a missing model names what to get, from the editor's workflow the prompt carries (docs/protocol.md)
+    result.node_errors = add_download_hints(result.node_errors, extra_data_model_hints(sub["extra_data"]))
     unsafe = unsafe_path_errors(sub["prompt"], runtime.registry, runtime.folders)
     if unsafe:
         node_errors = {**result.node_errors, **unsafe}

@@ -33,3 +33,5 @@ class UiConversion:
     origins: dict[str, NodeOrigin] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)  # prompt id -> why it was left out
     warnings: list[str] = field(default_factory=list)
+    # download hints the workflow carries ({name, url, directory}; engine.workflow.model_hints)
+    models: list[dict[str, str]] = field(default_factory=list)

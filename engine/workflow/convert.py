@@ -21,6 +21,7 @@ from engine.core.registry import NodeRegistry
 from engine.workflow.conversion import NodeOrigin, UiConversion
 from engine.workflow.converter import Converter
 from engine.workflow.exporter import api_to_ui
+from engine.workflow.model_hints import add_download_hints, workflow_model_hints
 from engine.workflow.ui_format import UiWorkflow, WorkflowFormatError, is_api_prompt, is_ui_workflow, parse_ui_workflow
 
 __all__ = ["NodeOrigin", "UiConversion", "WorkflowFormatError", "annotate_node_errors", "api_to_ui",
@@ -36,7 +37,9 @@ def convert_ui_workflow(workflow: Any, registry: NodeRegistry, *, choice_env: An
     `rng` drives `{a|b}` dynamic-prompt choices. Raises WorkflowFormatError with ComfyUI-shaped errors.
     """
     parsed = workflow if isinstance(workflow, UiWorkflow) else parse_ui_workflow(workflow)
-    return Converter(parsed, registry, choice_env, rng, dynamic_prompts, fold_primitives).run()
+    conversion = Converter(parsed, registry, choice_env, rng, dynamic_prompts, fold_primitives).run()
+    conversion.models = workflow_model_hints(workflow)  # (a parsed UiWorkflow carries none)
+    return conversion
 
 
 def ui_to_api(workflow: Any, registry: NodeRegistry, **options: Any) -> dict[str, Any]:
@@ -45,7 +48,8 @@ def ui_to_api(workflow: Any, registry: NodeRegistry, **options: Any) -> dict[str
 
 
 def annotate_node_errors(node_errors: dict[str, Any], conversion: UiConversion) -> dict[str, Any]:
-    """Add the UI node (id, title, subgraph path) to each error of a validation result's node_errors."""
+    """Add the UI node (id, title, subgraph path) to each error of a validation result's node_errors, and the
+    workflow's download hint to each error about a missing model file."""
     annotated: dict[str, Any] = {}
     for node_id, entry in node_errors.items():
         origin = conversion.origins.get(node_id)
@@ -54,14 +58,15 @@ def annotate_node_errors(node_errors: dict[str, Any], conversion: UiConversion) 
             copy["errors"] = [{**error, "extra_info": {**error.get("extra_info", {}), "ui_node": origin.as_dict()}}
                               for error in entry.get("errors", [])]
         annotated[node_id] = copy
-    return annotated
+    return add_download_hints(annotated, getattr(conversion, "models", None) or [])
 
 
 def convert_request(body: Any, registry: NodeRegistry, choice_env: Any = None) -> tuple[int, dict[str, Any]]:
     """Handler core of the UI->API conversion endpoint: (HTTP status, JSON body).
 
     The body is `{"workflow": <UI workflow>}` (or the workflow itself); the answer is
-    `{"prompt", "dropped", "warnings", "origins"}` or a 400 with ComfyUI's `{error, node_errors}`.
+    `{"prompt", "dropped", "warnings", "origins", "models"}` (models: the workflow's download hints) or a 400
+    with ComfyUI's `{error, node_errors}`.
     """
     workflow = body.get("workflow", body) if isinstance(body, dict) else body
     try:
@@ -69,4 +74,4 @@ def convert_request(body: Any, registry: NodeRegistry, choice_env: Any = None) -
     except WorkflowFormatError as exc:
         return 400, exc.response()
     return 200, {"prompt": conversion.prompt, "dropped": conversion.dropped, "warnings": conversion.warnings,
-                 "origins": {k: v.as_dict() for k, v in conversion.origins.items()}}
+                 "origins": {k: v.as_dict() for k, v in conversion.origins.items()}, "models": conversion.models}
