@@ -853,9 +853,9 @@ def test_flux_fixture_converts_and_validates_with_the_real_nodes(tmp_path):
         (tmp_path / "models" / folder / name).write_bytes(b"")
     prompt = ui_to_api(_load("flux_dev_txt2img.json"), real, choice_env=folders)
     expected = _load("flux_dev_txt2img.api.json")
-    for node in expected.values():  # our optional t5_max_length widget (docs/flux.md) at its ComfyUI-like default
-        if node["class_type"] == "CLIPTextEncode":
-            node["inputs"]["t5_max_length"] = 0
+    for entry in expected.values():  # our optional t5_max_length widget (docs/flux.md) at its ComfyUI-like default
+        if entry["class_type"] == "CLIPTextEncode":
+            entry["inputs"]["t5_max_length"] = 0
     assert prompt == expected
     result = validate_prompt(prompt, real, folders)
     assert result.ok, (result.error, result.node_errors)
