@@ -122,12 +122,19 @@ def crop_to_multiple(pixels: torch.Tensor, multiple: int = VAE_SCALE) -> torch.T
 @torch.no_grad()
 def encode(vae: Any, pixels: torch.Tensor, memory: Any) -> torch.Tensor:
     """IMAGE -> raw latents (CPU float32): the mode of the VAE's latent distribution, as ComfyUI."""
-    return encode_posterior(vae, pixels, memory)[0]
+    return _latent_dist(vae, pixels, memory, lambda dist: (dist.mode(),))[0]
 
 
 @torch.no_grad()
 def encode_posterior(vae: Any, pixels: torch.Tensor, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """IMAGE -> (mean, std) of the VAE's latent distribution (CPU float32); diffusers samples mean + std * eps."""
+    """IMAGE -> (mean, std) of the VAE's latent distribution (CPU float32); diffusers samples mean + std * eps.
+    Only FLUX.1's AutoencoderKL has a std (FLUX.2's encoder wrapper is deterministic)."""
+    mean, std = _latent_dist(vae, pixels, memory, lambda dist: (dist.mode(), dist.std))
+    return mean, std
+
+
+def _latent_dist(vae: Any, pixels: torch.Tensor, memory: Any, read: Any) -> tuple[torch.Tensor, ...]:
+    """Encode IMAGE pixels and `read` what is needed from the latent distribution, as CPU float32."""
     module = _check_vae(vae)
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
         raise ValueError("pixels must be an IMAGE [batch, height, width, channels]")
@@ -135,5 +142,5 @@ def encode_posterior(vae: Any, pixels: torch.Tensor, memory: Any) -> tuple[torch
     x = pixels.permute(0, 3, 1, 2).float() * 2.0 - 1.0
     with memory.use(module):
         dist = module.encode(x.to(device=memory.device, dtype=module_dtype(module))).latent_dist
-        mean, std = dist.mode(), dist.std
-    return mean.float().cpu(), std.float().cpu()
+        values = read(dist)
+    return tuple(value.float().cpu() for value in values)

@@ -465,7 +465,16 @@ def test_workflows_menu_loads_a_shipped_workflow(page, server):
     item.click()
     shipped = json.loads((WORKFLOWS_DIR / "flux_schnell_txt2img.json").read_text())
     page.wait_for_function(f"window.fluxgraph.graph.nodes.size === {len(shipped)}")
-    assert {k: v["inputs"] for k, v in current_prompt(page).items()} == {k: v["inputs"] for k, v in shipped.items()}
+    prompt, registry = current_prompt(page), editor_registry()
+    assert set(prompt) == set(shipped)
+    for node_id, node in shipped.items():
+        got = prompt[node_id]["inputs"]
+        assert {name: got.get(name) for name in node["inputs"]} == node["inputs"], node_id
+        schema = registry[node["class_type"]]
+        added = {name: value for name, value in got.items() if name not in node["inputs"]}
+        # the editor sends every widget: inputs newer than the file come with their (optional) defaults
+        assert all(schema.input(name).optional and schema.input(name).default == value
+                   for name, value in added.items()), (node_id, added)
 
 
 @browser
@@ -578,3 +587,16 @@ def test_editor_only_nodes_queue_like_the_engine_converts_them(page):
     assert positions[1] == [-300 + round(100 / scale), round(50 / scale)]
     assert positions[2] == [700, 0]
     assert saved_workflow(page)["groups"][0]["bounding"][:2] == [-340 + round(100 / scale), -60 + round(50 / scale)]
+
+
+@browser
+def test_a_missing_model_names_where_to_download_it(page):
+    """A UI workflow's download hints (`properties.models`) reach the loader's error in the editor."""
+    fixture = WORKFLOWS_DIR.parent / "tests" / "fixtures" / "ui" / "flux_dev_with_model_hints.json"
+    load_workflow(page, json.loads(fixture.read_text()), "hints.json")
+    page.click("#queue-button")
+    row = page.locator(f"{node_selector(10)} .widget-row[data-input='unet_name']")
+    row.locator(".input-error-text").wait_for()
+    text = row.locator(".input-error-text").inner_text()
+    assert "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors" in text
+    assert "diffusion_models" in text
