@@ -29,7 +29,7 @@ from engine.backends.runtime import Runtime
 from engine.cli.errors import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CliError
 from engine.cli.reporting import ProgressPrinter, format_validation_errors, output_paths
 from engine.cli.train_export import add_train_export_commands
-from engine.cli.workflow_files import apply_overrides, is_ui_workflow, load_workflow_source
+from engine.cli.workflow_files import apply_overrides, copy_example_inputs, is_ui_workflow, load_workflow_source
 from engine.core.context import InterruptFlag
 from engine.core.folders import DEFAULT_MODEL_FOLDERS, FolderPaths
 from engine.core.graph import parse_prompt
@@ -166,6 +166,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_OK
     function = {"tiny": zoo.write_tiny_zoo, "prepare": zoo.prepare_models}[args.action]
     report = function(folders.models_dir)
+    if args.action == "prepare":  # the shipped workflows' input images, where LoadImage looks for them
+        copied = copy_example_inputs(folders.input_dir)
+        print(f"example inputs: {len(copied)} copied to {folders.input_dir}" if copied else
+              "example inputs: already present")
     if isinstance(report, dict):  # tiny: file -> sha256; prepare: step -> what was done
         for key, value in report.items():
             print(f"{key}: {value}")

@@ -141,3 +141,24 @@ def _find_node(prompt: dict[str, Any], ref: str) -> str:
         if len(matches) > 1:
             raise CliError(f"--set: {ref!r} matches several nodes ({', '.join(matches)}); use a node id")
     raise CliError(f"--set: no node {ref!r} in the workflow (node ids: {', '.join(prompt)})")
+
+
+EXAMPLE_INPUTS_DIR = Path(__file__).resolve().parents[2] / "workflows" / "inputs"
+
+
+def copy_example_inputs(input_dir: Path, source: Path = EXAMPLE_INPUTS_DIR) -> list[str]:
+    """The input images the shipped workflows name (workflows/inputs/) copied into the input folder, so they
+    run after `fluxgraph models prepare` (`make run`). A file already there is never overwritten: it may be
+    the user's own. Returns the names copied."""
+    from engine.core.atomic_files import write_bytes_atomic  # noqa: PLC0415 - only `models prepare` copies
+
+    if not source.is_dir():
+        return []
+    Path(input_dir).mkdir(parents=True, exist_ok=True)
+    copied = []
+    for image in sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")):
+        target = Path(input_dir) / image.name
+        if not target.exists():
+            write_bytes_atomic(target, image.read_bytes())
+            copied.append(image.name)
+    return copied

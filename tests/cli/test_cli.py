@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -309,3 +310,22 @@ def test_ui_workflow_errors_name_the_editor_node_and_say_the_format(tmp_path):
     assert done.returncode == 3, done.stderr
     assert "UI format (editor save)" in done.stderr
     assert "editor node #1 'Red canvas'" in done.stderr and "height" in done.stderr
+
+
+def test_models_prepare_copies_the_shipped_workflows_input_images(monkeypatch, tmp_path, capsys):
+    """`make run` runs `models prepare`: afterwards every image a shipped workflow loads is in input/, and a
+    file of the user's with the same name is left alone."""
+    monkeypatch.setattr(zoo, "prepare_models", lambda d: {}, raising=False)
+    shipped = Path(__file__).resolve().parents[2] / "workflows"
+    named = set()
+    for path in shipped.glob("*.json"):
+        named |= set(re.findall(r'"image":\s*"([^"\\]+\.png)"', path.read_text()))
+    assert named, "the shipped workflows load no input image"
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "segment_example.png").write_bytes(b"mine")
+    assert cli.main(["models", "prepare", "--base-dir", str(tmp_path)]) == 0
+    assert named <= {p.name for p in (tmp_path / "input").iterdir()}
+    assert (tmp_path / "input" / "segment_example.png").read_bytes() == b"mine"
+    assert "example inputs:" in capsys.readouterr().out
+    assert cli.main(["models", "prepare", "--base-dir", str(tmp_path)]) == 0
+    assert "already present" in capsys.readouterr().out
