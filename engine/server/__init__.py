@@ -19,6 +19,7 @@ from engine.core.registry import node_packages
 from engine.memory.budget import add_memory_arguments, settings_from_args
 from engine.memory.manager import MemoryManager
 from engine.server.config import MB, ServerConfig
+from engine.server.frontends import BUILTIN_PREFIX, FRONT_ENDS, choose_front_end, describe
 
 
 def add_extra_model_paths_argument(parser: argparse.ArgumentParser, several_per_flag: bool = True) -> None:
@@ -68,6 +69,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --executor ray: workers read inputs and write outputs directly in this "
                              "server's folders (mounted at the same path on every machine) instead of "
                              "receiving and sending the files")
+    parser.add_argument("--front-end", choices=FRONT_ENDS, default=None,
+                        help="the editor served at /: 'comfyui' (ComfyUI's official frontend, the optional "
+                             "'frontend' extra) or 'builtin' (fluxgraph's own, always also at "
+                             f"{BUILTIN_PREFIX}/); default: comfyui when installed, else builtin")
+    parser.add_argument("--front-end-root", default=None, metavar="DIR",
+                        help="serve this folder (a built ComfyUI-style frontend holding index.html) at / instead")
     add_memory_arguments(parser)
 
 
@@ -88,6 +95,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     listen = [a.strip() for a in args.listen.split(",") if a.strip()] if args.listen else []
     try:
         memory = settings_from_args(args)
+        frontend_dir = choose_front_end(getattr(args, "front_end", None), getattr(args, "front_end_root", None))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     return ServerConfig(host=args.host, port=args.port, listen=listen, auth_token=args.auth_token or None,
@@ -96,7 +104,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
                         memory=memory, executor=executor, ray_address=getattr(args, "ray_address", None),
                         workers=getattr(args, "workers", None),
                         ray_shared_storage=bool(getattr(args, "ray_shared_storage", False)),
-                        extra_model_paths=extra_model_path_files(args))
+                        extra_model_paths=extra_model_path_files(args), frontend_dir=frontend_dir)
 
 
 def build_runtime(base_dir: str | None, memory: Any = None, extra_model_paths: list[str] | None = None) -> Runtime:
@@ -125,6 +133,7 @@ def serve(args: argparse.Namespace) -> None:
             "listening beyond loopback without --auth-token: anyone on the network can queue prompts")
     runtime = build_runtime(args.base_dir, config.memory, config.extra_model_paths)
     logging.getLogger("engine.memory.manager").info("memory: %s", runtime.models.settings.describe())
+    logging.getLogger("engine.server").info("%s", describe(config))
     backend = None
     if config.executor != "inprocess":  # connect now: a bad --ray-address stops here with a clear message
         backend = make_backend(runtime, config)

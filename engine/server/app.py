@@ -16,8 +16,8 @@ from aiohttp import web
 from engine.backends.contract import Backend
 from engine.backends.factory import make_backend
 from engine.core.atomic_files import remove_stale_parts
-from engine.core.folders import UnsafePathError, contained_path
 from engine.queue.store import PromptQueue
+from engine.server import frontends
 from engine.server import routes_files, routes_generate, routes_info, routes_prompt, routes_workflows, uploads
 from engine.server.config import ServerConfig
 from engine.server.errors import ApiError, json_response
@@ -79,31 +79,6 @@ def _add_routes(app: web.Application, table: list[tuple[str, str, Handler]]) -> 
         app.router.add_route(method, "/api" + path, handler)
 
 
-def _add_static(app: web.Application, web_dir: Path) -> None:
-    index = web_dir / "index.html"
-
-    async def get_index(request: web.Request) -> web.StreamResponse:
-        if index.is_file():
-            return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
-        return web.Response(text="<!doctype html><title>fluxgraph</title><p>fluxgraph server is running. The "
-                                 "editor (web/index.html) is not installed; the API is under /api.</p>",
-                            content_type="text/html")
-
-    async def get_static(request: web.Request) -> web.StreamResponse:
-        """A file of the editor (aiohttp's static route answers a missing file with an empty 404)."""
-        relative = request.match_info["path"]
-        try:
-            path = contained_path(web_dir, relative)
-        except UnsafePathError as exc:
-            raise ApiError(404, "not_found", "Not found", str(exc)) from None
-        if not path.is_file():
-            raise ApiError(404, "not_found", "Not found", f"no route or file for GET {request.path[:200]}")
-        return web.FileResponse(path)
-
-    app.router.add_get("/", get_index)
-    app.router.add_get("/{path:.+}", get_static)  # registered last: every API route wins
-
-
 def _remove_stale_parts(runtime: Any) -> None:
     """Half-written files of a save that a kill -9 interrupted (engine.core.atomic_files) go at start-up."""
     folders = runtime.folders
@@ -134,7 +109,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
     _add_routes(app, routes_generate.routes() + routes_workflows.routes())
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/api/ws", websocket_handler)
-    _add_static(app, config.web_dir)
+    frontends.add_static(app, config)  # last: its catch-all lets every route above win
 
     queue.add_listener(lambda: hub.publish("status", status_message(queue.queue_remaining()), broadcast=True))
 

@@ -25,7 +25,8 @@ class ServerConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_history: int = 10_000
-    web_dir: Path = PROJECT_ROOT / "web"
+    web_dir: Path = PROJECT_ROOT / "web"  # the builtin editor (at / unless frontend_dir, always at /fluxgraph/editor/)
+    frontend_dir: Path | None = None  # --front-end comfyui / --front-end-root: this folder is served at / instead
     workflows_dir: Path = PROJECT_ROOT / "workflows"
     preview_size: int = 512
     executor: str = "inprocess"  # "ray": prompts run on Ray actors (engine/backends/ray, docs/scaleout.md)

@@ -108,8 +108,11 @@ class LiveServer:
     """
 
     def __init__(self, base_dir: Path, registry_factory: Callable[[], NodeRegistry] = editor_registry,
-                 port: int | None = None, workflows_dir: Path = WORKFLOWS_DIR, models_dir: Path | None = None) -> None:
+                 port: int | None = None, workflows_dir: Path = WORKFLOWS_DIR, models_dir: Path | None = None,
+                 frontend_dir: Path | None = None) -> None:
+        """`frontend_dir`: a frontend served at / instead of the builtin editor (ComfyUI's official one)."""
         self.base_dir = base_dir
+        self.frontend_dir = frontend_dir
         self.models_dir = models_dir
         self.registry_factory = registry_factory
         self.port = port or free_port()
@@ -134,7 +137,8 @@ class LiveServer:
             try:
                 runtime = Runtime.create(base_dir=self.base_dir, registry=self.registry_factory(), models=None,
                                          models_dir=str(self.models_dir) if self.models_dir else None)
-                config = ServerConfig(port=self.port, web_dir=WEB_DIR, workflows_dir=self.workflows_dir)
+                config = ServerConfig(port=self.port, web_dir=WEB_DIR, workflows_dir=self.workflows_dir,
+                                      frontend_dir=self.frontend_dir)
                 runner = web.AppRunner(create_app(runtime, config), handle_signals=False)
                 loop.run_until_complete(runner.setup())
                 loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
