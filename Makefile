@@ -22,7 +22,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test,ray,export]"
+	$(PIP) install -q -e ".[test,ray,export,frontend]"
+	touch $@
+
+# ComfyUI's official frontend (the optional 'frontend' extra), served at / by `make run`.
+$(VENV)/.installed-frontend: $(VENV)/.installed
+	$(PIP) install -q -e ".[frontend]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,8 +37,10 @@ install-test: $(VENV)/.installed-test
 models: install
 	$(PY) -m engine.cli models prepare
 
-run: models
-	$(PY) -m engine.cli serve --host $(HOST) --port $(PORT)
+# ComfyUI's official frontend at /, fluxgraph's builtin editor at /fluxgraph/editor/ (FRONT_END=builtin: at /).
+FRONT_END ?= comfyui
+run: models $(VENV)/.installed-frontend
+	$(PY) -m engine.cli serve --host $(HOST) --port $(PORT) --front-end $(FRONT_END)
 
 # Layer contracts (pyproject.toml [tool.importlinter]) and the lint rules the code cites ([tool.ruff]).
 lint: install-test

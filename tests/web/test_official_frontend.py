@@ -145,3 +145,16 @@ async def test_real_package_index_and_its_assets_are_served(aiohttp_client, tmp_
             assert answer.content_type == "text/javascript", target
         if target.endswith(".css"):
             assert answer.content_type == "text/css", target
+
+
+def test_frontend_extra_is_installed_by_make_run_and_make_test():
+    import tomllib
+
+    from tests.support.web import PROJECT_ROOT
+
+    extras = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["frontend"] == ["comfyui-frontend-package>=1.58,<2"]
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    assert '".[test,ray,export,frontend]"' in makefile  # make test's install: the browser tests run in CI
+    run_rule = next(line for line in makefile.splitlines() if line.startswith("run:"))
+    assert "$(VENV)/.installed-frontend" in run_rule and '-e ".[frontend]"' in makefile
