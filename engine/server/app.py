@@ -17,7 +17,7 @@ from engine.backends.contract import Backend
 from engine.backends.factory import make_backend
 from engine.core.atomic_files import remove_stale_parts
 from engine.queue.store import PromptQueue
-from engine.server import frontends
+from engine.server import frontends, log_ring, routes_frontend, routes_jobs, routes_user, routes_userdata
 from engine.server import routes_files, routes_generate, routes_info, routes_prompt, routes_workflows, uploads
 from engine.server.config import ServerConfig
 from engine.server.errors import ApiError, json_response
@@ -107,6 +107,9 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
     app.on_response_prepare.append(_security_headers)
     _add_routes(app, routes_prompt.routes() + routes_info.routes() + routes_files.routes() + uploads.routes())
     _add_routes(app, routes_generate.routes() + routes_workflows.routes())
+    _add_routes(app, routes_user.routes() + routes_userdata.routes() + routes_jobs.routes() + routes_frontend.routes())
+    routes_user.install(app)
+    log_ring.install()
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/api/ws", websocket_handler)
     frontends.add_static(app, config)  # last: its catch-all lets every route above win

@@ -20,6 +20,7 @@ import engine
 from engine.core.folders import DEFAULT_MODEL_FOLDERS
 from engine.memory.system_ram import ram_info
 from engine.server.errors import ApiError, json_response
+from engine.server.routes_frontend import extension_urls
 from engine.server.state import state_of
 
 # The ComfyUI protocol level these routes follow (clients read `comfyui_version`).
@@ -63,12 +64,8 @@ async def get_embeddings(request: web.Request) -> web.Response:
 
 
 async def get_extensions(request: web.Request) -> web.Response:
-    """Frontend extension scripts shipped under web/extensions (URLs, as ComfyUI lists them)."""
-    root = state_of(request).config.web_dir / "extensions"
-    if not root.is_dir():
-        return json_response([])
-    scripts = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.js") if p.is_file())
-    return json_response([f"/extensions/{name}" for name in scripts])
+    """fluxgraph's own frontend extension scripts (web/extensions/), as ComfyUI lists a node pack's WEB_DIRECTORY."""
+    return json_response(extension_urls(state_of(request).config.web_dir))
 
 
 def _memory() -> tuple[int, int]:
@@ -148,11 +145,6 @@ async def get_system_stats(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-async def get_users(request: web.Request) -> web.Response:
-    """ComfyUI's single-user answer: storage on the server, nothing for the frontend to migrate."""
-    return json_response({"storage": "server", "migrated": True})
-
-
 async def get_workflow_templates(request: web.Request) -> web.Response:
     """Example workflows of custom node packs, by pack: fluxgraph has none ({} as ComfyUI answers then)."""
     return json_response({})
@@ -164,5 +156,5 @@ def routes() -> list[tuple[str, str, Any]]:
         ("GET", "/features", get_features), ("GET", "/models", get_models),
         ("GET", "/models/{folder}", get_models_folder), ("GET", "/embeddings", get_embeddings),
         ("GET", "/extensions", get_extensions), ("GET", "/system_stats", get_system_stats),
-        ("GET", "/users", get_users), ("GET", "/workflow_templates", get_workflow_templates),
+        ("GET", "/workflow_templates", get_workflow_templates),
     ]
