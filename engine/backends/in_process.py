@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from engine.backends.contract import RunSink
-from engine.backends.worker_common import encode_preview, free_runtime
+from engine.backends.worker_common import encode_preview, free_runtime, run_preview_method
 from engine.core.context import InterruptFlag
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,10 @@ class InProcessBackend:
     name = "inprocess"
     concurrent = False
 
-    def __init__(self, runtime: Any, preview_size: int = 512) -> None:
+    def __init__(self, runtime: Any, preview_size: int = 512, preview_method: str = "auto") -> None:
         self.runtime = runtime
         self.preview_size = preview_size
+        self.preview_method = preview_method
         self._lock = threading.Lock()
         self._submitted: dict[str, InterruptFlag] = {}  # prompt id -> its token, until it ends
         self._running: str | None = None
@@ -60,11 +61,13 @@ class InProcessBackend:
 
     def execute(self, run: InProcessRun) -> Any:
         item, sink = run.item, run.sink
+        method = run_preview_method(item.extra_data, self.preview_method)
 
         def on_preview(prompt_id: str, node_id: str, preview: Any) -> None:
             try:
-                image_bytes, image_format = encode_preview(preview, self.preview_size)
-            except Exception:
+                image_bytes, image_format = encode_preview(preview, self.preview_size, method,
+                                                           self.runtime.folders)
+            except Exception:  # noqa: BLE001 - a preview that cannot be rendered is skipped, not the prompt
                 log.debug("preview could not be encoded", exc_info=True)
                 return
             sink.preview(image_bytes, image_format, node_id)
@@ -74,7 +77,8 @@ class InProcessBackend:
         try:
             return self.runtime.executor.execute(item.prompt, item.prompt_id, item.outputs_to_execute,
                                                  on_event=sink.event, extra_data=item.full_extra_data(),
-                                                 interrupt=run.interrupt, on_preview=on_preview)
+                                                 interrupt=run.interrupt,
+                                                 on_preview=None if method == "none" else on_preview)
         finally:
             with self._lock:
                 self._running = None

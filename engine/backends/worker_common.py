@@ -22,8 +22,24 @@ def free_runtime(runtime: Any, unload_models: bool, free_memory: bool) -> None:
             torch.cuda.empty_cache()
 
 
-def encode_preview(preview: Any, max_size: int) -> tuple[bytes, str]:
-    """A preview (PIL image, (format, PIL image) pair, IMAGE tensor or encoded bytes) -> (JPEG bytes, format)."""
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")  # ComfyUI's --preview-method names
+
+
+def run_preview_method(extra_data: dict | None, default: str) -> str:
+    """The run's preview method: the prompt's `extra_data.preview_method` (ComfyUI's per-prompt override; an
+    unknown value or ComfyUI's "default" means the server's), else the server's `--preview-method`."""
+    asked = (extra_data or {}).get("preview_method")
+    return asked if isinstance(asked, str) and asked in PREVIEW_METHODS else default
+
+
+def encode_preview(preview: Any, max_size: int, method: str = "auto", folders: Any = None) -> tuple[bytes, str]:
+    """A preview (PIL image, (format, PIL image) pair, IMAGE tensor, encoded bytes, or a sampler's latent
+    preview, rendered by `method` with the decoders of `folders`) -> (JPEG bytes, format)."""
+    render = getattr(preview, "render", None)
+    if callable(render):  # engine.sampling.previews.LatentPreview: torch is loaded already
+        preview = render(method, folders, max_size)
+        if preview is None:
+            raise ValueError(f"preview method {method!r} renders nothing")
     if isinstance(preview, (bytes, bytearray)):
         return bytes(preview), "JPEG"
     if isinstance(preview, tuple) and len(preview) >= 2:

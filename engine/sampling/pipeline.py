@@ -8,6 +8,9 @@ SamplerCustomAdvanced are three doors onto it:
   latent that the next run's scaling restores exactly;
 - a `noise_mask` keeps the unmasked area at the (re-noised) input latent at every step (inpainting);
 - `batch_index` picks each item's seed (see `noise.py`).
+
+`progress(step, total, preview)` is called once per step with a `LatentPreview` of that step's x0 estimate
+(cropped to the latent, FLUX.1 or FLUX.2); rendering it is the run's business (engine.sampling.previews).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from engine.sampling.guidance import FluxDenoiser
 from engine.sampling.model_inputs import add_model_inputs
 from engine.sampling.latents import pad_to_patch
 from engine.sampling.noise import StepNoise, diffusers_fill_noise, initial_noise, item_seeds
+from engine.sampling.previews import LatentPreview
 from engine.sampling.samplers import get_sampler
 from engine.sampling.schedules import FlowSchedule, flow_schedule
 
-Progress = Callable[[int, int], None]
+Progress = Callable[..., None]  # (step, total) or (step, total, preview: engine.sampling.previews.LatentPreview)
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,12 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
             denoise = _masked(denoiser, mask_at, padded_latent_in.to(device), padded_noise.to(device))
             x = x * mask + (1.0 - mask) * (sigma0 * padded_noise + (1.0 - sigma0) * padded_latent_in)
 
+        family = "flux2" if is_flux2(model) else "flux1"
+
         def on_step(i: int, _x: torch.Tensor, x0: torch.Tensor) -> None:
             last_x0[:] = [x0]
             if progress is not None:
-                progress(i + 1, total)
+                progress(i + 1, total, LatentPreview(x0[..., :height, :width], family))
 
         # sigmas stay on the CPU: samplers read them as scalars, which must not wait for the GPU
         out = run_sampler(denoise, x.to(device), sigmas, noise=step_noise, on_step=on_step,

@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.backends.factory import make_backend
 from engine.backends.runtime import Runtime
+from engine.backends.worker_common import PREVIEW_METHODS
 from engine.core.extra_model_paths import ExtraModelPathsError
 from engine.core.registry import node_packages
 from engine.memory.budget import add_memory_arguments, settings_from_args
@@ -75,6 +76,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{BUILTIN_PREFIX}/); default: comfyui when installed, else builtin")
     parser.add_argument("--front-end-root", default=None, metavar="DIR",
                         help="serve this folder (a built ComfyUI-style frontend holding index.html) at / instead")
+    parser.add_argument("--preview-method", choices=PREVIEW_METHODS, default="auto",
+                        help="live sampling previews: auto (taesd when a taef1/taef2 decoder is in "
+                             "models/vae_approx, else latent2rgb; the default), latent2rgb, taesd or none")
+    parser.add_argument("--preview-size", type=int, default=512, metavar="PIXELS",
+                        help="largest side of a live preview in pixels (default 512)")
     add_memory_arguments(parser)
 
 
@@ -92,6 +98,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
                 raise SystemExit(f"{flag} needs --executor ray")
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    if not 16 <= getattr(args, "preview_size", 512) <= 8192:
+        raise SystemExit("--preview-size must be between 16 and 8192")
     listen = [a.strip() for a in args.listen.split(",") if a.strip()] if args.listen else []
     try:
         memory = settings_from_args(args)
@@ -104,7 +112,9 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
                         memory=memory, executor=executor, ray_address=getattr(args, "ray_address", None),
                         workers=getattr(args, "workers", None),
                         ray_shared_storage=bool(getattr(args, "ray_shared_storage", False)),
-                        extra_model_paths=extra_model_path_files(args), frontend_dir=frontend_dir)
+                        extra_model_paths=extra_model_path_files(args), frontend_dir=frontend_dir,
+                        preview_method=getattr(args, "preview_method", "auto"),
+                        preview_size=getattr(args, "preview_size", 512))
 
 
 def build_runtime(base_dir: str | None, memory: Any = None, extra_model_paths: list[str] | None = None) -> Runtime:

@@ -28,7 +28,8 @@ class ServerConfig:
     web_dir: Path = PROJECT_ROOT / "web"  # the builtin editor (at / unless frontend_dir, always at /fluxgraph/editor/)
     frontend_dir: Path | None = None  # --front-end comfyui / --front-end-root: this folder is served at / instead
     workflows_dir: Path = PROJECT_ROOT / "workflows"
-    preview_size: int = 512
+    preview_size: int = 512  # --preview-size: a live preview's largest side
+    preview_method: str = "auto"  # --preview-method none|auto|latent2rgb|taesd (engine.sampling.previews)
     executor: str = "inprocess"  # "ray": prompts run on Ray actors (engine/backends/ray, docs/scaleout.md)
     ray_address: str | None = None  # an existing Ray cluster; None starts a local instance on loopback
     workers: int | None = None  # Ray workers (default: one per GPU, or 1 on a CPU-only machine)

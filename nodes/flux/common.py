@@ -43,7 +43,8 @@ def memory(ctx: Any) -> Any:
 
 
 def progress_callback(ctx: Any):
-    """Per-step progress that also honours interrupts (ctx.progress raises Interrupted)."""
+    """Per-step progress, with the step's preview (a LatentPreview the run renders by its preview method),
+    that also honours interrupts (ctx.progress raises Interrupted)."""
     if ctx is None:
         return None
-    return lambda step, total: ctx.progress(step, total)
+    return lambda step, total, preview=None: ctx.progress(step, total, preview)

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 from engine.backends.ray.files import file_records, record_key
 from engine.backends.runtime import Runtime
-from engine.backends.worker_common import encode_preview, free_runtime
+from engine.backends.worker_common import encode_preview, free_runtime, run_preview_method
 from engine.core.atomic_files import write_bytes_atomic
 from engine.core.context import InterruptFlag
 from engine.core.registry import NodeRegistry
@@ -52,6 +52,7 @@ class PromptActor:
         self.spec = spec
         self.shared = bool(spec.get("shared"))
         self.preview_size = int(spec.get("preview_size", 512))
+        self.preview_method = str(spec.get("preview_method", "auto"))
         folders = spec.get("folders") or {}
         self.private_dir = None if self.shared else Path(tempfile.mkdtemp(prefix=f"fluxgraph-{name}-"))
         registry = NodeRegistry()
@@ -130,16 +131,20 @@ class PromptActor:
                     channel.put(self._file_message(record))
             channel.put(("event", event, data))
 
+        method = run_preview_method(extra_data, self.preview_method)
+
         def on_preview(prompt_id: str, node_id: str, preview: Any) -> None:
             try:
-                image_bytes, image_format = encode_preview(preview, self.preview_size)
+                image_bytes, image_format = encode_preview(preview, self.preview_size, method,
+                                                           self.runtime.folders)
             except Exception:  # noqa: BLE001 - a preview that cannot be encoded is skipped, not the prompt
                 return
             channel.put(("preview", image_bytes, image_format, node_id))
 
         try:
             result = self.executor.execute(prompt, prompt_id, outputs, on_event=on_event, extra_data=extra_data,
-                                           interrupt=interrupt, on_preview=on_preview)
+                                           interrupt=interrupt,
+                                           on_preview=None if method == "none" else on_preview)
             channel.put(("result", result))
         except BaseException as exc:  # noqa: BLE001 - an engine bug: the server records it as the prompt's error
             channel.put(("crash", type(exc).__name__, str(exc), traceback.format_exception(exc)))

@@ -43,10 +43,12 @@ class RayBackend:
     name = "ray"
     concurrent = True
 
-    def __init__(self, runtime: Any, options: RayOptions | None = None, preview_size: int = 512) -> None:
+    def __init__(self, runtime: Any, options: RayOptions | None = None, preview_size: int = 512,
+                 preview_method: str = "auto") -> None:
         self.runtime = runtime
         self.options = options or RayOptions()
         self.preview_size = preview_size
+        self.preview_method = preview_method
         self.scheduler = Scheduler()
         self.identities = ModelIdentities(runtime.folders)
         self.store = OutputStore(runtime.folders)
@@ -90,7 +92,8 @@ class RayBackend:
         folders = self.runtime.folders
         spec: dict[str, Any] = {
             "node_packages": list(self.options.node_packages), "threads": self.options.threads_per_worker,
-            "preview_size": self.preview_size, "models_dir": str(folders.models_dir),
+            "preview_size": self.preview_size,
+            "preview_method": self.preview_method, "models_dir": str(folders.models_dir),
             "priority_model_dirs": {k: [str(p) for p in v] for k, v in folders.priority_model_dirs.items()},
             "extra_model_dirs": {k: [str(p) for p in v] for k, v in folders.extra_model_dirs.items()},
             "shared": self.options.shared_storage, "memory": self.options.memory,
