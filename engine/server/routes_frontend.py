@@ -34,6 +34,7 @@ TEMPLATE_PACKAGES = ("comfyui_workflow_templates_json", "comfyui_workflow_templa
                      "comfyui_workflow_templates_media_api", "comfyui_workflow_templates_media_image",
                      "comfyui_workflow_templates_media_video", "comfyui_workflow_templates_media_other",
                      "comfyui_workflow_templates_media_assets_01", "comfyui_workflow_templates_media_assets_02")
+EMPTY_TEMPLATE_FILES: dict[str, Any] = {"index.json": [], "index_logo.json": {}}
 LISTED_FOLDERS = tuple(k for k in DEFAULT_MODEL_FOLDERS if k != "configs")  # as ComfyUI's /experiment/models
 
 
@@ -165,8 +166,8 @@ async def get_template(request: web.Request) -> web.StreamResponse:
     check_relative_name(name, "template file")
     path = _template_file(name)
     if path is None:
-        if name == "index.json":
-            return json_response([])  # no templates package: an empty list the templates browser can show
+        if name in EMPTY_TEMPLATE_FILES:  # no templates package: empty answers the templates browser can show
+            return json_response(EMPTY_TEMPLATE_FILES[name])
         raise ApiError(404, "template_not_found", "Template file not found",
                        f"{name[:200]} (install comfyui-workflow-templates for the templates browser)")
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -132,7 +132,8 @@ async def get_system_stats(request: web.Request) -> web.Response:
         "python_version": sys.version,
         "pytorch_version": _package_version("torch"),
         "embedded_python": False,
-        "argv": _redacted_argv(),
+        # the frontend then never calls api.comfy.org (fluxgraph has no API nodes and works offline)
+        "argv": _redacted_argv() + ["--disable-api-nodes"],
         "machine": platform.machine(),
     }
     body = {"system": system, "devices": _devices(ram_total, ram_free)}

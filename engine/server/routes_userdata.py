@@ -28,6 +28,7 @@ from engine.server.user_files import check_relative_name
 # served as themselves; anything else (HTML, SVG, scripts) as a download, so a stored file never runs as a page
 INLINE_TYPES = frozenset({"application/json", "text/plain", "image/png", "image/jpeg", "image/webp", "image/gif"})
 CHUNK = 1024 * 1024
+STANDARD_DIRS = ("workflows", "subgraphs")  # folders the frontend lists at boot
 
 
 def _flag(request: web.Request, name: str, default: bool) -> bool:
@@ -78,6 +79,8 @@ async def list_userdata(request: web.Request) -> web.Response:
     recurse, full_info = _flag(request, "recurse", False), _flag(request, "full_info", False)
     split = _flag(request, "split", False)
     folder = resolve(user_root(request), directory, "dir")
+    if directory in STANDARD_DIRS:
+        folder.mkdir(parents=True, exist_ok=True)  # a fresh user lists [] instead of a 404 the browser logs
     if not folder.is_dir():
         raise ApiError(404, "directory_not_found", "Directory not found", directory[:200])
 
@@ -124,6 +127,8 @@ def _existing_file(request: web.Request, name: str) -> Path:
 
 async def get_userdata(request: web.Request) -> web.StreamResponse:
     name = request.match_info["file"]
+    if name == "user.css" and not resolve(user_root(request), name).is_file():
+        return web.Response(text="", content_type="text/css")  # index.html links it as a stylesheet
     path = _existing_file(request, name)
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     headers = {"Content-Type": content_type if content_type in INLINE_TYPES else "application/octet-stream",

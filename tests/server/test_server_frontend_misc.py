@@ -69,6 +69,7 @@ async def test_internal_folder_paths_and_logs(client):
 async def test_templates_without_the_package_are_empty_not_404(client):
     response = await client.get("/templates/index.json")
     assert response.status == 200 and await response.json() == []
+    assert await (await client.get("/templates/index_logo.json")).json() == {}
     response = await client.get("/templates/flux_dev.json")
     assert response.status == 404 and "error" in await response.json()
     assert (await client.get("/templates/..%2F..%2Fx.json")).status == 400
@@ -93,3 +94,7 @@ async def test_fluxgraph_extension_is_listed_and_served(aiohttp_client, tmp_path
     assert "registerExtension" in await response.text()
     missing = await client.get("/extensions/fluxgraph/nope.js")
     assert missing.status == 404
+
+
+async def test_system_stats_tells_the_frontend_to_stay_offline(client):
+    assert "--disable-api-nodes" in (await (await client.get("/api/system_stats")).json())["system"]["argv"]

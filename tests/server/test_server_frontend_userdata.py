@@ -130,3 +130,11 @@ async def test_userdata_active_types_are_not_served_as_pages(client):
     await client.post("/api/userdata/page.html", data=b"<script>alert(1)</script>")
     response = await client.get("/api/userdata/page.html")
     assert response.status == 200 and response.content_type == "application/octet-stream"
+
+
+async def test_fresh_user_lists_standard_folders_and_gets_an_empty_user_css(client):
+    for folder in ("workflows", "subgraphs"):
+        response = await client.get(f"/api/userdata?dir={folder}&recurse=true&split=false&full_info=true")
+        assert response.status == 200 and await response.json() == []
+    response = await client.get("/api/userdata/user.css")
+    assert response.status == 200 and response.content_type == "text/css"
