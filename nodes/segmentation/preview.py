@@ -5,7 +5,7 @@ from __future__ import annotations
 import colorsys
 from typing import Any
 
-from engine.core.schema import Boolean, Float, Output, Socket, node
+from engine.core.schema import Boolean, Float, NodeResult, Output, Socket, node
 from engine.core.types import IMAGE, SEGMENTATION
 
 ROW_HEIGHT = 14
@@ -78,7 +78,10 @@ def segmentation_preview(ctx: Any, image: Any, segmentation: Any, opacity: float
                  for i in range(out.shape[0])]
     rows = max(legend_rows([n for _, n in entries], width)[1] for entries in per_image)
     panels = torch.stack([draw_legend(entries, width, rows) for entries in per_image])
-    return (torch.cat([out, panels], dim=1),)
+    # The legend also goes to the editors as data (fluxgraph's extension lists it under the node).
+    present = sorted({entry for entries in per_image for entry in entries})
+    ui = {"legend": [{"label": name, "color": list(class_colour(c))} for c, name in present]}
+    return NodeResult(outputs=(torch.cat([out, panels], dim=1),), ui=ui)
 
 
 NODES = [segmentation_preview]

@@ -258,8 +258,12 @@ def test_preview_colours_classes_and_adds_a_legend(ctx, segmentation):
     cls = int(segmentation.label_map[0, 0, 0])
     assert plain.shape == image.shape
     assert torch.allclose(plain[0, 0, 0], torch.tensor(preview.class_colour(cls)) / 255.0)
-    [with_legend] = preview.segmentation_preview(ctx, image, segmentation, 0.5, True)
+    result = preview.segmentation_preview(ctx, image, segmentation, 0.5, True)
+    [with_legend] = result.outputs
     assert with_legend.shape[2] == 128 and with_legend.shape[1] > 96
+    present = sorted(segmentation.present_classes(0))
+    assert result.ui["legend"] == [{"label": segmentation.names[c], "color": list(preview.class_colour(c))}
+                                   for c in present]
     assert torch.allclose(with_legend[:, :96], image * 0.5 + plain * 0.5, atol=1e-6)
     with pytest.raises(ValueError, match="does not match the segmentation"):
         preview.segmentation_preview(ctx, image[:, :64], segmentation)
