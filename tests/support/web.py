@@ -194,7 +194,8 @@ class ServerProcess:
                "FLUXGRAPH_EXTRA_NODE_PACKAGES": "webtestnodes", "HF_HUB_OFFLINE": "1"}
         log = open(self.base_dir / f"server-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 - the child writes it
         self.process = subprocess.Popen([sys.executable, "-m", "engine.server", "--port", str(self.port),
-                                         "--base-dir", str(self.base_dir)], cwd=PROJECT_ROOT, env=env,
+                                         "--base-dir", str(self.base_dir), "--front-end", "builtin"],
+                                        cwd=PROJECT_ROOT, env=env,
                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -59,6 +59,8 @@ export class ServerApi {
   clearHistory() { return this.request("POST", "/history", { clear: true }); }
   listWorkflows() { return this.json("GET", "/workflows"); }
   getWorkflow(name) { return this.json("GET", `/workflows/${encodeURIComponent(name)}`); }
+  // UI workflow -> {status, ok, body: {prompt, ...}} or a 400 with node_errors.
+  convertWorkflow(workflow) { return this.request("POST", "/workflow/convert", { workflow }); }
 
   async uploadImage(file, { type = "input", subfolder = "", overwrite = false } = {}) {
     const form = new FormData();

@@ -9,9 +9,11 @@ import { downloadJson, jsonName, readWorkflowFile } from "./files.js";
 import { Graph } from "./graph.js";
 import { parseObjectInfo } from "./node_defs.js";
 import { QueuePanel } from "./queue_panel.js";
+import { UndoHistory } from "./history.js";
 import { RunMonitor, showNodeErrors } from "./run_state.js";
 import { SearchMenu } from "./search_menu.js";
 import { attachShortcuts } from "./shortcuts.js";
+import { SubgraphNavigator, usesSubgraphs } from "./subgraphs.js";
 import { detectFormat, loadApiPrompt, loadUiWorkflow, serializeWorkflow } from "./ui_format.js";
 
 const AUTOSAVE_KEY = "fluxgraph.workflow";
@@ -46,7 +48,10 @@ export class Editor {
       openSearch: (options) => this.openSearch(options),
       notify: (text, kind) => this.notify(text, kind),
       openContextMenu: (options) => this.shortcuts.openContextMenu(options),
+      openSubgraph: (nodeId) => this.subgraphs.open(nodeId),
     });
+    this.history = new UndoHistory(this.graph, this.canvas);
+    this.subgraphs = new SubgraphNavigator(this, this.$("subgraph-bar"));
     this.search = new SearchMenu(canvasRoot, defs);
     this.contextMenu = new ContextMenu(canvasRoot);
     this.monitor = new RunMonitor(this.canvas, api, {
@@ -54,6 +59,7 @@ export class Editor {
       onQueueSize: (n) => { this.$("queue-size").textContent = String(n); this.panel.scheduleRefresh(); },
       onRunChange: (promptId) => { document.body.classList.toggle("running", Boolean(promptId)); },
       onFinished: () => this.panel.scheduleRefresh(),
+      onProgress: (value, max) => this.showProgress(value, max),
     });
     this.panel = new QueuePanel(this.$("side-panel"), api, {
       notify: (text, kind) => this.notify(text, kind),
@@ -80,6 +86,54 @@ export class Editor {
     }
   }
 
+  // The step of the node running now, in the bar under the toolbar and in the tab's title ("[3/20] fluxgraph").
+  showProgress(value, max) {
+    const bar = this.$("global-progress");
+    this.baseTitle = this.baseTitle || document.title;
+    if (value === null || value === undefined) {
+      bar.classList.remove("active");
+      bar.firstElementChild.style.width = "0%";
+      bar.removeAttribute("data-value");
+      document.title = this.baseTitle;
+      return;
+    }
+    bar.classList.add("active");
+    bar.firstElementChild.style.width = `${(max > 0 ? Math.min(1, value / max) * 100 : 0).toFixed(1)}%`;
+    bar.dataset.value = `${value}/${max}`;
+    document.title = `[${value}/${max}] ${this.baseTitle}`;
+  }
+
+  // ------------------------------------------------------------ undo, definitions
+
+  undo() {
+    if (!this.history.undo()) { this.notify("Nothing to undo", "info"); return false; }
+    this.notify("Undone", "info");
+    return true;
+  }
+
+  redo() {
+    if (!this.history.redo()) { this.notify("Nothing to redo", "info"); return false; }
+    this.notify("Redone", "info");
+    return true;
+  }
+
+  // R: node definitions (and so the model and file lists of every combo) read again from /object_info.
+  async refreshDefinitions() {
+    let fresh;
+    try {
+      fresh = parseObjectInfo(await this.api.objectInfo());
+    } catch (error) {
+      this.notify(`Could not refresh the node definitions: ${error.message}`, "error");
+      return false;
+    }
+    this.defs.clear();
+    for (const [name, def] of fresh) this.defs.set(name, def);
+    for (const node of this.graph.nodes.values()) if (node.def && this.defs.has(node.type)) node.def = this.defs.get(node.type);
+    this.graph.emit("refresh", { nodeIds: [...this.graph.nodes.keys()] });
+    this.notify(`Refreshed the node definitions and model lists (${this.defs.size} node types)`, "info");
+    return true;
+  }
+
   // ------------------------------------------------------------ nodes
 
   openSearch({ clientX, clientY, worldPos, filter = null, onPick }) {
@@ -99,14 +153,23 @@ export class Editor {
     for (const view of this.canvas.views.values()) view.clearErrors();
   }
 
+  // The API prompt to queue: made here, or by the server when the workflow holds subgraphs.
+  async promptFor(workflow) {
+    if (!usesSubgraphs(this.graph)) return { prompt: graphToPrompt(this.graph) };
+    const answer = await this.api.convertWorkflow(workflow);
+    if (answer.ok) return { prompt: answer.body.prompt };
+    return { refused: answer };
+  }
+
   async queue(count = 1) {
+    if (this.subgraphs.inside) this.subgraphs.back({ all: true }); // the whole workflow runs
     this.clearErrors();
     for (let run = 0; run < count; run++) {
-      const prompt = graphToPrompt(this.graph);
       const workflow = serializeWorkflow(this.graph, { viewport: this.canvas.viewport });
       let answer;
       try {
-        answer = await this.api.queuePrompt({ client_id: this.clientId, prompt, extra_data: { extra_pnginfo: { workflow } } });
+        const { prompt, refused } = await this.promptFor(workflow);
+        answer = refused || await this.api.queuePrompt({ client_id: this.clientId, prompt, extra_data: { extra_pnginfo: { workflow } } });
       } catch (error) {
         this.notify(`Could not reach the server: ${error.message}`, "error");
         return false;
@@ -152,6 +215,7 @@ export class Editor {
   // Loads a UI- or API-format workflow (or a {prompt: ...} body); returns false if it is neither.
   load(json, name = "workflow") {
     const format = detectFormat(json);
+    if (format && this.subgraphs.inside) { this.subgraphs.stack = []; this.subgraphs.render(); }
     let warnings;
     if (format === "ui") warnings = loadUiWorkflow(this.graph, json);
     else if (format === "api") warnings = loadApiPrompt(this.graph, json);
@@ -354,6 +418,7 @@ export async function start() {
   if (!editor.graph.nodes.size && !new URLSearchParams(location.search).has("blank")) {
     await editor.openDefaultWorkflow();
   }
+  editor.history.reset();
   editor.connect();
   editor.notify(`${defs.size} node types available`, "info");
   document.body.dataset.ready = "true";

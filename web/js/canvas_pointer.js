@@ -1,6 +1,8 @@
 // Pointer handling on the canvas: drag nodes, draw links between typed sockets (refusing incompatible
 // ones), pan with the background, zoom with the wheel, box-select with Ctrl/Shift, resize nodes, and
-// open the node search on a double click or when a link is dropped on empty canvas.
+// open the node search on a double click (on the canvas or a node's title) or when a link is dropped on
+// empty canvas. A press outside a form field takes the keyboard focus away from any field being edited, so
+// Delete and the other shortcuts then act on the canvas.
 
 import { ConnectionRefused } from "./graph.js";
 import { typeColour } from "./types.js";
@@ -16,6 +18,7 @@ export function attachPointerHandling(view) {
     if (gesture) return;
     const target = event.target;
     if (target.closest(".search-menu, .context-menu")) return;
+    if (!target.closest(INTERACTIVE)) releaseFocus(view);
     if (event.button === 1) { gesture = panGesture(view, event); }
     else if (event.button !== 0) return;
     else if (target.closest(".socket")) gesture = linkGesture(view, event, target.closest(".socket"));
@@ -59,8 +62,7 @@ export function attachPointerHandling(view) {
 
   root.addEventListener("dblclick", (event) => {
     const target = event.target;
-    if (target.closest(".node-title-text")) { renameInPlace(view, nodeIdOf(target), target.closest(".node-title-text")); return; }
-    if (target.closest(".node")) return;
+    if (target.closest(".node") && !target.closest(".node-title")) return;
     view.hooks.openSearch({ clientX: event.clientX, clientY: event.clientY, worldPos: view.toWorld(event.clientX, event.clientY) });
   });
 
@@ -85,17 +87,30 @@ function toggleCollapse(view, nodeId) {
   view.graph.emit("mode", { node });
 }
 
-function renameInPlace(view, nodeId, titleEl) {
+// The field being typed into (a prompt, a number) gives the keyboard back: its change is committed by the
+// blur, and the canvas takes the focus so keys go to the shortcuts.
+function releaseFocus(view) {
+  const active = document.activeElement;
+  if (active instanceof HTMLElement && active !== view.root && active.closest(INTERACTIVE)) active.blur();
+  if (document.activeElement !== view.root) view.root.focus({ preventScroll: true });
+}
+
+// F2 or the node menu: the title becomes a text field (Enter keeps, Escape cancels).
+export function renameInPlace(view, nodeId) {
   const node = view.graph.nodes.get(nodeId);
+  const nodeView = view.views.get(nodeId);
+  if (!node || !nodeView) return;
+  const titleEl = nodeView.titleText;
   const field = el("input", { type: "text", className: "title-edit", value: node.title });
   titleEl.replaceChildren(field);
   field.focus();
   field.select();
   const commit = (keep) => {
     if (!field.isConnected) return;
-    if (keep && field.value.trim()) node.title = field.value.trim();
+    const renamed = keep && field.value.trim() && field.value.trim() !== node.title;
+    if (renamed) node.title = field.value.trim();
     titleEl.textContent = node.title;
-    view.graph.emit("mode", { node });
+    view.graph.emit(renamed ? "renamed" : "mode", { node });
   };
   field.addEventListener("keydown", (event) => {
     event.stopPropagation();

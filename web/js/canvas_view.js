@@ -31,7 +31,11 @@ export class CanvasView {
     this.resizeObserver = new ResizeObserver((entries) => {
       for (const entry of entries) {
         const view = this.views.get(Number(entry.target.dataset.nodeId));
-        if (view && !view.node.flags.collapsed) view.node.size = [entry.target.offsetWidth, entry.target.offsetHeight];
+        if (!view || view.node.flags.collapsed) continue;
+        const before = view.measured; // the height last seen (none on the first look: a fresh node)
+        view.measured = entry.target.offsetHeight;
+        view.node.size = [entry.target.offsetWidth, entry.target.offsetHeight];
+        if (before !== undefined && view.measured > before) this.makeRoomBelow(view, before);
       }
       this.scheduleLinks();
     });
@@ -50,8 +54,10 @@ export class CanvasView {
       case "link-removed": this.onLinkChange(event.link); break;
       case "value": { const view = this.views.get(event.node.id); if (view) view.refreshValue(event.inputName); break; }
       case "mode":
+      case "renamed":
       case "moved": { const view = this.views.get(event.node.id); if (view) view.refreshFrame(); this.scheduleLinks(); break; }
       case "cleared": for (const id of [...this.views.keys()]) this.removeView(id); this.renderGroups(); break;
+      case "groups": this.renderGroups(); break;
       case "loaded": this.rerenderAll(); break;
       case "refresh": for (const id of event.nodeIds) this.views.get(id)?.render(); this.scheduleLinks(); break;
       default: break;
@@ -101,6 +107,49 @@ export class CanvasView {
       if (group.color) box.style.setProperty("--group-colour", group.color);
       this.world.prepend(box);
     });
+  }
+
+  // The world rectangle a node covers now.
+  rectOf(view) {
+    const [x, y] = view.node.pos;
+    return [x, y, x + view.element.offsetWidth, y + view.element.offsetHeight];
+  }
+
+  // A node that grew (an image arrived, a text got longer) pushes down the nodes it now covers that it did
+  // not cover before (overlaps a user made on purpose stay), and those push on in turn.
+  makeRoomBelow(grown, oldHeight, gap = 20) {
+    const meets = (a, b) => a[0] < b[2] && a[2] > b[0] && a[1] < b[3] && a[3] > b[1];
+    const [gx0, gy0, gx1] = this.rectOf(grown);
+    const queue = [[grown, [gx0, gy0, gx1, gy0 + oldHeight]]];
+    const moved = new Set([grown.node.id]);
+    while (queue.length) {
+      const [view, before] = queue.shift();
+      const now = this.rectOf(view);
+      for (const other of this.views.values()) {
+        if (moved.has(other.node.id) || other.node.flags.collapsed) continue;
+        const rect = this.rectOf(other);
+        if (rect[1] < now[1] || !meets(rect, now) || meets(rect, before)) continue;
+        moved.add(other.node.id);
+        this.graph.moveNode(other.node.id, [other.node.pos[0], Math.round(now[3] + gap)]);
+        queue.push([other, rect]);
+      }
+    }
+  }
+
+  // Ctrl+G: a group box around the given nodes (saved in the workflow's `groups`, drawn behind the nodes).
+  groupNodes(nodeIds, title = "Group", padding = 12, titleHeight = 34) {
+    const views = nodeIds.map((id) => this.views.get(id)).filter(Boolean);
+    if (!views.length) return null;
+    const rects = views.map((view) => this.rectOf(view));
+    const x0 = Math.min(...rects.map((r) => r[0])) - padding;
+    const y0 = Math.min(...rects.map((r) => r[1])) - padding - titleHeight;
+    const x1 = Math.max(...rects.map((r) => r[2])) + padding;
+    const y1 = Math.max(...rects.map((r) => r[3])) + padding;
+    const group = { title, bounding: [Math.round(x0), Math.round(y0), Math.round(x1 - x0), Math.round(y1 - y0)],
+      color: "#3f789e", font_size: 24, flags: {} };
+    this.graph.groups = [...this.graph.groups, group];
+    this.graph.emit("groups");
+    return group;
   }
 
   rerenderAll() {

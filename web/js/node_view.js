@@ -29,7 +29,12 @@ export class NodeView {
     this.element.append(this.titleBar);
     this.body = el("div", { className: "node-body" });
     this.element.append(this.body);
-    if (node.isMissing) this.body.append(el("div", { className: "node-missing-text", text: `type '${node.type}' is not installed` }));
+    if (node.subgraph) {
+      const open = el("button", { type: "button", className: "node-open-subgraph", text: "open ⤵", title: "Show the nodes inside this subgraph" });
+      open.addEventListener("click", () => this.hooks.openSubgraph && this.hooks.openSubgraph(node.id));
+      this.body.append(el("div", { className: "node-subgraph-text" }, [
+        el("span", { text: `subgraph · ${(node.subgraph.nodes || []).length} nodes ` }), open]));
+    } else if (node.isMissing) this.body.append(el("div", { className: "node-missing-text", text: `type '${node.type}' is not installed` }));
     this.body.append(this.renderSockets());
     this.body.append(this.renderWidgets());
     this.preview = el("div", { className: "node-preview" });
@@ -146,7 +151,8 @@ export class NodeView {
     for (const cls of Object.values(MODE_CLASSES)) element.classList.remove(cls);
     if (MODE_CLASSES[node.mode]) element.classList.add(MODE_CLASSES[node.mode]);
     element.classList.toggle("node-collapsed", Boolean(node.flags.collapsed));
-    element.classList.toggle("node-missing", node.isMissing);
+    element.classList.toggle("node-missing", node.isMissing && !node.subgraph);
+    element.classList.toggle("node-subgraph", Boolean(node.subgraph));
     element.classList.toggle("node-output", Boolean(node.def && node.def.outputNode));
     this.titleText.textContent = node.title;
     this.collapseToggle.textContent = node.flags.collapsed ? "▸" : "▾";

@@ -2,7 +2,8 @@
 // nodes marked, images shown where `executed` says, errors on the failing node.
 
 export class RunMonitor {
-  // hooks: {notify(text, kind), onQueueSize(n), onRunChange(promptId | null), onFinished(promptId, outcome)}
+  // hooks: {notify(text, kind), onQueueSize(n), onRunChange(promptId | null), onFinished(promptId, outcome),
+  //         onProgress(value, max) (null when no node reports steps)}
   constructor(canvas, api, hooks) {
     this.canvas = canvas;
     this.api = api;
@@ -31,6 +32,7 @@ export class RunMonitor {
   }
 
   setExecuting(nodeId) {
+    if (this.hooks.onProgress) this.hooks.onProgress(null);
     if (this.executing) {
       this.executing.setExecuting(false);
       this.executing.setProgress(null);
@@ -70,6 +72,7 @@ export class RunMonitor {
       case "progress": {
         const view = this.canvas.viewFor(data.node) || this.executing;
         if (view) view.setProgress(Number(data.value), Number(data.max));
+        if (this.hooks.onProgress) this.hooks.onProgress(Number(data.value), Number(data.max));
         break;
       }
       case "executed":

@@ -1,7 +1,9 @@
 // Keyboard shortcuts, copy and paste, and the right-click menus of nodes and the canvas.
 //   Delete/Backspace remove · Ctrl+C/Ctrl+V copy/paste (Ctrl+Shift+V keeps incoming links) · Ctrl+A all
 //   Ctrl+B bypass · Ctrl+M mute · Ctrl+Enter queue · Ctrl+S save · Ctrl+O open · Escape close menus
+//   Ctrl+Z undo · Ctrl+Y / Ctrl+Shift+Z redo · Ctrl+G group the selection · F2 rename · R refresh the model lists
 
+import { renameInPlace } from "./canvas_pointer.js";
 import { pasteFragment, serializeWorkflow } from "./ui_format.js";
 
 const CLIPBOARD_KEY = "fluxgraph.clipboard";
@@ -24,6 +26,12 @@ export function attachShortcuts(editor) {
       const node = graph.nodes.get(id);
       graph.setMode(id, node.mode === mode ? 0 : mode);
     }
+  };
+
+  const groupSelected = () => {
+    if (!canvas.selection.size) return;
+    canvas.groupNodes([...canvas.selection]);
+    editor.notify(`Grouped ${canvas.selection.size} node${canvas.selection.size === 1 ? "" : "s"}`, "info");
   };
 
   const copy = () => {
@@ -69,8 +77,13 @@ export function attachShortcuts(editor) {
     if (typingInto(event.target)) return;
     if (event.key === "Escape") { editor.search.close(); editor.contextMenu.close(); return; }
     if (event.key === "Delete" || event.key === "Backspace") { event.preventDefault(); removeSelected(); return; }
+    if (event.key === "F2" && canvas.selection.size === 1) { event.preventDefault(); renameInPlace(canvas, [...canvas.selection][0]); return; }
+    if (!ctrl && !event.altKey && event.key.toLowerCase() === "r") { event.preventDefault(); editor.refreshDefinitions(); return; }
     if (!ctrl) return;
     switch (event.key.toLowerCase()) {
+      case "z": if (event.shiftKey) editor.redo(); else editor.undo(); break;
+      case "y": editor.redo(); break;
+      case "g": groupSelected(); break;
       case "c": copy(); break;
       case "v": paste(event.shiftKey); break;
       case "a": canvas.select([...graph.nodes.keys()]); break;
@@ -95,6 +108,9 @@ export function attachShortcuts(editor) {
       { label: node.mode === 4 ? "Stop bypassing" : "Bypass", id: "bypass", action: () => toggleMode(4) },
       { label: node.mode === 2 ? "Unmute" : "Mute", id: "mute", action: () => toggleMode(2) },
       { label: node.flags.collapsed ? "Expand" : "Collapse", id: "collapse", action: () => { node.flags.collapsed = !node.flags.collapsed; graph.emit("mode", { node }); } },
+      { label: "Rename (F2)", id: "rename", action: () => renameInPlace(canvas, nodeId) },
+      ...(node.subgraph ? [{ label: "Open subgraph", id: "open-subgraph", action: () => editor.subgraphs.open(nodeId) }] : []),
+      { label: "Group (Ctrl+G)", id: "group", action: groupSelected },
       null,
       { label: "Copy", id: "copy", action: copy },
       { label: "Clone", id: "clone", action: () => { copy(); pointer = [clientX + 30, clientY + 30]; paste(false); } },
@@ -102,5 +118,5 @@ export function attachShortcuts(editor) {
     ]);
   };
 
-  return { copy, paste, removeSelected, openContextMenu };
+  return { copy, paste, removeSelected, openContextMenu, groupSelected };
 }

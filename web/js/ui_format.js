@@ -142,8 +142,13 @@ function addRawNode(graph, raw, { id, pos }, warnings) {
   node.color = raw.color;
   node.bgcolor = raw.bgcolor;
   if (raw.properties && typeof raw.properties === "object") node.properties = { ...raw.properties };
+  const subgraph = node.isMissing ? findSubgraph(graph, raw.type) : null;
+  if (subgraph) {
+    node.subgraph = subgraph; // a subgraph instance: kept as saved, converted by the server when queued
+    if (!raw.title) node.title = subgraph.name || "Subgraph";
+  }
   if (node.isMissing) {
-    warnings.push(`node #${node.id}: type '${raw.type}' is not installed`);
+    if (!subgraph) warnings.push(`node #${node.id}: type '${raw.type}' is not installed`);
     node.missingInputs = (raw.inputs || []).map((input) => ({ name: input.name, type: input.type }));
     node.missingOutputs = (raw.outputs || []).map((output) => ({ name: output.name, type: output.type }));
     node.ensureOutputSlots(node.missingOutputs.length);
@@ -152,6 +157,12 @@ function addRawNode(graph, raw, { id, pos }, warnings) {
     applyWidgetValues(node, raw.widgets_values);
   }
   return node;
+}
+
+// The definition (`definitions.subgraphs[]`) of a node type that is a subgraph id, if it is one.
+export function findSubgraph(graph, type) {
+  const subgraphs = (graph.definitions && graph.definitions.subgraphs) || [];
+  return subgraphs.find((definition) => definition && definition.id === type) || null;
 }
 
 // Adds the links of a UI workflow; `rawNodes` maps file ids to file nodes, `ids` file ids to graph ids.
@@ -180,6 +191,7 @@ const IDENTITY = { get: (id) => id };
 // Loads a UI-format workflow into `graph` (cleared first). Returns warnings about what could not load.
 export function loadUiWorkflow(graph, workflow) {
   graph.clear();
+  graph.definitions = workflow.definitions; // before the nodes: a node may be an instance of a subgraph
   const warnings = [];
   const rawNodes = new Map();
   for (const raw of workflow.nodes) {
@@ -192,9 +204,6 @@ export function loadUiWorkflow(graph, workflow) {
   graph.groups = Array.isArray(workflow.groups) ? workflow.groups : [];
   graph.extra = workflow.extra && typeof workflow.extra === "object" ? { ...workflow.extra } : {};
   graph.definitions = workflow.definitions;
-  if (workflow.definitions && (workflow.definitions.subgraphs || []).length) {
-    warnings.push("this workflow uses subgraphs, which the editor shows as missing nodes");
-  }
   graph.emit("loaded");
   return warnings;
 }

@@ -124,8 +124,11 @@ function stringWidget(input, value, onChange) {
   field.value = value ?? "";
   if (input.tooltip) field.title = input.tooltip;
   field.addEventListener("input", () => onChange && onChange(field.value));
-  // Keys typed into text must not reach the canvas shortcuts (Delete would remove the node).
-  field.addEventListener("keydown", (event) => event.stopPropagation());
+  // Keys typed into text must not reach the canvas shortcuts (Delete would remove the node); Ctrl+Enter
+  // still queues.
+  field.addEventListener("keydown", (event) => {
+    if (!((event.ctrlKey || event.metaKey) && event.key === "Enter")) event.stopPropagation();
+  });
   return {
     element: field,
     setValue(v) { field.value = v ?? ""; },
