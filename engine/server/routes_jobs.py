@@ -7,7 +7,12 @@ A job: `id`, `status`, `priority` (the queue `number`), `create_time`, `executio
 nodeId, mediaType}`), `execution_error` (the executor's error message, for failed jobs), `workflow_id` (the
 editor's workflow id, when the prompt carries it). fluxgraph's queue statuses map as queued -> pending,
 running -> in_progress, success -> completed, error -> failed, interrupted -> cancelled.
-`/api/jobs/{id}` and its cancel stay fluxgraph's typed status (`routes_prompt`).
+
+`GET /api/jobs/{id}` answers the same record (same builders, so list and job agree) plus `outputs`,
+`execution_status` (history's status block, finished jobs) and `workflow` (`{prompt, extra_data}`), then
+fluxgraph's own fields under names ComfyUI does not use: `fluxgraph_status` (queued, running, success, error,
+interrupted), `prompt_id`, `number`, `resumed`, `queue_position`, `created_at`, `started_at`, `finished_at`,
+`execution_time`, `error`, and `worker` with `--executor ray`. Its cancel stays in `routes_prompt`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from typing import Any, Iterable
 
 from aiohttp import web
 
+from engine.queue.store import ERROR, INTERRUPTED, QUEUED, RUNNING, SUCCESS, PromptQueue, QueueItem
 from engine.server.errors import ApiError, json_response, query_int
 from engine.server.state import ServerState, state_of
 
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 SORT_KEYS = ("created_at", "execution_duration")
+# fluxgraph's queue status -> ComfyUI's job status (finished ones are told apart by history's messages, below)
+COMFY_STATUS = {QUEUED: "pending", RUNNING: "in_progress", SUCCESS: "completed", ERROR: "failed",
+                INTERRUPTED: "cancelled"}
 _ERROR_FIELDS = {"node_id": str, "node_type": str, "exception_message": str, "exception_type": str,
                  "traceback": list}
 
@@ -85,11 +94,11 @@ def _finished(prompt_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     messages = entry.get("status", {}).get("messages") or []
     kinds = {kind: data for kind, data in messages if isinstance(data, dict)}
     if entry.get("status", {}).get("completed"):
-        status = "completed"
+        status = COMFY_STATUS[SUCCESS]
     elif "execution_interrupted" in kinds:
-        status = "cancelled"
+        status = COMFY_STATUS[INTERRUPTED]
     else:
-        status = "failed"
+        status = COMFY_STATUS[ERROR]
     job = _base(prompt_id, status, number, extra_data, None)
     start = kinds.get("execution_start", {}).get("timestamp")
     end = next((kinds[k].get("timestamp") for k in ("execution_success", "execution_error", "execution_interrupted")
@@ -100,25 +109,72 @@ def _finished(prompt_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     if preview is not None:
         job["preview_output"] = preview
     error = kinds.get("execution_error")
-    if status == "failed" and error and all(isinstance(error.get(k), t) for k, t in _ERROR_FIELDS.items()):
+    if status == COMFY_STATUS[ERROR] and error and all(isinstance(error.get(k), t) for k, t in _ERROR_FIELDS.items()):
         job["execution_error"] = error
     return job
 
 
+def _running(queue: PromptQueue, item: QueueItem) -> dict[str, Any]:
+    info = queue.job(item.prompt_id) or {}
+    job = _base(item.prompt_id, COMFY_STATUS[RUNNING], item.number, item.extra_data, info.get("created_at"))
+    started = info.get("started_at")
+    job["execution_start_time"] = int(started * 1000) if started else None
+    return job
+
+
+def _pending(item: QueueItem) -> dict[str, Any]:
+    return _base(item.prompt_id, COMFY_STATUS[QUEUED], item.number, item.extra_data, None)
+
+
 def _all_jobs(state: ServerState) -> list[dict[str, Any]]:
     queue = state.queue
-    jobs = []
-    for item in queue.running():
-        info = queue.job(item.prompt_id) or {}
-        job = _base(item.prompt_id, "in_progress", item.number, item.extra_data, info.get("created_at"))
-        started = info.get("started_at")
-        job["execution_start_time"] = int(started * 1000) if started else None
-        jobs.append(job)
-    for item in queue.pending():
-        job = _base(item.prompt_id, "pending", item.number, item.extra_data, None)
-        jobs.append(job)
+    jobs = [_running(queue, item) for item in queue.running()]
+    jobs.extend(_pending(item) for item in queue.pending())
     jobs.extend(_finished(prompt_id, entry) for prompt_id, entry in queue.history().items())
     return jobs
+
+
+def _find(queue: PromptQueue, prompt_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+    """(list record, prompt, extra_data) of one job, looked up where a job moves on to: pending, running,
+    history; with `outputs` and `execution_status` for a finished one. None if it is in none of them."""
+    for item in queue.pending():
+        if item.prompt_id == prompt_id:
+            return _pending(item), item.prompt, item.extra_data
+    for item in queue.running():
+        if item.prompt_id == prompt_id:
+            return _running(queue, item), item.prompt, item.extra_data
+    entry = queue.history(prompt_id=prompt_id).get(prompt_id)
+    if entry is None:
+        return None
+    job = _finished(prompt_id, entry)
+    job["outputs"] = entry.get("outputs") or {}
+    job["execution_status"] = entry.get("status")
+    return job, entry["prompt"][2], entry["prompt"][3]
+
+
+_PHASES = {COMFY_STATUS[QUEUED]: QUEUED, COMFY_STATUS[RUNNING]: RUNNING}
+
+
+def job_detail(state: ServerState, prompt_id: str) -> dict[str, Any] | None:
+    """GET /api/jobs/{id}: the list's record, its outputs and workflow, then fluxgraph's typed status."""
+    queue = state.queue
+    for _ in range(5):  # a job that moved on (queued -> running -> finished) between two looks: look again
+        found = _find(queue, prompt_id)
+        typed = queue.job(prompt_id)
+        if typed is None:
+            return None
+        phase = typed["status"] if typed["status"] in (QUEUED, RUNNING) else "finished"
+        if found is not None and _PHASES.get(found[0]["status"], "finished") == phase:
+            break
+    else:
+        return None
+    job, prompt, extra_data = found
+    outputs = typed.pop("outputs")
+    job.setdefault("outputs", outputs)
+    job["workflow"] = {"prompt": prompt, "extra_data": extra_data}
+    job["fluxgraph_status"] = typed.pop("status")
+    job.update(typed)
+    return job
 
 
 def _duration(job: dict[str, Any]) -> float:
@@ -145,5 +201,17 @@ async def list_jobs(request: web.Request) -> web.Response:
         "total": total, "has_more": offset + len(page) < total}})
 
 
+async def get_job(request: web.Request) -> web.Response:
+    prompt_id = request.match_info["prompt_id"]
+    state = state_of(request)
+    job = await asyncio.get_running_loop().run_in_executor(None, job_detail, state, prompt_id)
+    if job is None:
+        raise ApiError(404, "unknown_prompt_id", "No job with this prompt_id", prompt_id)
+    placement = state.worker.backend.placement(prompt_id)
+    if placement is not None:
+        job["worker"] = placement  # the (last) worker that ran it, with --executor ray
+    return json_response(job)
+
+
 def routes() -> list[tuple[str, str, Any]]:
-    return [("GET", "/jobs", list_jobs)]
+    return [("GET", "/jobs", list_jobs), ("GET", "/jobs/{prompt_id}", get_job)]

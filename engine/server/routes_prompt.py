@@ -1,4 +1,7 @@
-"""Queue and execution routes: /prompt, /queue, /history, /interrupt, /free and the typed /api/jobs."""
+"""Queue and execution routes: /prompt, /queue, /history, /interrupt, /free and /api/jobs/{id}'s cancel.
+
+`GET /api/jobs` and `GET /api/jobs/{id}` (ComfyUI's job records) are in `routes_jobs`.
+"""
 
 from __future__ import annotations
 
@@ -208,19 +211,7 @@ def _delete_output_files(state: ServerState, entries: dict[str, Any]) -> None:
                     path.unlink(missing_ok=True)
 
 
-# ----------------------------------------------------------------------------- /api/jobs
-async def get_job(request: web.Request) -> web.Response:
-    prompt_id = request.match_info["prompt_id"]
-    state = state_of(request)
-    job = state.queue.job(prompt_id)
-    if job is None:
-        raise ApiError(404, "unknown_prompt_id", "No job with this prompt_id", prompt_id)
-    placement = state.worker.backend.placement(prompt_id)
-    if placement is not None:
-        job["worker"] = placement  # the (last) worker that ran it, with --executor ray
-    return json_response(job)
-
-
+# ----------------------------------------------------------------------------- /api/jobs/{id} cancel
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a pending prompt (recorded as interrupted) or interrupt the running one."""
     state = state_of(request)
@@ -248,6 +239,6 @@ def routes() -> list[tuple[str, str, Any]]:
         ("POST", "/interrupt", post_interrupt), ("POST", "/free", post_free),
         ("GET", "/history", get_history), ("GET", "/history/{prompt_id}", get_history_item),
         ("POST", "/history", post_history),
-        ("GET", "/jobs/{prompt_id}", get_job), ("POST", "/jobs/{prompt_id}/cancel", cancel_job),
+        ("POST", "/jobs/{prompt_id}/cancel", cancel_job),
         ("DELETE", "/jobs/{prompt_id}", cancel_job),
     ]

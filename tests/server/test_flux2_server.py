@@ -32,7 +32,7 @@ async def client(aiohttp_client, tmp_path):
 
 async def _image_of(client, prompt_id: str) -> np.ndarray:
     entry = await wait_for_job(client, prompt_id, timeout=120)
-    assert entry["status"] == "success", entry
+    assert entry["status"] == "completed", entry
     history = (await (await client.get(f"/history/{prompt_id}")).json())[prompt_id]
     record = next(iter(history["outputs"].values()))["images"][0]
     response = await client.get("/view", params=record)

@@ -43,7 +43,7 @@ async def generate(client, **request) -> tuple[dict, np.ndarray]:
     assert response.status == 200, await response.text()
     queued = await response.json()
     job = await wait_for_job(client, queued["prompt_id"], timeout=120)
-    assert job["status"] == "success", job
+    assert job["status"] == "completed", job
     entry = (await (await client.get(f"/history/{queued['prompt_id']}")).json())[queued["prompt_id"]]
     (record,) = [image for output in entry["outputs"].values() for image in output["images"]]
     raw = await (await client.get("/view", params=record)).read()

@@ -26,7 +26,7 @@ async def test_jobs_list_shapes_statuses_and_paging(client):
                                    "2": {"class_type": "TestShowInt", "inputs": {"value": ["1", 0]}}})
     await wait_for_job(client, failed)
     running = await _queue(client, sleep_graph(seconds=60, steps=600))
-    await wait_for_job(client, running, statuses=("running",))
+    await wait_for_job(client, running, statuses=("in_progress",))
     pending = await _queue(client, sleep_graph(value=2))
 
     capture = CAPTURES["GET /api/jobs?status=completed,failed&limit=5&offset=0"]

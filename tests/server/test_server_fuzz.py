@@ -376,6 +376,6 @@ def test_server_keeps_serving_after_the_fuzzing(server):
     assert not server.unhandled, [r.getMessage() for r in server.unhandled][:5]
     status, body = server.request("POST", "/prompt", json.dumps({"prompt": image_graph("afterfuzz")}).encode())
     assert status == 200, body
-    wait_until(lambda: server.request("GET", f"/api/jobs/{body['prompt_id']}")[1]["status"] == "success",
+    wait_until(lambda: server.request("GET", f"/api/jobs/{body['prompt_id']}")[1]["status"] == "completed",
                what="the prompt queued after the fuzzing to succeed")
     assert server.request("GET", "/object_info/EmptyImage")[0] == 200

@@ -125,11 +125,11 @@ def test_sigkill_mid_run_loses_nothing_and_resumes_the_running_prompt_once(tmp_p
 
     server = ServerProcess(base, packages, port)
     server.post("/prompt", slow_prompt("done"))
-    server.wait_for("done", ("success",))
+    server.wait_for("done", ("completed",))
     server.post("/prompt", slow_prompt("crash", first=120.0, later=1.5))  # only its first run is slow
     server.post("/prompt", slow_prompt("next1"))
     server.post("/prompt", slow_prompt("next2"))
-    server.wait_for("crash", ("running",))
+    server.wait_for("crash", ("in_progress",))
     wait_until(lambda: "crash" in (base / "runs.txt").read_text().split(), what="the crash prompt to start its node")
     server.kill(signal.SIGKILL)
     assert server.process.returncode == -signal.SIGKILL
@@ -143,7 +143,7 @@ def test_sigkill_mid_run_loses_nothing_and_resumes_the_running_prompt_once(tmp_p
         assert waiting == ["crash", "next1", "next2"]  # the resumed prompt first, the pending ones kept
         assert server.job("crash")["resumed"] is True
         for label in ("crash", "next1", "next2"):
-            assert server.wait_for(label, ("success", "error", "interrupted"))["status"] == "success"
+            assert server.wait_for(label, ("completed", "failed", "cancelled"))["status"] == "completed"
         entry = server.get("/history/crash")["crash"]
         assert entry["status"]["resumed"] is True and entry["outputs"]["1"]["text"] == ["crash"]
         assert (base / "runs.txt").read_text().split() == ["done", "crash", "crash", "next1", "next2"]
@@ -151,14 +151,14 @@ def test_sigkill_mid_run_loses_nothing_and_resumes_the_running_prompt_once(tmp_p
 
         # A graceful stop (SIGTERM) in the middle of a prompt puts it back: it runs again after the restart.
         server.post("/prompt", slow_prompt("graceful", first=120.0, later=0.0))
-        server.wait_for("graceful", ("running",))
+        server.wait_for("graceful", ("in_progress",))
     finally:
         server.kill(signal.SIGTERM)
     assert server.process.returncode in (0, -signal.SIGTERM)
     server = ServerProcess(base, packages, port)
     try:
-        job = server.wait_for("graceful", ("success", "error", "interrupted"))
-        assert job["status"] == "success" and job["resumed"] is True
+        job = server.wait_for("graceful", ("completed", "failed", "cancelled"))
+        assert job["status"] == "completed" and job["resumed"] is True
         assert (base / "runs.txt").read_text().split()[-2:] == ["graceful", "graceful"]
     finally:
         server.kill(signal.SIGTERM)

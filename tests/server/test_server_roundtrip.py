@@ -71,7 +71,7 @@ async def test_queue_image_graph_events_view_and_history(client):
     assert (await (await client.get("/api/history", params={"max_items": "1"})).json()).keys() == {prompt_id}
 
     job = await (await client.get(f"/api/jobs/{prompt_id}")).json()
-    assert job["status"] == "success" and job["outputs"] == entry["outputs"] and job["execution_time"] >= 0
+    assert job["status"] == "completed" and job["outputs"] == entry["outputs"] and job["execution_time"] >= 0
     await ws.close()
 
 
@@ -106,7 +106,7 @@ async def test_progress_and_execution_error_reach_the_client(client):
     entry = (await (await client.get(f"/history/{queued['prompt_id']}")).json())[queued["prompt_id"]]
     assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
     job = await wait_for_job(client, queued["prompt_id"])
-    assert job["status"] == "error" and "TestFail refuses 3" in job["error"]["message"]
+    assert job["status"] == "failed" and "TestFail refuses 3" in job["error"]["message"]
 
 
 async def test_events_go_only_to_the_prompts_client_and_progress_is_broadcast_without_one(client):
@@ -130,7 +130,7 @@ async def test_interrupting_an_anonymous_prompt_is_broadcast(client):
     watcher = await client.ws_connect("/ws?clientId=watcher")
     await receive_json(watcher)
     queued = await (await client.post("/prompt", json={"prompt": sleep_graph(4, seconds=5.0, steps=50)})).json()
-    await wait_for_job(client, queued["prompt_id"], statuses=("running",))
+    await wait_for_job(client, queued["prompt_id"], statuses=("in_progress",))
     await client.post("/interrupt")
     while True:
         message = await receive_json(watcher)
@@ -184,7 +184,7 @@ async def test_hundred_node_chain_with_comfy_message_shapes(client):
 
 async def test_worker_runs_off_the_event_loop(client):
     queued = await (await client.post("/prompt", json={"prompt": sleep_graph(9, seconds=60.0, steps=600)})).json()
-    await wait_for_job(client, queued["prompt_id"], statuses=("running",))
+    await wait_for_job(client, queued["prompt_id"], statuses=("in_progress",))
     for path in ("/queue", "/object_info", "/system_stats", "/prompt"):
         assert (await client.get(path)).status == 200
     # answered while the job sleeps (a minute of work, cut short by the interrupt below)
@@ -192,7 +192,7 @@ async def test_worker_runs_off_the_event_loop(client):
     assert [item[1] for item in queue["queue_running"]] == [queued["prompt_id"]]
     await client.post("/interrupt")
     job = await wait_for_job(client, queued["prompt_id"])
-    assert job["status"] == "interrupted"
+    assert job["status"] == "cancelled"
 
 
 async def test_static_editor_is_served_at_root(client):

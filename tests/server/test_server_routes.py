@@ -87,7 +87,7 @@ async def test_models_and_embeddings_list_files(client, tmp_path):
 
 async def test_queue_order_front_number_delete_and_clear(client):
     blocker = await (await client.post("/prompt", json={"prompt": sleep_graph(1, seconds=5.0, steps=50)})).json()
-    await wait_for_job(client, blocker["prompt_id"], statuses=("running",))
+    await wait_for_job(client, blocker["prompt_id"], statuses=("in_progress",))
     ids = []
     for index, extra in enumerate([{}, {}, {"front": True}, {"number": 0.5}]):
         body = await (await client.post("/prompt", json={"prompt": sleep_graph(10 + index), **extra})).json()
@@ -107,9 +107,9 @@ async def test_queue_order_front_number_delete_and_clear(client):
     # check passed (a step reports progress, then checks).
     watcher = await client.ws_connect("/ws?clientId=watcher")
     await progress_messages(watcher, blocker["prompt_id"], 2)
-    assert (await (await client.get(f"/api/jobs/{blocker['prompt_id']}")).json())["status"] == "running"
+    assert (await (await client.get(f"/api/jobs/{blocker['prompt_id']}")).json())["status"] == "in_progress"
     await client.post("/interrupt", json={"prompt_id": blocker["prompt_id"]})
-    assert (await wait_for_job(client, blocker["prompt_id"]))["status"] == "interrupted"
+    assert (await wait_for_job(client, blocker["prompt_id"]))["status"] == "cancelled"
     history = await (await client.get(f"/history/{blocker['prompt_id']}")).json()
     messages = [m[0] for m in history[blocker["prompt_id"]]["status"]["messages"]]
     assert messages[-1] == "execution_interrupted"
@@ -118,16 +118,17 @@ async def test_queue_order_front_number_delete_and_clear(client):
 async def test_jobs_report_typed_status_and_cancel_by_id(client):
     running = await (await client.post("/prompt", json={"prompt": sleep_graph(2, seconds=5.0, steps=50)})).json()
     pending = await (await client.post("/prompt", json={"prompt": sleep_graph(3)})).json()
-    await wait_for_job(client, running["prompt_id"], statuses=("running",))
+    await wait_for_job(client, running["prompt_id"], statuses=("in_progress",))
     job = await (await client.get(f"/api/jobs/{pending['prompt_id']}")).json()
-    assert job["status"] == "queued" and job["queue_position"] == 0 and job["outputs"] == {}
+    assert job["status"] == "pending" and job["fluxgraph_status"] == "queued"
+    assert job["queue_position"] == 0 and job["outputs"] == {}
     unknown = await client.get("/api/jobs/nope")
     assert unknown.status == 404 and (await unknown.json())["error"]["type"] == "unknown_prompt_id"
     cancel = await (await client.post(f"/api/jobs/{pending['prompt_id']}/cancel")).json()
     assert cancel == {"prompt_id": pending["prompt_id"], "cancelled": True, "status": "interrupted"}
-    assert (await (await client.get(f"/api/jobs/{pending['prompt_id']}")).json())["status"] == "interrupted"
+    assert (await (await client.get(f"/api/jobs/{pending['prompt_id']}")).json())["status"] == "cancelled"
     assert (await client.delete(f"/api/jobs/{running['prompt_id']}")).status == 200
-    assert (await wait_for_job(client, running["prompt_id"]))["status"] == "interrupted"
+    assert (await wait_for_job(client, running["prompt_id"]))["status"] == "cancelled"
     again = await client.post(f"/api/jobs/{running['prompt_id']}/cancel")
     assert again.status == 409 and (await again.json())["error"]["type"] == "job_finished"
 
@@ -143,10 +144,10 @@ async def test_cancel_before_the_executor_starts_is_not_lost(client):
 
     state.runtime.executor.execute = cancel_then_execute
     body = await (await client.post("/prompt", json={"prompt": sleep_graph(5, seconds=0.5, steps=5)})).json()
-    assert (await wait_for_job(client, body["prompt_id"]))["status"] == "interrupted"
+    assert (await wait_for_job(client, body["prompt_id"]))["status"] == "cancelled"
     state.runtime.executor.execute = original
     body = await (await client.post("/prompt", json={"prompt": sleep_graph(6)})).json()
-    assert (await wait_for_job(client, body["prompt_id"]))["status"] == "success"  # the next one is unaffected
+    assert (await wait_for_job(client, body["prompt_id"]))["status"] == "completed"  # the next one is unaffected
 
 
 async def test_history_paging_delete_clear_and_duplicate_ids(client):

@@ -47,7 +47,7 @@ async def test_a_linked_filename_prefix_with_a_line_break_fails_when_saving(clie
     assert response.status == 200, await response.json()
     prompt_id = (await response.json())["prompt_id"]
     job = await wait_for_job(client, prompt_id)
-    assert job["status"] == "error"
+    assert job["status"] == "failed"
     history = json.dumps(await (await client.get(f"/history/{prompt_id}")).json())
     assert "filename_prefix" in history and "control" in history
     assert not list((tmp_path / "output").rglob("*.png"))
@@ -57,7 +57,7 @@ async def test_plain_unicode_prefixes_still_save(client):
     prefix = "caf\u00e9/\u732b \u0645\u0631\u062d\u0628\u0627"  # accents, CJK, Arabic: not controls
     response = await client.post("/prompt", json={"prompt": image_graph(prefix)})
     assert response.status == 200, await response.json()
-    assert (await wait_for_job(client, (await response.json())["prompt_id"]))["status"] == "success"
+    assert (await wait_for_job(client, (await response.json())["prompt_id"]))["status"] == "completed"
 
 
 async def test_multiline_text_over_the_default_cap_is_refused(client):

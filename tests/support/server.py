@@ -143,7 +143,7 @@ async def progress_messages(ws: Any, prompt_id: str, count: int, timeout: float 
     return seen
 
 
-async def wait_for_job(client: Any, prompt_id: str, statuses=("success", "error", "interrupted"),
+async def wait_for_job(client: Any, prompt_id: str, statuses=("completed", "failed", "cancelled"),
                        timeout: float = DEADLINE) -> dict[str, Any]:
     job: dict[str, Any] = {}
 
