@@ -158,3 +158,168 @@ def test_frontend_extra_is_installed_by_make_run_and_make_test():
     assert '".[test,ray,export,frontend]"' in makefile  # make test's install: the browser tests run in CI
     run_rule = next(line for line in makefile.splitlines() if line.startswith("run:"))
     assert "$(VENV)/.installed-frontend" in run_rule and '-e ".[frontend]"' in makefile
+
+
+# ------------------------------------------------------------------------------------ in Chromium
+# One server and one browser for the module; each test opens its own page. The official frontend boots in a
+# few seconds; waits are on conditions (the app's own state, the DOM), never on fixed sleeps.
+
+BOOTED = "window.app && window.app.graph && window.app.vueAppReady"
+# The only 4xx the frontend asks for by design on a fresh user folder, answered exactly as ComfyUI answers it
+# (the frontend reads 404 as "no node templates saved"); anything else failing is a bug of our server.
+EXPECTED_MISSES = ("/api/userdata/comfy.templates.json",)
+
+
+class PageWatch:
+    """Everything that went wrong on a page: failed requests, answers >= 400, console errors, page errors."""
+
+    def __init__(self, page, origin: str) -> None:
+        self.problems: list[str] = []
+        self.binary_frames = 0
+        self.origin = origin
+        self._answered: set[int] = set()
+        page.on("requestfailed", self._failed)
+        page.on("response", self._response)
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text[:300]}"))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {str(e)[:300]}"))
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _failed(self, request) -> None:
+        # Chromium reports an answered request whose empty body the page never reads (the frontend's POST
+        # /settings/{id}, 200 with no body, as ComfyUI answers it) as aborted: not a failure of the server.
+        if request.failure == "net::ERR_ABORTED" and id(request) in self._answered:
+            return
+        self.problems.append(f"request failed: {request.method} {request.url} {request.failure}")
+
+    def _response(self, response) -> None:
+        if response.status < 400:
+            self._answered.add(id(response.request))
+        else:
+            self.problems.append(f"{response.status} {response.request.method} {response.url} "
+                                 f"({response.headers.get('content-type')})")
+
+    def _frame(self, payload) -> None:
+        if isinstance(payload, bytes):
+            self.binary_frames += 1
+
+    def unexpected(self) -> list[str]:
+        """Problems other than the expected misses (and the console line Chrome logs for each of them)."""
+        expected = [p for p in self.problems if any(self.origin + miss in p for miss in EXPECTED_MISSES)]
+        console_echoes = len(expected)
+        left = []
+        for problem in self.problems:
+            if problem in expected:
+                continue
+            if console_echoes and problem.startswith("console: Failed to load resource: the server responded "
+                                                     "with a status of 404"):
+                console_echoes -= 1
+                continue
+            left.append(problem)
+        return left
+
+
+@pytest.fixture(scope="module")
+def official_server(tmp_path_factory):
+    from tests.support.web import CHROMIUM, CHROMIUM_MISSING, LiveServer, tiny_zoo_models_dir
+
+    if OFFICIAL_DIR is None:
+        pytest.skip("comfyui-frontend-package is not installed (pip install -e '.[frontend]'; make test does)")
+    if not CHROMIUM.exists():
+        pytest.skip(CHROMIUM_MISSING)
+    base = tmp_path_factory.mktemp("official")
+    server = LiveServer(base, models_dir=tiny_zoo_models_dir(), frontend_dir=OFFICIAL_DIR).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(official_server):
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.web import launch_chromium
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, server, first_visit: bool = False):
+    """A page on the official frontend, booted; unless `first_visit`, as a returning user (the tutorial done,
+    so the templates browser does not open by itself)."""
+    if not first_visit:
+        _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True})
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    watch = PageWatch(page, server.url)
+    page.goto(server.url + "/")
+    page.wait_for_function(BOOTED, timeout=60_000)
+    return page, watch
+
+
+def _post_json(url: str, body) -> int:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status
+
+
+def _load_shipped_workflow(page, name: str = "flux_schnell_txt2img.json") -> None:
+    """Drops the shipped workflow file on the canvas, as a user drags it from the desktop."""
+    from tests.support.web import WORKFLOWS_DIR, drop_file
+
+    drop_file(page, (WORKFLOWS_DIR / name).read_bytes(), name, "application/json", target="#graph-canvas")
+    page.wait_for_function("app.graph.nodes.some(n => n.type === 'SamplerCustomAdvanced')", timeout=20_000)
+
+
+@pytest.mark.browser
+def test_boots_clean_and_lists_our_nodes(browser, official_server):
+    import json
+    import urllib.request
+
+    page, watch = _open(browser, official_server, first_visit=True)
+    try:
+        ours = set(json.loads(urllib.request.urlopen(official_server.url + "/api/object_info").read()))
+        registered = set(page.evaluate("Object.keys(LiteGraph.registered_node_types)"))
+        assert ours <= registered, f"not in the frontend: {sorted(ours - registered)[:10]}"
+        overlay = page.locator("[data-testid=dialog-overlay]")
+        overlay.wait_for(timeout=20_000)  # a first visit opens the templates browser
+        page.keyboard.press("Escape")
+        overlay.wait_for(state="hidden", timeout=20_000)
+        page.click("[data-testid=node-library-tab-button]")
+        search = page.locator("input[placeholder='Search Nodes...']")
+        search.fill("FluxGuidance")
+        page.get_by_text("FluxGuidance").first.wait_for(timeout=15_000)
+        page.evaluate("new Promise(r => requestAnimationFrame(() => r()))")
+        assert watch.unexpected() == []
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_flux_workflow_runs_and_its_image_shows(browser, official_server):
+    from tests.support.web import screenshot
+
+    page, watch = _open(browser, official_server)
+    try:
+        _load_shipped_workflow(page)
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.wait_for_function("app.nodeOutputs?.['9']?.images?.length > 0", timeout=60_000)
+        filename = page.evaluate("app.nodeOutputs['9'].images[0].filename")
+        assert filename.startswith("flux_schnell_")
+        # the sampler node got live previews (binary frames), the SaveImage node its image once on screen
+        assert "13" in page.evaluate("Object.keys(app.nodePreviewImages || {})")
+        page.evaluate("app.canvas.centerOnNode(app.graph.getNodeById(9))")  # on screen: the canvas draws it
+        page.wait_for_function("(() => { app.canvas.setDirty(true, true); const n = app.graph.getNodeById(9);"
+                               " return n.imgs?.length > 0 && n.imgs[0].complete && n.imgs[0].naturalWidth > 0 })()",
+                               timeout=20_000)
+        # in the queue / media panel
+        page.click("[data-testid=assets-tab-button]")
+        page.locator(f"img[src*='filename={filename}']").first.wait_for(timeout=20_000)
+        assert watch.binary_frames > 0, "no binary preview frame arrived over the websocket while sampling"
+        screenshot(page, "official_flux_schnell_run")
+        assert watch.unexpected() == []
+    finally:
+        page.close()
