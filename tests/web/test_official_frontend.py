@@ -165,9 +165,10 @@ def test_frontend_extra_is_installed_by_make_run_and_make_test():
 # few seconds; waits are on conditions (the app's own state, the DOM), never on fixed sleeps.
 
 BOOTED = "window.app && window.app.graph && window.app.vueAppReady"
-# The only 4xx the frontend asks for by design on a fresh user folder, answered exactly as ComfyUI answers it
+# The only 4xx answers the frontend asks for by design on a fresh user folder, answered exactly as ComfyUI answers it
 # (the frontend reads 404 as "no node templates saved"); anything else failing is a bug of our server.
-EXPECTED_MISSES = ("/api/userdata/comfy.templates.json",)
+# workflows/.index.json holds the user's bookmarks once one is set: 404 means "none yet".
+EXPECTED_MISSES = ("/api/userdata/comfy.templates.json", "/api/userdata/workflows%2F.index.json")
 
 
 class PageWatch:
@@ -320,6 +321,93 @@ def test_flux_workflow_runs_and_its_image_shows(browser, official_server):
         page.locator(f"img[src*='filename={filename}']").first.wait_for(timeout=20_000)
         assert watch.binary_frames > 0, "no binary preview frame arrived over the websocket while sampling"
         screenshot(page, "official_flux_schnell_run")
+        assert watch.unexpected() == []
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_a_workflow_saved_in_the_ui_is_listed_after_a_reload(browser, official_server):
+    import json
+    import urllib.request
+
+    page, watch = _open(browser, official_server)
+    try:
+        _load_shipped_workflow(page)
+        page.keyboard.press("Control+s")  # the frontend asks for a name, then writes it to /userdata
+        name_box = page.get_by_role("dialog").locator("input").first
+        name_box.wait_for(timeout=15_000)
+        name_box.fill("saved_in_the_ui")
+        name_box.press("Enter")
+        listing_url = official_server.url + "/api/userdata?dir=workflows"
+        from tests.support.waiting import wait_until
+
+        wait_until(lambda: "saved_in_the_ui.json" in json.loads(urllib.request.urlopen(listing_url).read()),
+                   what="the saved workflow on the server")
+        page.reload()
+        page.wait_for_function(BOOTED, timeout=60_000)
+        page.click("[data-testid=workflows-tab-button]")
+        page.get_by_text("saved_in_the_ui").first.wait_for(timeout=15_000)
+        assert watch.unexpected() == []
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_a_setting_survives_a_server_restart(browser, official_server):
+    page, watch = _open(browser, official_server)
+    try:
+        page.evaluate("app.extensionManager.setting.set('Comfy.Graph.ZoomSpeed', 1.37)")
+        page.wait_for_function("fetch('/api/settings').then(r => r.json())"
+                               ".then(s => s['Comfy.Graph.ZoomSpeed'] === 1.37)", timeout=15_000)
+        official_server.stop()
+        official_server.start()  # same port and base folder: a restart
+        watch.problems.clear()  # while the server was down the page's polls were refused, as they should be
+        page.reload()
+        page.wait_for_function(BOOTED, timeout=60_000)
+        assert page.evaluate("app.extensionManager.setting.get('Comfy.Graph.ZoomSpeed')") == 1.37
+        down = ("ERR_CONNECTION_REFUSED", "Failed to fetch")  # the page's polls while the server was down
+        assert [p for p in watch.unexpected() if not any(d in p for d in down)] == []
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_an_error_on_a_bad_input_is_shown_on_the_node(browser, official_server):
+    page, watch = _open(browser, official_server)
+    try:
+        _load_shipped_workflow(page)
+        page.evaluate("app.graph.getNodeById(10).widgets.find(w => w.name === 'unet_name').value = "
+                      "'no-such-model.safetensors'")
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.wait_for_function("app.graph.getNodeById(10).has_errors === true", timeout=30_000)
+        assert not page.evaluate("app.graph.getNodeById(13).has_errors")
+        errors = page.evaluate("JSON.stringify(app.extensionManager?.errors ?? null)")
+        overlay = page.locator("[data-testid=error-overlay]")
+        overlay.wait_for(timeout=15_000)
+        assert "unet_name" in overlay.inner_text() or "no-such-model" in overlay.inner_text() or errors
+        # the refused prompt (400 from POST /prompt, with its node_errors) is the only failure
+        assert [p for p in watch.unexpected() if "/api/prompt" not in p and "status of 400" not in p
+                and "PromptExecutionError" not in p] == []
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_a_template_from_the_templates_browser_loads(browser, official_server):
+    import importlib.util
+
+    if importlib.util.find_spec("comfyui_workflow_templates") is None:
+        pytest.skip("comfyui-workflow-templates (optional, not a fluxgraph dependency) is not installed: the "
+                    "templates browser is empty")
+    page, watch = _open(browser, official_server)
+    try:
+        page.get_by_role("button", name="Templates").first.click()
+        card = page.locator("[data-testid^=template-workflow-]").first
+        card.wait_for(timeout=20_000)
+        before = page.evaluate("app.graph.nodes.length")
+        card.click()
+        page.wait_for_function(f"app.graph.nodes.length > 0 && app.graph.nodes.length !== {before}", timeout=20_000)
         assert watch.unexpected() == []
     finally:
         page.close()
