@@ -22,12 +22,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test,ray,export,frontend]"
+	$(PIP) install -q -e ".[test,ray,export,frontend,templates]"
 	touch $@
 
 # ComfyUI's official frontend (the optional 'frontend' extra), served at / by `make run`.
 $(VENV)/.installed-frontend: $(VENV)/.installed
-	$(PIP) install -q -e ".[frontend]"
+	$(PIP) install -q -e ".[frontend,templates]"
 	touch $@
 
 install: $(VENV)/.installed
