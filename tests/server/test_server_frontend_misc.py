@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+from engine.server import routes_frontend
 from engine.server.app import create_app
 from engine.server.config import PROJECT_ROOT
 from tests.support.reference import REFERENCE_DIR
@@ -66,13 +67,23 @@ async def test_internal_folder_paths_and_logs(client):
     assert (await client.post("/internal/logs/subscribe", json={"enabled": True, "clientId": "x"})).status == 200
 
 
-async def test_templates_without_the_package_are_empty_not_404(client):
+async def test_templates_without_the_package_are_empty_not_404(client, monkeypatch):
+    monkeypatch.setattr(routes_frontend, "TEMPLATE_PACKAGES", ("fluxgraph_no_such_templates_package",))
     response = await client.get("/templates/index.json")
     assert response.status == 200 and await response.json() == []
     assert await (await client.get("/templates/index_logo.json")).json() == {}
     response = await client.get("/templates/flux_dev.json")
     assert response.status == 404 and "error" in await response.json()
     assert (await client.get("/templates/..%2F..%2Fx.json")).status == 400
+
+
+async def test_templates_come_from_the_installed_package(client):
+    pytest.importorskip("comfyui_workflow_templates_json")  # the 'templates' extra, installed by make test
+    index = await (await client.get("/templates/index.json")).json()
+    names = {template["name"] for group in index for template in group["templates"]}
+    assert "flux_schnell" in names
+    workflow = await client.get("/templates/flux_schnell.json")
+    assert workflow.status == 200 and "nodes" in await workflow.json()
 
 
 async def test_user_css(client, tmp_path):
