@@ -12,33 +12,12 @@ import json
 import pytest
 from PIL import Image
 
-from tests.support.web import (CHROMIUM, CHROMIUM_MISSING, WORKFLOWS_DIR, LiveServer, add_node_by_search, centre,
-                               drag, input_socket, launch_chromium, load_workflow, node_ids, node_selector,
+from tests.support.web import (WORKFLOWS_DIR, add_node_by_search, centre,
+                               drag, input_socket, load_workflow, node_ids, node_selector,
                                open_editor, output_socket, saved_workflow, screenshot, widget)
 from tests.support.waiting import wait_until
 
 FIXTURES = WORKFLOWS_DIR.parent / "tests" / "fixtures" / "ui"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.skip(CHROMIUM_MISSING)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = launch_chromium(playwright)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(CHROMIUM_MISSING)
-    live = LiveServer(tmp_path_factory.mktemp("editor-gaps")).start()
-    yield live
-    live.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import pytest
 from engine.core.folders import FolderPaths
 from engine.core.schema import NodeSchema
 from engine.workflow.widgets import has_control_widget, upload_sentinel, widget_inputs
-from tests.support.web import (ALLOWED_URLS, CHROMIUM, CHROMIUM_MISSING, NO_EXTERNAL_URL, WEB_DIR, LiveServer,
+from tests.support.web import (ALLOWED_URLS, NO_EXTERNAL_URL, WEB_DIR, LiveServer,
                                ServerProcess,
                                add_node_by_search, current_prompt, drag, drop_file, editor_input_kind,
-                               editor_node_layout, editor_registry, input_socket, launch_chromium, link_count,
+                               editor_node_layout, editor_registry, input_socket, link_count,
                                load_workflow, node_selector, open_editor, output_socket, saved_workflow,
                                screenshot, tiny_zoo_models_dir, watch_node, node_states, widget,
                                WORKFLOWS_DIR)
@@ -92,27 +92,6 @@ def test_reference_captures_map_like_comfyui(node, sockets, length):
 # ------------------------------------------------------------------------------------ in the browser
 
 browser = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.skip(CHROMIUM_MISSING)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = launch_chromium(playwright)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(CHROMIUM_MISSING)
-    live = LiveServer(tmp_path_factory.mktemp("editor-server")).start()
-    yield live
-    live.stop()
 
 
 @pytest.fixture(scope="module")
