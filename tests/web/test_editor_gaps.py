@@ -9,34 +9,14 @@ Screenshots go to tests/artifacts/ for looking at; nothing compares pixels.
 from __future__ import annotations
 
 import json
-import pytest
 from PIL import Image
 
 from tests.support.web import (WORKFLOWS_DIR, add_node_by_search, centre,
                                drag, input_socket, load_workflow, node_ids, node_selector,
-                               open_editor, output_socket, saved_workflow, screenshot, widget)
+                               output_socket, saved_workflow, screenshot, widget)
 from tests.support.waiting import wait_until
 
 FIXTURES = WORKFLOWS_DIR.parent / "tests" / "fixtures" / "ui"
-
-
-@pytest.fixture(scope="module")
-def browser_context(chromium, server):
-    context = chromium.new_context(viewport={"width": 1400, "height": 850})
-    context.add_init_script("window.localStorage.clear(); window.sessionStorage.clear();")
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def page(browser_context, server):
-    opened = browser_context.new_page()
-    problems: list[str] = []
-    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    open_editor(opened, server.url)
-    yield opened
-    opened.close()
-    assert not problems, problems
 
 
 def steps_workflow(steps: int = 4, seconds: float = 0.05) -> dict:

@@ -94,27 +94,6 @@ def test_reference_captures_map_like_comfyui(node, sockets, length):
 browser = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def browser_context(chromium, server):
-    """One browser context for the module (a new one costs ~0.5 s); every page starts with empty storage,
-    so no test sees another's autosaved canvas or clipboard."""
-    context = chromium.new_context(viewport={"width": 1400, "height": 850}, accept_downloads=True)
-    context.add_init_script("window.localStorage.clear(); window.sessionStorage.clear();")
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def page(browser_context, server):
-    opened = browser_context.new_page()
-    problems: list[str] = []
-    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    open_editor(opened, server.url)
-    yield opened
-    opened.close()
-    assert not problems, problems
-
-
 def steps_workflow(width: int = 32, steps: int = 4, seconds: float = 0.05) -> dict:
     """EmptyImage -> Slow Steps (test) -> Save Image, in API format."""
     return {
