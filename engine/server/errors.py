@@ -99,6 +99,18 @@ def expect_id_list(body: dict[str, Any], key: str) -> list[str]:
 MAX_QUERY_INT = 2**31 - 1  # far beyond any history size; SQLite and the queue never see a wider number
 
 
+def query_bool(request: web.Request, name: str, default: bool) -> bool:
+    """A true/false (or 1/0) query parameter; 400 `invalid_query` naming it otherwise."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise ApiError(400, "invalid_query", f"Query parameter '{name}' must be true or false", f"got {raw[:50]!r}")
+
+
 def query_int(request: web.Request, name: str, default: int | None = None, minimum: int = 0,
               maximum: int = MAX_QUERY_INT) -> int | None:
     """An integer query parameter within [minimum, maximum]; 400 `invalid_query` naming it otherwise."""

@@ -10,7 +10,6 @@ included). Writes are atomic and limited to `--max-upload-size`.
 from __future__ import annotations
 
 import asyncio
-import errno
 import mimetypes
 import os
 from pathlib import Path
@@ -19,11 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from engine.core.atomic_files import TEMP_NAME, atomic_write
-from engine.core.folders import UnsafePathError, contained_path
-from engine.server.errors import ApiError, json_response
+from engine.server.errors import ApiError, json_response, query_bool
 from engine.server.routes_user import user_root
 from engine.server.state import state_of
-from engine.server.user_files import check_relative_name
+from engine.server.user_files import check_relative_name, contained_or_error
 
 # served as themselves; anything else (HTML, SVG, scripts) as a download, so a stored file never runs as a page
 INLINE_TYPES = frozenset({"application/json", "text/plain", "image/png", "image/jpeg", "image/webp", "image/gif"})
@@ -31,28 +29,10 @@ CHUNK = 1024 * 1024
 STANDARD_DIRS = ("workflows", "subgraphs")  # folders the frontend lists at boot
 
 
-def _flag(request: web.Request, name: str, default: bool) -> bool:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("true", "1"):
-        return True
-    if raw.lower() in ("false", "0"):
-        return False
-    raise ApiError(400, "invalid_query", f"Query parameter '{name}' must be true or false", f"got {raw[:50]!r}")
-
-
 def resolve(root: Path, name: str, what: str = "file") -> Path:
     """`root / name`, checked as /view checks names (400) and contained in `root` (403)."""
     check_relative_name(name, what)
-    try:
-        return contained_path(root, name.replace("\\", "/"))
-    except UnsafePathError as exc:
-        raise ApiError(403, "path_outside_folder", "The path leaves the user's folder", str(exc)) from None
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        reason = "a symlink loop" if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP \
-            else (exc.strerror or type(exc).__name__)
-        raise ApiError(400, "unresolvable_path", "The path cannot be resolved", f"{reason}: {name!r:.200}") from None
+    return contained_or_error(root, name.replace("\\", "/"), name, leaves="the user's folder")
 
 
 def _file_info(path: Path, relative: str) -> dict[str, Any]:
@@ -76,8 +56,8 @@ async def list_userdata(request: web.Request) -> web.Response:
     directory = request.query.get("dir", "")
     if not directory:
         raise ApiError(400, "missing_dir", "Query parameter 'dir' is required", "e.g. ?dir=workflows")
-    recurse, full_info = _flag(request, "recurse", False), _flag(request, "full_info", False)
-    split = _flag(request, "split", False)
+    recurse, full_info = query_bool(request, "recurse", False), query_bool(request, "full_info", False)
+    split = query_bool(request, "split", False)
     folder = resolve(user_root(request), directory, "dir")
     if directory in STANDARD_DIRS:
         folder.mkdir(parents=True, exist_ok=True)  # a fresh user lists [] instead of a 404 the browser logs
@@ -139,7 +119,7 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
 async def post_userdata(request: web.Request) -> web.Response:
     """The raw body becomes the file (folders created); the answer is its path, or its info with full_info."""
     name = request.match_info["file"]
-    overwrite, full_info = _flag(request, "overwrite", True), _flag(request, "full_info", False)
+    overwrite, full_info = query_bool(request, "overwrite", True), query_bool(request, "full_info", False)
     root = user_root(request)
     path = resolve(root, name)
     if path == root or path.is_dir():
@@ -174,7 +154,7 @@ async def delete_userdata(request: web.Request) -> web.Response:
 
 async def move_userdata(request: web.Request) -> web.Response:
     source_name, dest_name = request.match_info["file"], request.match_info["dest"]
-    overwrite, full_info = _flag(request, "overwrite", True), _flag(request, "full_info", False)
+    overwrite, full_info = query_bool(request, "overwrite", True), query_bool(request, "full_info", False)
     root = user_root(request)
     source = _existing_file(request, source_name)
     dest = resolve(root, dest_name, "destination")

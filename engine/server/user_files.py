@@ -61,13 +61,19 @@ def resolve_user_file(folders: Any, filename: str, file_type: str, subfolder: st
         raise ApiError(400, "invalid_type", "Unknown file type", f"type {file_type[:50]!r}; expected one of "
                        f"{list(FILE_TYPES)}")
     root = folders.directory(file_type)
+    shown = (subfolder + "/" if subfolder else "") + filename
+    folder = contained_or_error(root, subfolder, shown) if subfolder else root.resolve()
+    return contained_or_error(folder, filename, shown)
+
+
+def contained_or_error(root: Path, name: str, shown: str, leaves: str = "its folder") -> Path:
+    """`contained_path(root, name)` in the server's error shape: 403 when it would leave `root` (through the
+    name or a symlink), 400 when the file system cannot resolve it (a symlink loop); `shown` names it."""
     try:
-        folder = contained_path(root, subfolder) if subfolder else root.resolve()
-        return contained_path(folder, filename)
+        return contained_path(root, name)
     except UnsafePathError as exc:
-        raise ApiError(403, "path_outside_folder", "The path leaves its folder", str(exc)) from None
+        raise ApiError(403, "path_outside_folder", f"The path leaves {leaves}", str(exc)) from None
     except (OSError, RuntimeError) as exc:  # Python < 3.13 reports a symlink loop as RuntimeError
         reason = "a symlink loop" if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP \
             else (exc.strerror or type(exc).__name__)
-        raise ApiError(400, "unresolvable_path", "The path cannot be resolved", f"{reason}: "
-                       f"{(subfolder + '/' if subfolder else '') + filename!r:.200}") from None
+        raise ApiError(400, "unresolvable_path", "The path cannot be resolved", f"{reason}: {shown!r:.200}") from None
