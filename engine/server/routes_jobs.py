@@ -25,6 +25,7 @@ from aiohttp import web
 from engine.queue.store import ERROR, INTERRUPTED, QUEUED, RUNNING, SUCCESS, PromptQueue, QueueItem
 from engine.server.errors import ApiError, json_response, query_int
 from engine.server.state import ServerState, state_of
+from engine.workflow.ui_format import carried_workflow
 
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 SORT_KEYS = ("created_at", "execution_duration")
@@ -72,8 +73,7 @@ def _outputs_summary(outputs: dict[str, Any]) -> tuple[int, dict[str, Any] | Non
 
 
 def _workflow_id(extra_data: dict[str, Any]) -> str | None:
-    workflow = (extra_data.get("extra_pnginfo") or {}).get("workflow") if isinstance(
-        extra_data.get("extra_pnginfo"), dict) else None
+    workflow = carried_workflow(extra_data)
     value = workflow.get("id") if isinstance(workflow, dict) else None
     return value if isinstance(value, str) else None
 

@@ -13,6 +13,8 @@ import json
 from pathlib import PurePosixPath
 from typing import Any, Iterable
 
+from engine.workflow.ui_format import carried_workflow
+
 HINT_FIELDS = ("name", "url", "directory")
 MISSING_MODEL_ERRORS = ("value_not_in_list", "custom_validation_failed")
 
@@ -62,10 +64,8 @@ def workflow_model_hints(workflow: Any) -> list[dict[str, str]]:
 
 
 def extra_data_model_hints(extra_data: Any) -> list[dict[str, str]]:
-    """The hints of the UI workflow a prompt carries in `extra_data.extra_pnginfo.workflow` (as the editor
-    sends it with POST /prompt and SaveImage embeds it in PNGs)."""
-    pnginfo = extra_data.get("extra_pnginfo") if isinstance(extra_data, dict) else None
-    return workflow_model_hints(pnginfo.get("workflow") if isinstance(pnginfo, dict) else None)
+    """The hints of the UI workflow a prompt carries (`ui_format.carried_workflow`)."""
+    return workflow_model_hints(carried_workflow(extra_data))
 
 
 def _missing_names(error: dict[str, Any]) -> list[str]:

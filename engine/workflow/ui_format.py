@@ -135,6 +135,13 @@ class UiWorkflow:
     extra: dict[str, Any]
 
 
+def carried_workflow(extra_data: Any) -> Any:
+    """The editor's workflow a prompt carries in `extra_data.extra_pnginfo.workflow` (as the editors send it
+    with POST /prompt and SaveImage embeds it in PNGs), or None."""
+    pnginfo = extra_data.get("extra_pnginfo") if isinstance(extra_data, dict) else None
+    return pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+
+
 def is_ui_workflow(data: Any) -> bool:
     """True for the editor's saved JSON (top-level `nodes` list), False for API prompts and anything else."""
     return (isinstance(data, dict) and isinstance(data.get("nodes"), list)
