@@ -118,14 +118,16 @@ async def get_view_metadata(request: web.Request) -> web.Response:
     check_relative_name(filename, "filename")
     if not filename.lower().endswith((".safetensors", ".sft")):
         raise ApiError(404, "no_metadata", "Only safetensors files have metadata", filename[:200])
-    for root in state_of(request).runtime.folders.model_dirs(folder):
-        path = Path(root) / filename.replace("\\", "/")
-        if path.is_file():
-            metadata = read_safetensors_metadata(path)
-            if metadata is None:
-                raise ApiError(404, "no_metadata", "The file has no __metadata__", filename[:200])
-            return json_response(metadata)
-    raise ApiError(404, "file_not_found", "Model file not found", f"{folder}/{filename[:200]}")
+    try:
+        path = state_of(request).runtime.folders.model_path(folder, filename.replace("\\", "/"))
+    except FileNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise ApiError(404, "file_not_found", "Model file not found", f"{folder}/{filename[:200]}")
+    metadata = read_safetensors_metadata(path)
+    if metadata is None:
+        raise ApiError(404, "no_metadata", "The file has no __metadata__", filename[:200])
+    return json_response(metadata)
 
 
 async def get_folder_paths(request: web.Request) -> web.Response:
