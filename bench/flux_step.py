@@ -236,18 +236,30 @@ def bench_case(kind: str, width: int, height: int, steps: int, repeats: int, dev
 def step_bench_setup(argv: list[str] | None, description: str, gpu_steps: int, cpu_steps: int
                      ) -> tuple[argparse.Namespace, torch.device, int]:
     """The command line the per-step benchmarks share: (arguments, device, steps per run)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser = device_parser(description)
     parser.add_argument("--steps", type=int, default=None,
                         help=f"sampling steps per run (default {gpu_steps} GPU, {cpu_steps} CPU)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    device = chosen_device(args)
+    return args, device, args.steps or (gpu_steps if device.type == "cuda" else cpu_steps)
+
+
+def device_parser(description: str) -> argparse.ArgumentParser:
+    """A benchmark's command line with --device and --threads (see `chosen_device`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return parser
+
+
+def chosen_device(args: argparse.Namespace) -> torch.device:
+    """The device --device names (auto: CUDA when there is one), with --threads applied."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    return args, device, args.steps or (gpu_steps if device.type == "cuda" else cpu_steps)
+    return device
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.flux_step import _sync, build_transformer, environment  # noqa: E402
+from bench.flux_step import _sync, build_transformer, chosen_device, device_parser, environment  # noqa: E402
 
 METHODS = ("latent2rgb", "taesd")
 
@@ -85,21 +85,15 @@ def bench_case(kind: str, size: int, steps: int, preview_size: int, device: torc
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser = device_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", default=None, help="comma-separated: tiny, scaled, full (default: tiny,scaled on "
                                                       "the CPU, full on CUDA)")
     parser.add_argument("--sizes", default="512,1024", help="comma-separated square image sizes")
     parser.add_argument("--steps", type=int, default=3, help="sampling steps per case")
     parser.add_argument("--preview-size", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = chosen_device(args)
     kinds = (args.kinds or ("full" if device.type == "cuda" else "tiny,scaled")).split(",")
     from engine.core.folders import FolderPaths
     from engine.zoo.vae_approx import write_tiny_decoders
