@@ -49,13 +49,12 @@ def test_architecture_doc_names_only_paths_that_exist():
     assert missing == []
 
 
-@pytest.mark.parametrize("pattern", [r"/work/", r"/root/", r"/home/\w", r"C:\\\\Users"])
+# Each pattern is written so that it does not match itself: this file is checked like any other.
+@pytest.mark.parametrize("pattern", [r"/wor[k]/", r"/roo[t]/", r"/hom[e]/\w", r"C:\\\\User[s]"])
 def test_no_absolute_path_of_a_machine_in_the_repository(pattern):
     hits = []
     for path in tracked_files():
         if path.suffix in {".png", ".jpg", ".safetensors", ".gguf", ".onnx"} or not path.is_file():
-            continue
-        if path == Path(__file__).resolve():
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if re.search(pattern, line):
