@@ -79,6 +79,11 @@ def _add_routes(app: web.Application, table: list[tuple[str, str, Handler]]) -> 
         app.router.add_route(method, "/api" + path, handler)
 
 
+# The start-up sweep of stale parts runs beside serving (it only removes files untouched for a minute, so it
+# never races a save); cleanup waits for it. The app holds {"future": ...} once it has started.
+STALE_PARTS_SWEEP = web.AppKey("fluxgraph_stale_parts_sweep", dict)
+
+
 def _remove_stale_parts(runtime: Any) -> None:
     """Half-written files of a save that a kill -9 interrupted (engine.core.atomic_files) go at start-up."""
     folders = runtime.folders
@@ -104,6 +109,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
     app = web.Application(middlewares=[error_middleware, make_security_middleware(config)],
                           client_max_size=config.max_upload_bytes + 1024 * 1024)
     app[STATE] = state
+    app[STALE_PARTS_SWEEP] = sweep = {}
     app.on_response_prepare.append(_security_headers)
     _add_routes(app, routes_prompt.routes() + routes_info.routes() + routes_files.routes() + uploads.routes())
     _add_routes(app, routes_generate.routes() + routes_workflows.routes())
@@ -118,7 +124,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())
-        await asyncio.get_running_loop().run_in_executor(None, _remove_stale_parts, runtime)
+        sweep["future"] = asyncio.get_running_loop().run_in_executor(None, _remove_stale_parts, runtime)
         worker.start()
         if queue.recovered:
             log.warning("resuming prompt(s) interrupted by the last shutdown: %s", ", ".join(queue.recovered))
@@ -127,6 +133,8 @@ def create_app(runtime: Any, config: ServerConfig | None = None, queue: PromptQu
         await hub.close_all()
 
     async def on_cleanup(app: web.Application) -> None:
+        if "future" in sweep:
+            await sweep["future"]
         await asyncio.get_running_loop().run_in_executor(None, worker.stop)
         queue.close()
 

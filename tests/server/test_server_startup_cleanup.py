@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.server.app import create_app
+from engine.server.app import STALE_PARTS_SWEEP, create_app
 from tests.support.server import make_config, make_runtime
 
 pytestmark = pytest.mark.asyncio
@@ -54,6 +54,7 @@ async def test_stale_parts_are_removed_at_start_up(aiohttp_client, tmp_path):
     assert all(path.is_file() for path in stale)
 
     client = await aiohttp_client(create_app(make_runtime(tmp_path), make_config(tmp_path)))
+    await client.app[STALE_PARTS_SWEEP]["future"]  # it runs beside serving
 
     assert not any(path.exists() for path in stale)
     assert all(path.read_bytes() == b"not ours" for path in kept)
