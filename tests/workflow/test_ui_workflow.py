@@ -1,8 +1,8 @@
 """UI-format workflows (the ComfyUI editor's save format) -> API-format prompts, and back.
 
 The schemas below repeat the input names and order of ComfyUI's /object_info for the nodes used
-(comfy_reference/object_info_*.json), so these tests do not depend on the real node packs; one test at the
-end converts the FLUX fixture with the real registry and validates it.
+(comfy_reference/object_info_*.json), so these tests do not depend on the real node packs; those with the real
+packs are in test_ui_workflow_real_nodes.py. The graph builders are in tests/support/ui_workflows.py.
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ import copy
 import datetime as dt
 import json
 import random
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engine.core.registry import NodeRegistry
 from engine.core.schema import AnyInput, Boolean, Combo, Float, Int, Socket, String, node
 from engine.workflow.exporter import api_to_ui
 from engine.workflow.widgets import apply_text_replacements, expand_dynamic_prompt, map_widget_values
+from tests.support.ui_workflows import Subgraph, Ui, load_fixture
 from engine.workflow.convert import (WorkflowFormatError, annotate_node_errors, convert_request, convert_ui_workflow,
                                 is_api_prompt, is_ui_workflow, ui_to_api)
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ui"
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m"]
 SCHEDULERS = ["simple", "sgm_uniform", "karras", "normal", "beta"]
 
@@ -91,107 +89,6 @@ def registry() -> NodeRegistry:
     return _test_registry()
 
 
-def _load(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-
-
-class Ui:
-    """A small builder of UI-format graphs, shaped the way the editor saves them."""
-
-    IN, OUT = "in", "out"
-
-    def __init__(self, link_objects: bool = False) -> None:
-        self.link_objects = link_objects
-        self.nodes: dict[int, dict] = {}
-        self.links: list[tuple] = []
-        self.subgraphs: list[Subgraph] = []
-
-    def add(self, node_id, type_, widgets=None, *, inputs=(), outputs=(), mode=0, title=None, properties=None):
-        slots = []
-        for spec in inputs:
-            name, slot_type, *widget = spec if isinstance(spec, tuple) else (spec, "*")
-            slots.append({"name": name, "type": slot_type, "link": None, **({"widget": {"name": widget[0]}}
-                                                                              if widget else {})})
-        entry = {"id": node_id, "type": type_, "pos": [0, 0], "size": [200, 80], "flags": {},
-                 "order": len(self.nodes), "mode": mode, "inputs": slots,
-                 "outputs": [{"name": t, "type": t, "links": []} for t in outputs],
-                 "properties": properties if properties is not None else {"Node name for S&R": type_},
-                 "widgets_values": [] if widgets is None else widgets}
-        if title:
-            entry["title"] = title
-        self.nodes[node_id] = entry
-        return entry
-
-    def _origin(self, origin, slot):
-        output = self.nodes[origin]["outputs"][slot]
-        return origin, output["type"], output["links"]
-
-    def _target(self, target, input_name):
-        slots = self.nodes[target]["inputs"]
-        index = next(i for i, s in enumerate(slots) if s["name"] == input_name)
-        return target, index, slots[index]
-
-    def connect(self, origin, slot, target, input_name):
-        link_id = 100 + len(self.links)
-        origin_id, link_type, origin_links = self._origin(origin, slot)
-        target_id, index, socket = self._target(target, input_name)
-        origin_links.append(link_id)
-        socket["link"] = link_id
-        self.links.append((link_id, origin_id, slot, target_id, index, link_type))
-        return link_id
-
-    def _links_json(self, objects):
-        if objects:
-            return [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
-                    for link in self.links]
-        return [list(link) for link in self.links]
-
-    def json(self) -> dict:
-        data = {"last_node_id": max(self.nodes, default=0), "last_link_id": 100 + len(self.links),
-                "nodes": list(self.nodes.values()), "links": self._links_json(self.link_objects), "groups": [],
-                "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
-        if self.subgraphs:
-            data["definitions"] = {"subgraphs": [s.definition() for s in self.subgraphs]}
-        return data
-
-
-class Subgraph(Ui):
-    """A subgraph definition: links from `Ui.IN` slot i are subgraph input i, links to `Ui.OUT` are outputs."""
-
-    def __init__(self, parent: Ui, subgraph_id: str, name: str, inputs=(), outputs=()) -> None:
-        super().__init__(link_objects=True)
-        self.id, self.name = subgraph_id, name
-        self.inputs = [{"id": f"{subgraph_id}-i{n}", "name": a, "type": b, "linkIds": []}
-                       for n, (a, b) in enumerate(inputs)]
-        self.outputs = [{"id": f"{subgraph_id}-o{n}", "name": a, "type": b, "linkIds": []}
-                        for n, (a, b) in enumerate(outputs)]
-        parent.subgraphs.append(self)
-
-    def _origin(self, origin, slot):
-        if origin == Ui.IN:
-            return -10, self.inputs[slot]["type"], self.inputs[slot]["linkIds"]
-        return super()._origin(origin, slot)
-
-    def _target(self, target, input_name):
-        if target == Ui.OUT:
-            index = next(i for i, s in enumerate(self.outputs) if s["name"] == input_name)
-            return -20, index, {"link": None}
-        return super()._target(target, input_name)
-
-    def connect(self, origin, slot, target, input_name):
-        link_id = super().connect(origin, slot, target, input_name)
-        if target == Ui.OUT:
-            self.outputs[self.links[-1][4]]["linkIds"].append(link_id)
-        return link_id
-
-    def definition(self) -> dict:
-        return {"id": self.id, "version": 1, "name": self.name, "revision": 0, "config": {},
-                "inputNode": {"id": -10, "bounding": [0, 0, 120, 60]},
-                "outputNode": {"id": -20, "bounding": [600, 0, 120, 60]},
-                "inputs": self.inputs, "outputs": self.outputs, "widgets": [], "nodes": list(self.nodes.values()),
-                "groups": [], "links": self._links_json(True), "extra": {}}
-
-
 def _sampler_graph(ui: Ui, sampler_widgets=None) -> None:
     """Loader nodes 1-3, prompt 4, latent 5, sampler 6, decode 7, save 8: a minimal FLUX txt2img."""
     ui.add(1, "UNETLoader", ["flux1-dev.safetensors", "default"], outputs=["MODEL"])
@@ -217,8 +114,8 @@ def _sampler_graph(ui: Ui, sampler_widgets=None) -> None:
 # --- the realistic fixtures -------------------------------------------------------------------------------
 
 def test_flux_dev_fixture_converts_to_the_expected_prompt(registry):
-    conversion = convert_ui_workflow(_load("flux_dev_txt2img.json"), registry)
-    assert conversion.prompt == _load("flux_dev_txt2img.api.json")
+    conversion = convert_ui_workflow(load_fixture("flux_dev_txt2img.json"), registry)
+    assert conversion.prompt == load_fixture("flux_dev_txt2img.api.json")
     # The muted debug decoder (51) takes the SaveImage it alone feeds (52) with it.
     assert set(conversion.dropped) == {"52"}
     assert "#51 'VAE Decode (debug)'" in conversion.dropped["52"]
@@ -227,17 +124,17 @@ def test_flux_dev_fixture_converts_to_the_expected_prompt(registry):
 
 
 def test_nested_subgraph_fixture_with_object_links_converts_to_the_expected_prompt(registry):
-    conversion = convert_ui_workflow(_load("flux_nested_subgraphs.json"), registry)
-    assert conversion.prompt == _load("flux_nested_subgraphs.api.json")
+    conversion = convert_ui_workflow(load_fixture("flux_nested_subgraphs.json"), registry)
+    assert conversion.prompt == load_fixture("flux_nested_subgraphs.api.json")
     assert conversion.dropped == {} and conversion.warnings == []
 
 
 def test_both_link_shapes_give_the_same_prompt(registry):
-    workflow = _load("flux_dev_txt2img.json")
+    workflow = load_fixture("flux_dev_txt2img.json")
     as_objects = copy.deepcopy(workflow)
     as_objects["links"] = [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
                            for link in workflow["links"]]
-    nested = _load("flux_nested_subgraphs.json")
+    nested = load_fixture("flux_nested_subgraphs.json")
     as_arrays = copy.deepcopy(nested)
     for graph in [as_arrays, *as_arrays["definitions"]["subgraphs"]]:
         graph["links"] = [[link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
@@ -676,7 +573,7 @@ def test_subgraph_that_contains_itself_is_refused(registry):
 # --- errors ------------------------------------------------------------------------------------------------
 
 def test_missing_node_types_are_all_listed_with_their_nodes(registry):
-    workflow = _load("flux_nested_subgraphs.json")
+    workflow = load_fixture("flux_nested_subgraphs.json")
     workflow["nodes"][5]["type"] = "KSamplerPlusPlus"  # instance 21 becomes an unknown type
     workflow["definitions"]["subgraphs"][1]["nodes"][0]["type"] = "FancyLatent"
     with pytest.raises(WorkflowFormatError) as caught:
@@ -730,15 +627,15 @@ def test_legacy_group_nodes_get_a_clear_error(registry):
 
 
 def test_format_detection():
-    assert is_ui_workflow(_load("flux_dev_txt2img.json"))
-    assert not is_ui_workflow(_load("flux_dev_txt2img.api.json"))
-    assert is_api_prompt(_load("flux_dev_txt2img.api.json"))
-    assert not is_api_prompt(_load("flux_dev_txt2img.json"))
+    assert is_ui_workflow(load_fixture("flux_dev_txt2img.json"))
+    assert not is_ui_workflow(load_fixture("flux_dev_txt2img.api.json"))
+    assert is_api_prompt(load_fixture("flux_dev_txt2img.api.json"))
+    assert not is_api_prompt(load_fixture("flux_dev_txt2img.json"))
     assert not is_ui_workflow({"nodes": "not a list", "links": []}) and not is_api_prompt({})
 
 
 def test_annotate_node_errors_names_the_ui_node(registry):
-    conversion = convert_ui_workflow(_load("flux_nested_subgraphs.json"), registry)
+    conversion = convert_ui_workflow(load_fixture("flux_nested_subgraphs.json"), registry)
     node_errors = {"20:4": {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
                                         "details": "scheduler", "extra_info": {"input_name": "scheduler"}}],
                             "dependent_outputs": ["31"], "class_type": "KSampler"}}
@@ -750,8 +647,8 @@ def test_annotate_node_errors_names_the_ui_node(registry):
 
 
 def test_convert_request_answers_like_the_server(registry):
-    status, body = convert_request({"workflow": _load("flux_dev_txt2img.json")}, registry)
-    assert status == 200 and body["prompt"] == _load("flux_dev_txt2img.api.json")
+    status, body = convert_request({"workflow": load_fixture("flux_dev_txt2img.json")}, registry)
+    assert status == 200 and body["prompt"] == load_fixture("flux_dev_txt2img.api.json")
     assert body["origins"]["50:1"]["subgraphs"] == [{"id": "50", "name": "Flux prompt"}]
     status, body = convert_request({"workflow": {"nodes": [{"id": 1, "type": "Nope"}], "links": []}}, registry)
     assert status == 400 and body["error"]["type"] == "missing_node_types" and "1" in body["node_errors"]
@@ -795,7 +692,7 @@ def test_filename_prefix_tokens(registry):
 # --- the way back ------------------------------------------------------------------------------------------
 
 def test_api_to_ui_round_trips(registry):
-    prompt = _load("flux_dev_txt2img.api.json")
+    prompt = load_fixture("flux_dev_txt2img.api.json")
     numeric = {k: v for k, v in prompt.items() if ":" not in k}
     numeric["31"] = copy.deepcopy(numeric["31"])
     numeric["31"]["inputs"]["positive"] = ["7", 0]
@@ -810,7 +707,7 @@ def test_api_to_ui_round_trips(registry):
 
 def test_saved_ui_workflow_reloads_into_the_same_graph(registry):
     """UI -> API -> UI (our editor's save) -> API gives the same graph, flattened subgraph ids renumbered."""
-    first = ui_to_api(_load("flux_dev_txt2img.json"), registry)
+    first = ui_to_api(load_fixture("flux_dev_txt2img.json"), registry)
     second = ui_to_api(api_to_ui(first, registry), registry)
     renamed = {"50:1": "41", "50:2": "42"}
 
@@ -829,145 +726,3 @@ def test_api_to_ui_refuses_unknown_node_types(registry):
     with pytest.raises(WorkflowFormatError) as caught:
         api_to_ui({"1": {"class_type": "Mystery", "inputs": {}}}, registry)
     assert caught.value.error["type"] == "missing_node_types" and "1" in caught.value.node_errors
-
-
-# --- with the real node packs ------------------------------------------------------------------------------
-
-def _real_registry() -> NodeRegistry:
-    real = NodeRegistry().discover("nodes")
-    needed = {"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEncode", "FluxGuidance", "EmptySD3LatentImage",
-              "KSampler", "VAEDecode", "SaveImage"}
-    assert needed <= set(real.names()), f"node packs fail to load: {real.failed}"
-    return real
-
-
-def test_flux_fixture_converts_and_validates_with_the_real_nodes(tmp_path):
-    from engine.core.folders import FolderPaths
-    from engine.core.validate import validate_prompt
-
-    real = _real_registry()
-    folders = FolderPaths(tmp_path)
-    for folder, name in (("diffusion_models", "flux1-dev.safetensors"), ("text_encoders", "clip_l.safetensors"),
-                         ("text_encoders", "t5xxl_fp16.safetensors"), ("vae", "ae.safetensors")):
-        (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "models" / folder / name).write_bytes(b"")
-    prompt = ui_to_api(_load("flux_dev_txt2img.json"), real, choice_env=folders)
-    expected = _load("flux_dev_txt2img.api.json")
-    for entry in expected.values():  # our optional t5_max_length widget (docs/flux.md) at its ComfyUI-like default
-        if entry["class_type"] == "CLIPTextEncode":
-            entry["inputs"]["t5_max_length"] = 0
-    assert prompt == expected
-    result = validate_prompt(prompt, real, folders)
-    assert result.ok, (result.error, result.node_errors)
-    assert result.outputs == ["9"]
-
-
-def test_ui_workflow_runs_from_the_cli_and_again_from_the_png_it_saved(tmp_path, capsys):
-    """`fluxgraph run ui.json`, then `fluxgraph run image.png` with only the UI `workflow` chunk in it."""
-    from PIL import Image, PngImagePlugin
-
-    from engine.cli import main
-
-    workflow_path = tmp_path / "invert.json"
-    workflow_path.write_text((FIXTURES / "core_invert_subgraph.json").read_text(encoding="utf-8"))
-    assert main(["run", str(workflow_path), "--base-dir", str(tmp_path)]) == 0
-    first = tmp_path / "output" / "ui_run" / "cyan_00001_.png"
-    with Image.open(first) as saved:
-        chunks = dict(saved.text)
-        pixels = saved.convert("RGB")
-        assert pixels.size == (32, 48)  # width came from the PrimitiveNode, not the widget's 64
-        assert pixels.getpixel((5, 5)) == (0, 255, 255)  # red inverted once, in the subgraph
-    assert json.loads(chunks["workflow"]) == _load("core_invert_subgraph.json")
-    assert set(json.loads(chunks["prompt"])) == {"1", "4:1", "5"}
-    assert not (tmp_path / "output" / "ui_run" / "never_00001_.png").exists()  # the muted branch
-
-    only_workflow = PngImagePlugin.PngInfo()
-    only_workflow.add_text("workflow", chunks["workflow"])
-    png_path = tmp_path / "from_editor.png"
-    Image.open(first).save(png_path, pnginfo=only_workflow)
-    assert main(["run", str(png_path), "--base-dir", str(tmp_path)]) == 0
-    with Image.open(tmp_path / "output" / "ui_run" / "cyan_00002_.png") as again, Image.open(first) as before:
-        assert list(again.convert("RGB").getdata()) == list(before.convert("RGB").getdata())
-
-
-def test_primitive_int_into_a_switch_converts_validates_and_runs(tmp_path):
-    from engine.backends.runtime import Runtime
-
-    runtime = Runtime.create(tmp_path, registry=_real_registry())
-    ui = Ui()
-    ui.add(1, "PrimitiveInt", [24, "fixed"], outputs=["INT"])
-    ui.add(2, "PrimitiveInt", [40, "fixed"], outputs=["INT"])
-    ui.add(3, "PrimitiveBoolean", [True], outputs=["BOOLEAN"])
-    ui.add(4, "ComfySwitchNode", [], inputs=[("switch", "BOOLEAN", "switch"), ("on_false", "*"), ("on_true", "*")],
-           outputs=["*"])
-    ui.add(5, "EmptyImage", [64, 16, 1, 0xFF0000], inputs=[("width", "INT", "width")], outputs=["IMAGE"])
-    ui.add(6, "SaveImage", ["switched"], inputs=[("images", "IMAGE")])
-    ui.connect(3, 0, 4, "switch")
-    ui.connect(1, 0, 4, "on_false")
-    ui.connect(2, 0, 4, "on_true")
-    ui.connect(4, 0, 5, "width")
-    ui.connect(5, 0, 6, "images")
-    prompt = ui_to_api(ui.json(), runtime.registry, choice_env=runtime.folders)
-    assert prompt["4"]["inputs"]["on_true"] == ["2", 0] and prompt["2"]["class_type"] == "PrimitiveInt"
-    result = runtime.validate(prompt)
-    assert result.ok, (result.error, result.node_errors)
-    outcome = runtime.executor.execute(result.prompt, "switch", outputs=result.outputs)
-    assert outcome.status == "success", outcome.error
-    record = outcome.outputs["6"]["images"][0]
-    from PIL import Image
-
-    with Image.open(runtime.folders.output_dir / record["subfolder"] / record["filename"]) as image:
-        assert image.size == (40, 16)  # on_true's PrimitiveInt, through the switch
-
-
-TINY_NAMES = {38: ["flux1-dev-tiny.safetensors", "default"],
-              40: ["clip_l-tiny.safetensors", "t5xxl-tiny.safetensors", "flux", "default"],
-              39: ["ae-tiny.safetensors"], 27: [64, 64, 1]}
-
-
-def _tiny_flux_workflow(prompt_text: str | None = None) -> dict:
-    """The FLUX dev fixture pointed at the tiny zoo, 64x64 and 2 steps."""
-    workflow = _load("flux_dev_txt2img.json")
-    for ui_node in workflow["nodes"]:
-        if ui_node["id"] in TINY_NAMES:
-            ui_node["widgets_values"] = TINY_NAMES[ui_node["id"]]
-        if ui_node["id"] == 31:
-            ui_node["widgets_values"][2] = 2
-        if ui_node["id"] == 50 and prompt_text is not None:
-            ui_node["widgets_values"][0] = prompt_text
-    return workflow
-
-
-@pytest.fixture(scope="module")
-def tiny_runtime(tmp_path_factory):
-    _real_registry()
-    from engine.zoo.writer import write_tiny_zoo
-    from engine.backends.runtime import Runtime
-
-    base = tmp_path_factory.mktemp("ui_zoo")
-    write_tiny_zoo(base / "models")
-    return Runtime.create(base)
-
-
-def _run_tiny(runtime, workflow: dict):
-    from PIL import Image
-
-    prompt = ui_to_api(workflow, runtime.registry, choice_env=runtime.folders)
-    result = runtime.validate(prompt)
-    assert result.ok, (result.error, result.node_errors)
-    outcome = runtime.executor.execute(result.prompt, "ui-tiny", outputs=result.outputs,
-                                       extra_data={"extra_pnginfo": {"workflow": workflow}})
-    assert outcome.status == "success", outcome.error
-    record = outcome.outputs["9"]["images"][0]
-    with Image.open(runtime.folders.output_dir / record["subfolder"] / record["filename"]) as image:
-        assert json.loads(image.text["workflow"]) == workflow
-        return prompt, np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-
-
-def test_flux_fixture_runs_on_the_tiny_zoo_and_the_promoted_prompt_matters(tiny_runtime):
-    prompt, image = _run_tiny(tiny_runtime, _tiny_flux_workflow())
-    assert image.shape == (64, 64, 3)
-    assert prompt["31"]["inputs"]["steps"] == 2 and prompt["38"]["inputs"]["unet_name"] == "flux1-dev-tiny.safetensors"
-    # The subgraph instance's own text (a promoted widget) reaches the text encoder inside the subgraph.
-    _, other = _run_tiny(tiny_runtime, _tiny_flux_workflow("a lighthouse on a cliff at night, oil painting"))
-    assert float(np.abs(image - other).mean()) >= 0.01
