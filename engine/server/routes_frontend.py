@@ -25,7 +25,7 @@ from engine.server.errors import ApiError, json_response
 from engine.server.log_ring import LOG_RING
 from engine.server.routes_user import user_root
 from engine.server.state import state_of
-from engine.server.user_files import check_relative_name
+from engine.server.user_files import check_relative_name, contained_or_error
 
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 EXTENSION_PREFIX = "/extensions/fluxgraph/"
@@ -186,10 +186,7 @@ async def get_extension_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["path"]
     check_relative_name(name, "extension file")
     root = state_of(request).config.web_dir / "extensions"
-    try:
-        path = contained_path(root, name)
-    except UnsafePathError as exc:
-        raise ApiError(403, "path_outside_folder", "The path leaves its folder", str(exc)) from None
+    path = contained_or_error(root, name, name)
     if not path.is_file():
         raise ApiError(404, "not_found", "Not found", f"no extension file {name[:200]}")
     content_type = "application/javascript" if path.suffix == ".js" else (
