@@ -26,6 +26,7 @@ from typing import Any
 GIB = 1 << 30
 MIB = 1 << 20
 MODES = ("normal", "highvram", "lowvram", "novram", "cpu")
+COMPILE_MODES = ("none", "regional", "full")
 MIN_RESERVE = 256 * MIB  # kernels' workspaces, the allocator's slack
 DEFAULT_RESERVE = {"cuda": 1 * GIB, "cpu": 512 * MIB}  # when a model's activations cannot be estimated
 # Bytes per element of the hidden state (batch x tokens x width) at the peak of a FLUX block: q/k/v, the
@@ -41,12 +42,15 @@ class MemorySettings:
     budget_bytes: int | None = None  # --vram-budget, in bytes; None: measured
     device: str | None = None  # None: CUDA when available, else CPU ("cpu" in cpu mode)
     reserve_bytes: int | None = None  # --reserve-vram: activation reserve; None: estimated per model
+    compile: str = "none"  # --compile: "regional" / "full" torch.compile of FLUX transformers (step_cache/compile.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"memory mode {self.mode!r} is not one of {list(MODES)}")
         if self.budget_bytes is not None and self.budget_bytes <= 0:
             raise ValueError(f"the memory budget must be positive, got {self.budget_bytes} bytes")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile mode {self.compile!r} is not one of {list(COMPILE_MODES)}")
         if self.reserve_bytes is not None and self.reserve_bytes < 0:
             raise ValueError(f"the activation reserve cannot be negative, got {self.reserve_bytes} bytes")
 
@@ -87,6 +91,9 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reserve-vram", type=float, default=None, metavar="GiB",
                        help="device memory kept free for activations in GiB (default: estimated per model "
                             "from the image size and batch)")
+    group.add_argument("--compile", choices=COMPILE_MODES, default="none",
+                       help="torch.compile FLUX transformers: 'regional' compiles each repeated block class once "
+                            "(fast to compile), 'full' the whole model (default: none; see docs/flux.md)")
     modes = group.add_mutually_exclusive_group()
     modes.add_argument("--highvram", dest="memory_mode", action="store_const", const="highvram",
                        help="keep models on the GPU, never load them partially")
@@ -111,7 +118,8 @@ def settings_from_args(args: argparse.Namespace) -> MemorySettings:
         raise ValueError(f"--reserve-vram must be zero or a positive number of GiB, got {reserve}")
     return MemorySettings(mode=mode, budget_bytes=int(budget * GIB) if budget is not None else None,
                           device="cpu" if mode == "cpu" else None,
-                          reserve_bytes=int(reserve * GIB) if reserve is not None else None)
+                          reserve_bytes=int(reserve * GIB) if reserve is not None else None,
+                          compile=getattr(args, "compile", None) or "none")
 
 
 def flux_activation_bytes(batch: int, image_tokens: int, text_tokens: int, width: int, itemsize: int) -> int:

@@ -108,8 +108,13 @@ class FluxDenoiser:
         mixed = sum(c.cond.strength * self.velocity(c, tokens, timestep, img_ids) for c in active)
         return mixed / total
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        # Through the instance: a step cache (engine/sampling/step_cache/) may wrap `denoise` and `velocity`
+        # of this one denoiser for its run.
+        return self.denoise(x, sigma)
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x0 estimate for latents `x` at noise level `sigma` (a CPU scalar: reading it never syncs a GPU)."""
         b, _, h, w = x.shape
         if b != self.batch:

@@ -35,6 +35,7 @@ from engine.sampling.noise import StepNoise, diffusers_fill_noise, initial_noise
 from engine.sampling.previews import LatentPreview
 from engine.sampling.samplers import get_sampler
 from engine.sampling.schedules import FlowSchedule, flow_schedule
+from engine.sampling.step_cache.run import sampling_speedups
 
 Progress = Callable[..., None]  # (step, total) or (step, total, preview: engine.sampling.previews.LatentPreview)
 
@@ -146,10 +147,12 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
     last_x0: list[torch.Tensor] = []
 
     patches = patches_for(getattr(model, "patches", ()), "transformer")  # LoRAs: patched, restored exactly
-    with memory.use(model.transformer), apply_patches(model.transformer, patches):
+    with memory.use(model.transformer), apply_patches(model.transformer, patches), \
+            sampling_speedups(model, memory, progress) as speedups:  # step cache, compiled blocks
         denoiser_cls = Flux2Denoiser if is_flux2(model) else FluxDenoiser
         denoiser = denoiser_cls(model, guider.positive, guider.negative, guider.cfg, schedule, device, raw.shape[0])
         add_model_inputs(denoiser)  # Fill channels, reference latents, Redux attention bias
+        speedups.attach(denoiser, len(sigmas) - 1)
         denoise: Callable = denoiser
         mask_at = step_mask_function(model, mask.to(device) if mask is not None else None, sigmas,
                                      schedule.sigma_min)  # DifferentialDiffusion varies it per step

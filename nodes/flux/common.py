@@ -47,4 +47,20 @@ def progress_callback(ctx: Any):
     that also honours interrupts (ctx.progress raises Interrupted)."""
     if ctx is None:
         return None
-    return lambda step, total, preview=None: ctx.progress(step, total, preview)
+    return _NodeProgress(ctx)
+
+
+class _NodeProgress:
+    """`progress(step, total, preview)`; `report(kind, data)` sends a run's summary (e.g. a step cache's
+    skipped steps) to the prompt's client as a `fluxgraph.<kind>` message from this node."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def __call__(self, step: int, total: int, preview: Any = None) -> None:
+        self.ctx.progress(step, total, preview)
+
+    def report(self, kind: str, data: dict) -> None:
+        send = getattr(self.ctx, "send", None)
+        if callable(send):
+            send(f"fluxgraph.{kind}", data)
