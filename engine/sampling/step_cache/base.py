@@ -76,7 +76,9 @@ class StepCache:
         skipped = sum(s.skipped for s in self.stats.values())
         steps = self.total_steps
         skipped_steps = self.skipped_steps()
+        first = next(iter(self.stats.values())).decisions if self.stats else []
         return {"method": self.name, "steps": steps, "skipped_steps": skipped_steps,
+                "skipped_at": [i for i, computed in enumerate(first) if not computed],  # the first branch's
                 "transformer_evaluations": evaluations, "skipped_evaluations": skipped,
                 "branches": {f"{side}:{index}": s.decisions for (side, index), s in self.stats.items()}}
 

@@ -53,7 +53,7 @@ def _counting_backend(backend: str, label: str) -> Callable:
 
 
 def compile_transformer(transformer: Any, settings: CompileSettings) -> None:
-    """Compile `transformer` as `settings` ask; a no-op when it already is (compiled modules persist)."""
+    """Compile `transformer` as `settings` ask (mode "none": back to eager); a no-op when it already is."""
     if settings.mode not in MODES or settings.backend not in BACKENDS:
         raise ValueError(f"compile mode {settings.mode!r} / backend {settings.backend!r}: expected a mode of "
                          f"{list(MODES)} and a backend of {list(BACKENDS)}")
@@ -64,20 +64,26 @@ def compile_transformer(transformer: Any, settings: CompileSettings) -> None:
     if settings.mode == "none":
         return
     if settings.mode == "full":
-        label = type(transformer).__name__
-        transformer.forward = torch.compile(transformer.forward, backend=_counting_backend(settings.backend, label),
-                                            dynamic=settings.dynamic)
+        transformer.forward = _bound(_compiled(type(transformer), settings), transformer)
     else:
-        compiled: dict[type, Callable] = {}
         for _, block in transformer_blocks(transformer):
-            cls = type(block)
-            if cls not in compiled:  # one compiled function per block class, shared by its blocks
-                compiled[cls] = torch.compile(cls.forward, dynamic=settings.dynamic,
-                                              backend=_counting_backend(settings.backend, cls.__name__))
-            block.forward = _bound(compiled[cls], block)
+            block.forward = _bound(_compiled(type(block), settings), block)
     setattr(transformer, _MARK, key)
     log.info("torch.compile: %s (%s, backend %s, dynamic %s)", type(transformer).__name__, settings.mode,
              settings.backend, settings.dynamic)
+
+
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def _compiled(cls: type, settings: CompileSettings) -> Callable:
+    """One compiled forward per module class and settings, for the process: blocks of a class share it, and
+    compiling a transformer again (after a run without compilation) finds dynamo's cached graphs."""
+    key = (cls, settings.backend, settings.dynamic)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(cls.forward, dynamic=settings.dynamic,
+                                       backend=_counting_backend(settings.backend, cls.__name__))
+    return _COMPILED[key]
 
 
 def _bound(function: Callable, block: Any) -> Callable:

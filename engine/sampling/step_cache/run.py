@@ -20,8 +20,9 @@ from engine.sampling.step_cache.compile import compile_settings, compile_transfo
 from engine.sampling.step_cache.easycache import EasyCache, LazyCache
 from engine.sampling.step_cache.first_block import FirstBlockCache
 from engine.sampling.step_cache.mag import MagCache
-from engine.sampling.step_cache.settings import (STEP_CACHE, EasyCacheSettings, FirstBlockCacheSettings,
-                                                 LazyCacheSettings, MagCacheSettings, TaylorSeerSettings)
+from engine.sampling.step_cache.settings import (STEP_CACHE, CompileSettings, EasyCacheSettings,
+                                                 FirstBlockCacheSettings, LazyCacheSettings, MagCacheSettings,
+                                                 TaylorSeerSettings)
 from engine.sampling.step_cache.taylorseer import TaylorSeerCache
 
 CACHES: dict[type, type[StepCache]] = {
@@ -64,9 +65,8 @@ class _Attacher:
 
 @contextmanager
 def sampling_speedups(model: Any, memory: Any, progress: Callable | None = None) -> Iterator[_Attacher]:
-    compiled = compile_settings(model, memory)
-    if compiled is not None:
-        compile_transformer(model.transformer, compiled)
+    # compiled as asked, or back to eager forwards: a run without compilation never uses another's
+    compile_transformer(model.transformer, compile_settings(model, memory) or CompileSettings(mode="none"))
     settings = model.option(STEP_CACHE) if hasattr(model, "option") else None
     cache = make_cache(settings) if settings is not None else None
     try:
