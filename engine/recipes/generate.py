@@ -20,6 +20,7 @@ from engine.core.json_text import dumps, json_type
 from engine.recipes.conditioning import apply_conditioning, conditioning_workflow, parse_conditioning
 from engine.recipes.errors import RecipeError
 from engine.recipes.graph_tools import TEXT_ENCODERS, positive_encoders
+from engine.recipes.speed import apply_speed, parse_speed
 from engine.recipes.variants import (
     MAX_REFERENCE_IMAGES,
     add_reference_images,
@@ -149,6 +150,7 @@ def generate_prompt(body: dict[str, Any], workflows_dir: Path,
                           installed=list(installed), known=known)
     graph, ignored = build_graph(installed[req["variant"]], req["text"], req["values"])
     graph = apply_conditioning(graph, conditioning, workflows_dir)
+    graph = apply_speed(graph, parse_speed(body))  # exact / fast / fastest: engine/recipes/speed.py
     if req["images"] and not conditioning.takes_images:
         if not describe_variant(req["variant"], graph, True)["reference_images"]:
             raise RecipeError(f"Model variant {req['variant']!r} takes no reference images",
