@@ -111,3 +111,34 @@ def test_easycache_and_lazycache_inputs_are_comfyuis():
         assert info["category"] == "advanced/debug/model" and info["experimental"] is True
     compile_info = registry["TorchCompileModel"].object_info()
     assert compile_info["input"]["required"]["backend"][0] == ["inductor", "cudagraphs"]
+
+
+@pytest.mark.parametrize("workflow", ["flux_kontext_edit.json", "flux_fill_inpaint.json", "flux2_klein_edit.json"])
+def test_caches_work_on_the_kontext_fill_and_flux2_edit_workflows(workflow):
+    """Reference tokens (Kontext, FLUX.2 edit) and Fill's extra channels pass through the caches: threshold 0
+    changes nothing, MagCache (decisions from its ratios only) skips and moves the image."""
+    from engine.recipes.speed import apply_speed
+    from tests.support.conditioning import load_workflow, runtime_with_inputs, saved_png
+
+    runtime = runtime_with_inputs()
+    save = next(k for k, n in load_workflow(workflow).items() if n["class_type"] == "SaveImage")
+
+    def run(cache: tuple[str, dict] | None) -> tuple:
+        graph = load_workflow(workflow)
+        if cache is not None:
+            graph = apply_speed(graph, "fast")  # puts a FirstBlockCache in front of the sampler; retune it
+            node = next(n for n in graph.values() if n["class_type"] == "FirstBlockCache")
+            node["class_type"], extra = cache
+            node["inputs"] = {"model": node["inputs"]["model"], **extra}
+        checked = runtime.validate(graph)
+        assert checked.ok, checked.node_errors
+        events: list = []
+        result = runtime.executor.execute(checked.prompt, prompt_id="w", on_event=lambda t, d: events.append((t, d)))
+        assert result.status == "success", result.errors
+        return saved_png(runtime, result, save).astype(float), [d for t, d in events if t == "fluxgraph.step_cache"]
+
+    plain, _ = run(None)
+    same, reports = run(("FirstBlockCache", ZERO["FirstBlockCache"]))
+    assert (same == plain).all() and reports[0]["skipped_steps"] == 0
+    moved, reports = run(("MagCache", {"threshold": 0.3, "max_skip_steps": 3, "retention_ratio": 0.2}))
+    assert reports[0]["skipped_steps"] >= 1 and abs(moved - plain).mean() > 0.5
