@@ -131,3 +131,20 @@ def test_inductor_regional_compile_matches_eager(runtime):
                                                  backend="inductor"))
     assert _delta(before)["FluxTransformerBlock"] == 1
     assert float((compiled - plain).abs().max()) <= 1e-4
+
+
+@pytest.mark.gpu
+def test_regional_compile_on_cuda_survives_offloading_to_the_cpu(runtime):
+    """On a GPU the blocks are offloaded to the CPU between prompts and come back: no recompile."""
+    from engine.memory.manager import MemoryManager
+
+    gpu = make_runtime()
+    gpu.registry.register(compile_eager)
+    gpu.executor.models = MemoryManager(device="cuda")
+    plain, _ = run_prompt(gpu, txt2img_prompt(steps=2, seed=6))
+    compiled, _ = run_prompt(gpu, with_cache(txt2img_prompt(steps=2, seed=6), "TestCompileEager"))
+    assert float((compiled - plain).abs().max()) <= 1e-3
+    before = _compiles()
+    gpu.executor.models.offload_all()
+    run_prompt(gpu, with_cache(txt2img_prompt(steps=2, seed=7), "TestCompileEager"))
+    assert _delta(before) == {name: 0 for name in BLOCKS}
