@@ -134,7 +134,7 @@ def test_inductor_regional_compile_matches_eager(runtime):
 
 
 @pytest.mark.gpu
-def test_regional_compile_on_cuda_survives_offloading_to_the_cpu(runtime):
+def test_regional_compile_on_cuda_survives_offloading_to_the_cpu():
     """On a GPU the blocks are offloaded to the CPU between prompts and come back: no recompile."""
     from engine.memory.manager import MemoryManager
 
