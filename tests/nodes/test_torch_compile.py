@@ -27,11 +27,33 @@ def compile_eager(ctx, model):
     return (model.with_option(COMPILE, CompileSettings(backend="eager")),)
 
 
+SEEN: list = []  # transformers the full-mode node saw
+
+
+@node("TestCompileEagerFull", inputs=[Socket("model", MODEL)], outputs=[MODEL])
+def compile_eager_full(ctx, model):
+    from engine.sampling.step_cache.settings import COMPILE, CompileSettings
+
+    SEEN.append(model.transformer)
+    return (model.with_option(COMPILE, CompileSettings(backend="eager", mode="full")),)
+
+
 @pytest.fixture(scope="module")
 def runtime():
     rt = make_runtime()
     rt.registry.register(compile_eager)
+    rt.registry.register(compile_eager_full)
     return rt
+
+
+def test_full_mode_compiles_the_call_and_keeps_the_memory_managers_wrapper(runtime):
+    plain, _ = run_prompt(runtime, txt2img_prompt(steps=2, seed=8))
+    compiled, _ = run_prompt(runtime, with_cache(txt2img_prompt(steps=2, seed=8), "TestCompileEagerFull"))
+    transformer = SEEN[-1]
+    assert transformer._compiled_call_impl is not None and "forward" in vars(transformer)  # the OOM-retry wrapper
+    assert float((compiled - plain).abs().max()) <= 1e-5
+    run_prompt(runtime, txt2img_prompt(steps=2, seed=18))  # no compilation asked: eager again, wrapper kept
+    assert transformer._compiled_call_impl is None and "forward" in vars(transformer)
 
 
 def _compiles() -> dict[str, int]:

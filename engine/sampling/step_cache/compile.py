@@ -2,7 +2,8 @@
 
 "regional" compiles the forward of every block in `transformer_blocks` / `single_transformer_blocks`, the
 way diffusers' `compile_repeated_blocks` does: blocks of one class share one compiled code object, since
-their weights are graph inputs, not constants. "full" compiles the whole transformer. Dynamic shapes are
+their weights are graph inputs, not constants. "full" compiles the whole transformer's call (nn.Module.compile),
+leaving the memory manager's forward wrapper (out-of-memory retry) in place. Dynamic shapes are
 off by default (`dynamic=False`): a new image size compiles once more, and every graph dynamo hands the
 backend is counted (`COMPILES`) and logged, so recompiles show up.
 
@@ -63,8 +64,10 @@ def compile_transformer(transformer: Any, settings: CompileSettings) -> None:
     uncompile_transformer(transformer)
     if settings.mode == "none":
         return
-    if settings.mode == "full":
-        transformer.forward = _bound(_compiled(type(transformer), settings), transformer)
+    if settings.mode == "full":  # nn.Module.compile's slot: the memory manager's own forward wrapper stays
+        transformer._compiled_call_impl = torch.compile(
+            transformer._call_impl, dynamic=settings.dynamic,
+            backend=_counting_backend(settings.backend, type(transformer).__name__))
     else:
         for _, block in transformer_blocks(transformer):
             block.forward = _bound(_compiled(type(block), settings), block)
@@ -97,7 +100,7 @@ def uncompile_transformer(transformer: Any) -> None:
     """Back to eager forwards (e.g. before compiling with other settings)."""
     if getattr(transformer, _MARK, None) is None:
         return
-    transformer.__dict__.pop("forward", None)
+    transformer._compiled_call_impl = None
     for _, block in transformer_blocks(transformer):
         block.__dict__.pop("forward", None)
     delattr(transformer, _MARK)
