@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 import mimetypes
-import os
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from engine.core.folders import DEFAULT_MODEL_FOLDERS, MODEL_EXTENSIONS, UnsafePathError, contained_path
+from engine.core.folders import DEFAULT_MODEL_FOLDERS, UnsafePathError, contained_path
 from engine.core.safetensors_header import HeaderError, read_header
 from engine.server.errors import ApiError, json_response
 from engine.server.log_ring import LOG_RING
@@ -54,26 +53,13 @@ async def get_experiment_models(request: web.Request) -> web.Response:
     return json_response([{"name": key, "folders": _folder_paths(request, key)} for key in LISTED_FOLDERS])
 
 
-def _model_files(roots: list[Path]) -> list[dict[str, Any]]:
-    """Model files under each root (following links, each real folder once), with the root's index."""
-    files, seen = [], set()
-    for index, root in enumerate(roots):
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen:
-                dirnames[:] = []
-                continue
-            seen.add(real)
-            dirnames.sort()
-            for filename in sorted(filenames):
-                path = Path(dirpath) / filename
-                if path.suffix.lower() not in MODEL_EXTENSIONS or not path.exists():
-                    continue
-                stat = path.stat()
-                files.append({"name": path.relative_to(root).as_posix(), "pathIndex": index,
-                              "modified": stat.st_mtime, "created": stat.st_ctime, "size": stat.st_size})
+def _model_files(request: web.Request, folder: str) -> list[dict[str, Any]]:
+    """The folder's model files as the frontend's model library lists them, with the root's index."""
+    files = []
+    for index, name, path in state_of(request).runtime.folders.model_files(folder):
+        stat = path.stat()
+        files.append({"name": name, "pathIndex": index, "modified": stat.st_mtime, "created": stat.st_ctime,
+                      "size": stat.st_size})
     return files
 
 
@@ -86,8 +72,7 @@ def _known_folder(folder: str) -> str:
 
 async def get_experiment_models_folder(request: web.Request) -> web.Response:
     folder = _known_folder(request.match_info["folder"])
-    roots = state_of(request).runtime.folders.model_dirs(folder)
-    return json_response(_model_files(roots))
+    return json_response(_model_files(request, folder))
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, Any] | None:
