@@ -5,6 +5,8 @@ Written by `write_control_zoo` (called from `engine.zoo.writer.write_tiny_zoo`):
 
     diffusion_models/flux1-{depth,canny}-dev-tiny.safetensors   128-input-channel transformers, BFL keys
     diffusers/flux1-{depth,canny}-tiny-transformer/              the same as diffusers transformer folders
+    loras/flux1-depth-dev-tiny-lora.safetensors                  control LoRA for the tiny dev, BFL keys as BFL
+                                                                 ships it: widens img_in to 128, q/k norm scales
 
 The control columns of `img_in` (the control latent's 64 packed channels) are scaled up so that a changed
 control image clearly moves the image (tests/parity/test_flux_control_parity.py checks >= 0.01).
@@ -17,11 +19,24 @@ from typing import Any
 
 from engine.models.common.safetensors_io import save_safetensors
 from engine.models.flux1.keys import diffusers_to_bfl
-from engine.zoo.conditioning import _config, _plain_config, _save_json
+from engine.zoo.conditioning import _config, _module_shapes, _plain_config, _save_json
 from engine.zoo.flux1_tiny import make_sensitive_, seeded_init_
 
 CONTROL_KINDS = ("depth", "canny")
 CONTROL_INPUT_GAIN = 4.0  # control-latent columns of img_in, so the control image matters on random weights
+CONTROL_LORA_RANK = 4
+# Control LoRA targets (diffusers names; fused BFL modules list all their parts with one shared down matrix),
+# the final modulation included (its halves are swapped between layouts), and the norm scales it replaces.
+_CONTROL_LORA_GROUPS = (
+    ("x_embedder",),
+    ("transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v"),
+    ("single_transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.attn.to_k",
+     "single_transformer_blocks.0.attn.to_v", "single_transformer_blocks.0.proj_mlp"),
+    ("single_transformer_blocks.1.proj_out",), ("norm_out.linear",),
+)
+_CONTROL_LORA_NORMS = ("transformer_blocks.0.attn.norm_q.weight", "transformer_blocks.0.attn.norm_k.weight",
+                       "transformer_blocks.1.attn.norm_added_k.weight",
+                       "single_transformer_blocks.1.attn.norm_q.weight")
 
 
 def tiny_control_transformer(kind: str = "depth", seed: int = 0) -> Any:
@@ -34,6 +49,44 @@ def tiny_control_transformer(kind: str = "depth", seed: int = 0) -> Any:
     with torch.no_grad():
         model.x_embedder.weight[:, 64:].mul_(CONTROL_INPUT_GAIN)
     return model.eval()
+
+
+def tiny_control_lora(seed: int = 0) -> tuple[list[tuple[tuple[str, ...], Any, list[Any]]], dict[str, Any]]:
+    """The tiny control LoRA in diffusers names: ([(modules, shared down [r, in], ups [[out, r], ...])],
+    {norm weight: replacement}). img_in's down is 128 wide: the delta of a module is its up @ down."""
+    import torch
+
+    modules = _module_shapes()["transformer"]
+    gen = torch.Generator().manual_seed(seed * 1000 + 50)
+    groups = []
+    for group in _CONTROL_LORA_GROUPS:
+        found = [modules[name] for name in group]
+        width = 2 * found[0].in_features if group == ("x_embedder",) else found[0].in_features
+        down = torch.randn(CONTROL_LORA_RANK, width, generator=gen) / width ** 0.5
+        gain = CONTROL_INPUT_GAIN if group == ("x_embedder",) else 1.0
+        if group == ("x_embedder",):  # the control-latent half must weigh (sensitivity on random weights)
+            down[:, width // 2:] *= 2 * CONTROL_INPUT_GAIN
+        ups = [torch.randn(m.out_features, CONTROL_LORA_RANK, generator=gen) * (gain * 0.5 / CONTROL_LORA_RANK ** 0.5)
+               for m in found]
+        groups.append((group, down, ups))
+    norms = {}
+    for name in _CONTROL_LORA_NORMS:
+        width = modules[name.removesuffix(".weight")].weight.shape[0]
+        norms[name] = 1.0 + 0.5 * torch.randn(width, generator=gen)
+    return groups, norms
+
+
+def control_lora_file(seed: int = 0) -> dict[str, Any]:
+    """The control LoRA as BFL ships flux1-depth-dev-lora: bare BFL keys, lora_A / lora_B, norm `.scale`s."""
+    groups, norms = tiny_control_lora(seed)
+    state: dict[str, Any] = {}
+    for group, down, ups in groups:
+        ((bfl_key, up),) = diffusers_to_bfl({f"{n}.weight": u for n, u in zip(group, ups)}).items()
+        module = bfl_key[: -len(".weight")]
+        state[f"{module}.lora_A.weight"] = down.contiguous()
+        state[f"{module}.lora_B.weight"] = up.contiguous()
+    state.update(diffusers_to_bfl(norms))
+    return state
 
 
 def write_control_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str, str] | None = None) -> list[Path]:
@@ -51,4 +104,6 @@ def write_control_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str,
         written.append(_save_json({**_plain_config(model.config), "_class_name": "FluxTransformer2DModel"},
                                   folder / "config.json"))
         written.append(save_safetensors(state, folder / "diffusion_pytorch_model.safetensors"))
+    written.append(save_safetensors(control_lora_file(seed), models_dir / "loras/flux1-depth-dev-tiny-lora.safetensors",
+                                    meta))
     return written
