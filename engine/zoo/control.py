@@ -7,6 +7,9 @@ Written by `write_control_zoo` (called from `engine.zoo.writer.write_tiny_zoo`):
     diffusers/flux1-{depth,canny}-tiny-transformer/              the same as diffusers transformer folders
     loras/flux1-depth-dev-tiny-lora.safetensors                  control LoRA for the tiny dev, BFL keys as BFL
                                                                  ships it: widens img_in to 128, q/k norm scales
+    depth/depth-anything-v2-tiny/                                Depth Anything V2, transformers folder (config,
+                                                                 weights, DPT preprocessor at 70 px)
+    depth/depth_anything_v2_tiny.safetensors                     the same as a single file, the hub's key names
 
 The control columns of `img_in` (the control latent's 64 packed channels) are scaled up so that a changed
 control image clearly moves the image (tests/parity/test_flux_control_parity.py checks >= 0.01).
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.models.common.safetensors_io import save_safetensors
+from engine.models.control.depth_anything import DEFAULT_PROCESSOR, HUB_RENAMES
 from engine.models.flux1.keys import diffusers_to_bfl
 from engine.zoo.conditioning import _config, _module_shapes, _plain_config, _save_json
 from engine.zoo.flux1_tiny import make_sensitive_, seeded_init_
@@ -89,6 +93,43 @@ def control_lora_file(seed: int = 0) -> dict[str, Any]:
     return state
 
 
+TINY_DEPTH_BACKBONE = dict(model_type="dinov2", hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
+                           mlp_ratio=2, patch_size=14, image_size=56, out_indices=[1, 2, 3, 4],
+                           reshape_hidden_states=False, apply_layernorm=True, layerscale_value=1.0)
+TINY_DEPTH = dict(patch_size=14, reassemble_hidden_size=128, neck_hidden_sizes=[16, 32, 48, 64], fusion_hidden_size=32,
+                  head_hidden_size=16, depth_estimation_type="relative", max_depth=1)
+TINY_DEPTH_RESOLUTION = 70  # the processor's size: 5 x 14 patches
+
+
+def tiny_depth_anything(seed: int = 0) -> Any:
+    """Depth Anything V2, tiny: a 4-layer 128-wide DINOv2 and a narrow DPT neck and head."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
+
+    config = DepthAnythingConfig(backbone_config=dict(TINY_DEPTH_BACKBONE), **TINY_DEPTH)
+    return seeded_init_(DepthAnythingForDepthEstimation(config), seed * 1000 + 60).eval()
+
+
+def _depth_processor_config() -> dict[str, Any]:
+    return {"image_processor_type": "DPTImageProcessor", "do_resize": True, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "do_pad": False,
+            "size": {"height": TINY_DEPTH_RESOLUTION, "width": TINY_DEPTH_RESOLUTION}, **DEFAULT_PROCESSOR}
+
+
+def _write_depth(models_dir: Path, seed: int, meta: dict[str, str]) -> list[Path]:
+    model = tiny_depth_anything(seed)
+    folder = models_dir / "depth/depth-anything-v2-tiny"
+    model.save_pretrained(str(folder))
+    written = sorted(p for p in folder.rglob("*") if p.is_file())
+    written.append(_save_json(_depth_processor_config(), folder / "preprocessor_config.json"))
+    hub = {}
+    for key, value in model.state_dict().items():
+        for old, new in HUB_RENAMES:
+            key = key.replace(new, old)
+        hub[key] = value
+    written.append(save_safetensors(hub, models_dir / "depth/depth_anything_v2_tiny.safetensors", meta))
+    return written
+
+
 def write_control_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str, str] | None = None) -> list[Path]:
     """Write this module's part of the tiny zoo; returns the files written."""
     models_dir = Path(models_dir)
@@ -106,4 +147,5 @@ def write_control_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str,
         written.append(save_safetensors(state, folder / "diffusion_pytorch_model.safetensors"))
     written.append(save_safetensors(control_lora_file(seed), models_dir / "loras/flux1-depth-dev-tiny-lora.safetensors",
                                     meta))
+    written += _write_depth(models_dir, seed, meta)
     return written
