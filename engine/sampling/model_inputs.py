@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.sampling.control import control_latent_hook
+from engine.sampling.control_nets import ControlNetInputs
 from engine.sampling.fill import fill_hook
 from engine.sampling.redux import ReduxAttentionBias
 from engine.sampling.reference import ReferenceInputs
@@ -23,5 +24,6 @@ def add_model_inputs(denoiser: Any) -> None:
     fill = control_latent_hook(denoiser.transformer) or fill_hook(denoiser.transformer)  # Depth/Canny, or Fill
     if fill is not None:
         denoiser.input_hooks.append(fill)
+    denoiser.input_hooks.append(ControlNetInputs(denoiser.transformer, denoiser.schedule))  # before references
     denoiser.input_hooks.append(ReferenceInputs())
     denoiser.input_hooks.append(ReduxAttentionBias())

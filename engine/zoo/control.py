@@ -10,6 +10,10 @@ Written by `write_control_zoo` (called from `engine.zoo.writer.write_tiny_zoo`):
     depth/depth-anything-v2-tiny/                                Depth Anything V2, transformers folder (config,
                                                                  weights, DPT preprocessor at 70 px)
     depth/depth_anything_v2_tiny.safetensors                     the same as a single file, the hub's key names
+    controlnet/flux-tiny-controlnet-union.safetensors            InstantX-style union ControlNet (10 modes)
+    controlnet/flux-tiny-controlnet.safetensors                  InstantX-style ControlNet
+    controlnet/flux-tiny-controlnet-xlabs.safetensors            XLabs-layout ControlNet (pixel hint block)
+    diffusers/flux-tiny-controlnet-{union,plain,xlabs}/          the three as diffusers folders (references)
 
 The control columns of `img_in` (the control latent's 64 packed channels) are scaled up so that a changed
 control image clearly moves the image (tests/parity/test_flux_control_parity.py checks >= 0.01).
@@ -130,6 +134,56 @@ def _write_depth(models_dir: Path, seed: int, meta: dict[str, str]) -> list[Path
     return written
 
 
+CONTROLNET_KINDS = {"union": dict(num_layers=1, num_single_layers=2, num_mode=10),
+                    "plain": dict(num_layers=1, num_single_layers=2),
+                    "xlabs": dict(num_layers=2, num_single_layers=0, conditioning_embedding_channels=16, patch_size=2)}
+CONTROLNET_FILES = {"union": "flux-tiny-controlnet-union", "plain": "flux-tiny-controlnet",
+                    "xlabs": "flux-tiny-controlnet-xlabs"}
+_CONTROLNET_GAINS = (("controlnet_blocks.", 3.0), ("controlnet_single_blocks.", 3.0), ("controlnet_x_embedder.", 3.0),
+                     ("input_hint_block.conv_out.", 10.0))
+
+
+def tiny_controlnet(kind: str = "union", seed: int = 0) -> Any:
+    """A tiny FluxControlNetModel sized to the tiny dev transformer (see CONTROLNET_KINDS); its output
+    projections and hint embedder scaled up so that the control image clearly moves the image."""
+    from diffusers import FluxControlNetModel
+
+    config = {k: v for k, v in _config(**CONTROLNET_KINDS[kind]).items() if k != "out_channels"}
+    model = FluxControlNetModel(**config)
+    seeded_init_(model, seed * 1000 + 70 + list(CONTROLNET_KINDS).index(kind))
+    return make_sensitive_(make_sensitive_(model), _CONTROLNET_GAINS).eval()
+
+
+def xlabs_file_state(model: Any) -> dict[str, Any]:
+    """A FluxControlNetModel's weights in the XLabs layout (BFL blocks, pos_embed_input, input_hint_block.N)."""
+    hint = {"conv_in": 0, **{f"blocks.{i}": 2 * i + 2 for i in range(6)}, "conv_out": 14}
+    own, rest = {}, {}
+    for key, value in model.state_dict().items():
+        if key.startswith("controlnet_x_embedder."):
+            own["pos_embed_input." + key.split(".", 1)[1]] = value
+        elif key.startswith("input_hint_block."):
+            stem, leaf = key[len("input_hint_block."):].rsplit(".", 1)
+            own[f"input_hint_block.{hint[stem]}.{leaf}"] = value
+        elif key.startswith("controlnet_"):
+            own[key] = value
+        else:
+            rest[key] = value
+    return {**diffusers_to_bfl(rest), **own}
+
+
+def _write_controlnets(models_dir: Path, seed: int, meta: dict[str, str]) -> list[Path]:
+    written = []
+    for kind, name in CONTROLNET_FILES.items():
+        model = tiny_controlnet(kind, seed)
+        state = xlabs_file_state(model) if kind == "xlabs" else model.state_dict()
+        written.append(save_safetensors(state, models_dir / f"controlnet/{name}.safetensors", meta))
+        folder = models_dir / f"diffusers/flux-tiny-controlnet-{kind}"
+        written.append(_save_json({**_plain_config(model.config), "_class_name": "FluxControlNetModel"},
+                                  folder / "config.json"))
+        written.append(save_safetensors(model.state_dict(), folder / "diffusion_pytorch_model.safetensors"))
+    return written
+
+
 def write_control_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str, str] | None = None) -> list[Path]:
     """Write this module's part of the tiny zoo; returns the files written."""
     models_dir = Path(models_dir)
@@ -148,4 +202,5 @@ def write_control_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str,
     written.append(save_safetensors(control_lora_file(seed), models_dir / "loras/flux1-depth-dev-tiny-lora.safetensors",
                                     meta))
     written += _write_depth(models_dir, seed, meta)
+    written += _write_controlnets(models_dir, seed, meta)
     return written

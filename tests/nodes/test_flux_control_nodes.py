@@ -61,7 +61,7 @@ def registry():
     return registry
 
 
-@pytest.mark.parametrize("name", ["InstructPixToPixConditioning", "Canny", "DepthAnythingV2Preprocessor"])
+@pytest.mark.parametrize("name", sorted(COMFYUI_DECLARATIONS))
 def test_declarations_match_comfyuis(registry, name, tmp_path):
     if name not in registry:
         pytest.fail(f"{name} is not registered")
