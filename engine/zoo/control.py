@@ -5,7 +5,7 @@ Written by `write_control_zoo` (called from `engine.zoo.writer.write_tiny_zoo`):
 
     diffusion_models/flux1-{depth,canny}-dev-tiny.safetensors   128-input-channel transformers, BFL keys
     diffusers/flux1-{depth,canny}-tiny-transformer/              the same as diffusers transformer folders
-    loras/flux1-depth-dev-tiny-lora.safetensors                  control LoRA for the tiny dev, BFL keys as BFL
+    loras/flux1-{depth,canny}-dev-tiny-lora.safetensors          control LoRAs for the tiny dev, BFL keys as BFL
                                                                  ships it: widens img_in to 128, q/k norm scales
     depth/depth-anything-v2-tiny/                                Depth Anything V2, transformers folder (config,
                                                                  weights, DPT preprocessor at 70 px)
@@ -59,13 +59,13 @@ def tiny_control_transformer(kind: str = "depth", seed: int = 0) -> Any:
     return model.eval()
 
 
-def tiny_control_lora(seed: int = 0) -> tuple[list[tuple[tuple[str, ...], Any, list[Any]]], dict[str, Any]]:
+def tiny_control_lora(seed: int = 0, kind: str = "depth") -> tuple[list[tuple[tuple[str, ...], Any, list[Any]]], dict[str, Any]]:
     """The tiny control LoRA in diffusers names: ([(modules, shared down [r, in], ups [[out, r], ...])],
     {norm weight: replacement}). img_in's down is 128 wide: the delta of a module is its up @ down."""
     import torch
 
     modules = _module_shapes()["transformer"]
-    gen = torch.Generator().manual_seed(seed * 1000 + 50)
+    gen = torch.Generator().manual_seed(seed * 1000 + 50 + CONTROL_KINDS.index(kind))
     groups = []
     for group in _CONTROL_LORA_GROUPS:
         found = [modules[name] for name in group]
@@ -84,9 +84,9 @@ def tiny_control_lora(seed: int = 0) -> tuple[list[tuple[tuple[str, ...], Any, l
     return groups, norms
 
 
-def control_lora_file(seed: int = 0) -> dict[str, Any]:
+def control_lora_file(seed: int = 0, kind: str = "depth") -> dict[str, Any]:
     """The control LoRA as BFL ships flux1-depth-dev-lora: bare BFL keys, lora_A / lora_B, norm `.scale`s."""
-    groups, norms = tiny_control_lora(seed)
+    groups, norms = tiny_control_lora(seed, kind)
     state: dict[str, Any] = {}
     for group, down, ups in groups:
         ((bfl_key, up),) = diffusers_to_bfl({f"{n}.weight": u for n, u in zip(group, ups)}).items()
@@ -199,8 +199,9 @@ def write_control_zoo(models_dir: str | Path, seed: int = 0, metadata: dict[str,
         written.append(_save_json({**_plain_config(model.config), "_class_name": "FluxTransformer2DModel"},
                                   folder / "config.json"))
         written.append(save_safetensors(state, folder / "diffusion_pytorch_model.safetensors"))
-    written.append(save_safetensors(control_lora_file(seed), models_dir / "loras/flux1-depth-dev-tiny-lora.safetensors",
-                                    meta))
+    for kind in CONTROL_KINDS:
+        written.append(save_safetensors(control_lora_file(seed, kind),
+                                        models_dir / f"loras/flux1-{kind}-dev-tiny-lora.safetensors", meta))
     written += _write_depth(models_dir, seed, meta)
     written += _write_controlnets(models_dir, seed, meta)
     return written
