@@ -59,7 +59,10 @@ def tiny_control_transformer(kind: str = "depth", seed: int = 0) -> Any:
     return model.eval()
 
 
-def tiny_control_lora(seed: int = 0, kind: str = "depth") -> tuple[list[tuple[tuple[str, ...], Any, list[Any]]], dict[str, Any]]:
+LoraGroups = list[tuple[tuple[str, ...], Any, list[Any]]]  # (modules, shared down, ups)
+
+
+def tiny_control_lora(seed: int = 0, kind: str = "depth") -> tuple[LoraGroups, dict[str, Any]]:
     """The tiny control LoRA in diffusers names: ([(modules, shared down [r, in], ups [[out, r], ...])],
     {norm weight: replacement}). img_in's down is 128 wide: the delta of a module is its up @ down."""
     import torch

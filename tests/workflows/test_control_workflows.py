@@ -72,3 +72,57 @@ async def test_the_workflow_runs_through_the_server(client, name):
     raw = await (await client.get("/view", params=record)).read()
     image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
     assert image.shape == (64, 64, 3) and image.std() > 1  # an image, not a flat fill
+
+
+async def generate(client, **request) -> tuple[dict, np.ndarray]:
+    response = await client.post("/api/generate", json={"prompt": "a quiet harbour", "steps": 2, "seed": 5,
+                                                        "width": 64, "height": 64, **request})
+    assert response.status == 200, await response.text()
+    queued = await response.json()
+    job = await wait_for_job(client, queued["prompt_id"], timeout=120)
+    assert job["status"] == "completed", job
+    entry = (await (await client.get(f"/history/{queued['prompt_id']}")).json())[queued["prompt_id"]]
+    (record,) = [image for output in entry["outputs"].values() for image in output["images"]]
+    raw = await (await client.get("/view", params=record)).read()
+    return entry["prompt"][2], np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).astype(int)
+
+
+@pytest.mark.asyncio
+@pytest.mark.slow
+async def test_api_generate_takes_a_depth_or_canny_control(client):
+    _, plain = await generate(client, model="flux-dev")
+    graph, depth = await generate(client, model="flux-dev", control={"image": "control_photo.png", "type": "depth"})
+    classes = sorted(node["class_type"] for node in graph.values())
+    assert {"DepthAnythingV2Preprocessor", "ControlNetLoader", "SetUnionControlNetType",
+            "ControlNetApplyAdvanced"} <= set(classes)
+    union = next(n for n in graph.values() if n["class_type"] == "SetUnionControlNetType")
+    assert union["inputs"]["type"] == "depth"
+    graph, canny = await generate(client, model="flux-dev",
+                                  control={"image": "control_photo.png", "type": "canny", "strength": 0.5})
+    assert "Canny" in {node["class_type"] for node in graph.values()}
+    apply = next(n for n in graph.values() if n["class_type"] == "ControlNetApplyAdvanced")
+    assert apply["inputs"]["strength"] == 0.5
+    assert np.abs(depth - plain).mean() > 1 and np.abs(canny - depth).mean() > 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("control,message", [
+    ("control_photo.png", "'control' must be an object"),
+    ({"image": "control_photo.png", "type": "pose"}, "'control.type'"),
+    ({"image": "control_photo.png", "type": "depth", "strength": 11}, "'control.strength'"),
+    ({"type": "depth"}, "'control.image'"),
+])
+async def test_bad_control_fields_are_refused(client, control, message):
+    response = await client.post("/api/generate", json={"prompt": "x", "model": "flux-dev", "control": control})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["type"] == "invalid_request" and message in error["message"]
+
+
+@pytest.mark.asyncio
+async def test_control_on_a_variant_without_it_is_refused(client):
+    response = await client.post("/api/generate", json={"prompt": "x", "model": "flux-fill", "image":
+                                                        "control_photo.png", "control": {"image": "control_photo.png",
+                                                                                         "type": "depth"}})
+    assert response.status == 400
+    assert "'control' works with" in (await response.json())["error"]["message"]
