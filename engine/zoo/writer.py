@@ -13,6 +13,8 @@ real weights):
     tokenizers/clip_l-tiny/, tokenizers/t5xxl-tiny/            locally trained tokenizers
     .tiny-zoo.json                                             manifest: zoo version, seed, sha256 per file
 
+plus the conditioning, FLUX.2 and structural-control parts (engine/zoo/conditioning.py, flux2.py, control.py).
+
 `prepare_models(models_dir)` writes it only when no real weights are present (see `real_weights`).
 """
 
