@@ -149,3 +149,13 @@ def test_the_memory_manager_places_the_controlnet_for_the_run(runtime):
     models = {entry["name"]: entry for entry in runtime.models.stats()["models"]}
     assert "FluxControlNetModel" in models, sorted(models)
     assert not models["FluxControlNetModel"]["in_use"]  # released after the run, like the transformer
+
+
+def test_auto_runs_a_union_controlnet_without_a_mode(runtime):
+    auto, _ = run_graph(runtime, controlnet_graph([("union", "control_photo.png", "auto", 1.0)], steps=2))
+    depth, _ = run_graph(runtime, controlnet_graph([("union", "control_photo.png", "depth", 1.0)], steps=2))
+    assert mean_diff(auto, depth) > 0  # no mode token is not mode 1
+    again, _ = run_graph(runtime, controlnet_graph([("union", "control_photo.png", "depth", 1.0)], steps=2,
+                                                   seed=43))
+    expected = reference(["union"], ["control_photo.png"], [1], [1.0], seed=43, steps=2)
+    assert max_diff(again, expected) <= TOLERANCE  # the cached module is a union model again after "auto"

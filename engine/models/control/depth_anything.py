@@ -76,7 +76,7 @@ def _build(config: dict[str, Any], state: dict[str, Any], source: Path) -> Any:
 
     try:
         built = DepthAnythingConfig(**config)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the config validation raises huggingface_hub's own error types too
         raise ModelFileError(source, f"not a Depth Anything config: {exc}") from None
     return instantiate(lambda: DepthAnythingForDepthEstimation(built), state, source)
 
