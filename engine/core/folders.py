@@ -36,6 +36,7 @@ DEFAULT_MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "upscale_models": ("upscale_models",),
     "tokenizers": ("tokenizers",),
     "segmentation": ("segmentation",),
+    "depth": ("depth",),  # Depth Anything V2 (DepthAnythingV2Preprocessor)
 }
 LEGACY_KEYS = {"unet": "diffusion_models", "clip": "text_encoders"}
 # A diffusers pipeline folder of models/diffusers (one holding model_index.json) is offered to the loaders of
