@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
@@ -36,6 +36,7 @@ DEFAULT_MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "upscale_models": ("upscale_models",),
     "tokenizers": ("tokenizers",),
     "segmentation": ("segmentation",),
+    "depth": ("depth",),  # Depth Anything V2 (DepthAnythingV2Preprocessor)
 }
 LEGACY_KEYS = {"unet": "diffusion_models", "clip": "text_encoders"}
 # A diffusers pipeline folder of models/diffusers (one holding model_index.json) is offered to the loaders of
@@ -159,29 +160,27 @@ class FolderPaths:
         exts = {e.lower() for e in extensions}
         found: set[str] = set()
         for root in self.model_dirs(key):
-            if not root.is_dir():
-                continue
-            real_of: dict[str, str] = {}  # walked folder -> its real path, to stop at a symlink loop
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                real_of[dirpath] = real = os.path.realpath(dirpath)
-                parent, ancestors = os.path.dirname(dirpath), []
-                while parent in real_of:
-                    ancestors.append(real_of[parent])
-                    parent = os.path.dirname(parent)
-                if real in ancestors:  # a link back to a folder above: walked once only
-                    dirnames[:] = []
-                    continue
+            for dirpath, dirnames, filenames in walk_linked(root):
                 rel_dir = Path(dirpath).relative_to(root)
                 if include_dirs and rel_dir != Path(".") and (
                         "config.json" in filenames or "model_index.json" in filenames):
                     found.add(rel_dir.as_posix())
                     dirnames[:] = []
                     continue
-                for filename in filenames:
-                    if Path(filename).suffix.lower() in exts and os.path.exists(os.path.join(dirpath, filename)):
-                        found.add((rel_dir / filename).as_posix())  # (a dangling link is not offered)
-                dirnames.sort()
+                found.update((rel_dir / f).as_posix() for f in _model_file_names(dirpath, filenames, exts))
         return sorted(found)
+
+    def model_files(self, key: str, extensions: Iterable[str] = MODEL_EXTENSIONS) -> list[tuple[int, str, Path]]:
+        """(index of the root, relative name, path) of every model file under each of a key's directories,
+        root by root in name order; a name under two roots is listed for each (the editor shows both)."""
+        exts = {e.lower() for e in extensions}
+        files = []
+        for index, root in enumerate(self.model_dirs(key)):
+            for dirpath, _dirnames, filenames in walk_linked(root):
+                for filename in sorted(_model_file_names(dirpath, filenames, exts)):
+                    path = Path(dirpath) / filename
+                    files.append((index, path.relative_to(root).as_posix(), path))
+        return files
 
     def model_path(self, key: str, name: str) -> Path:
         """A model name from a prompt -> its path under the first of the key's directories that holds it.
@@ -204,3 +203,26 @@ class FolderPaths:
         searched = ", ".join(str(d) for d in self.model_dirs(key))
         raise FileNotFoundError(f"model {name!r} not found in folder '{key}' (searched: {searched})")
 
+
+def walk_linked(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk following symlinks (shared model folders are links), in name order, entering a folder that
+    links back to one of its own ancestors only once (a symlink loop ends instead of recursing forever)."""
+    if not root.is_dir():
+        return
+    real_of: dict[str, str] = {}  # walked folder -> its real path
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real_of[dirpath] = real = os.path.realpath(dirpath)
+        parent, ancestors = os.path.dirname(dirpath), []
+        while parent in real_of:
+            ancestors.append(real_of[parent])
+            parent = os.path.dirname(parent)
+        if real in ancestors:
+            dirnames[:] = []
+            continue
+        dirnames.sort()
+        yield dirpath, dirnames, filenames
+
+
+def _model_file_names(dirpath: str, filenames: list[str], exts: set[str]) -> list[str]:
+    """The files of one folder with a model extension, except dangling links (nothing to load behind them)."""
+    return [f for f in filenames if Path(f).suffix.lower() in exts and os.path.exists(os.path.join(dirpath, f))]

@@ -5,7 +5,8 @@ request's values written into the nodes that hold them (found by class and input
 wiring works). A variant is *installed* when its workflow exists and every file it names is present (its
 graph passes validation); an unknown or missing variant is refused with the installed ones listed. FLUX.2
 variants also take `images`: reference images (files in input/, e.g. from /upload/image). FLUX.1 fill,
-Kontext edits, Redux style images and LoRAs: engine/recipes/conditioning.py.
+Kontext edits, Redux style images and LoRAs: engine/recipes/conditioning.py; depth / canny control:
+engine/recipes/control.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from engine.core.json_text import dumps, json_type
 from engine.recipes.conditioning import apply_conditioning, conditioning_workflow, parse_conditioning
+from engine.recipes.control import apply_control, parse_control
 from engine.recipes.errors import RecipeError
 from engine.recipes.graph_tools import TEXT_ENCODERS, positive_encoders
 from engine.recipes.speed import apply_speed, parse_speed
@@ -140,6 +142,7 @@ def generate_prompt(body: dict[str, Any], workflows_dir: Path,
     validates here (its model files are present). Blocking: reads and validates workflow files."""
     req = parse_request(body)
     conditioning = parse_conditioning(body, req["variant"])  # fill / Kontext / Redux / LoRA fields
+    control = parse_control(body, req["variant"])  # depth / canny ControlNet
     workflow = conditioning_workflow(workflows_dir, conditioning, req["values"])
     installed = {req["variant"]: workflow} if workflow is not None else installed_variants(workflows_dir, runnable)
     if req["variant"] not in installed:
@@ -150,6 +153,7 @@ def generate_prompt(body: dict[str, Any], workflows_dir: Path,
                           installed=list(installed), known=known)
     graph, ignored = build_graph(installed[req["variant"]], req["text"], req["values"])
     graph = apply_conditioning(graph, conditioning, workflows_dir)
+    graph = apply_control(graph, control, workflows_dir)
     graph = apply_speed(graph, parse_speed(body))  # exact / fast / fastest: engine/recipes/speed.py
     if req["images"] and not conditioning.takes_images:
         if not describe_variant(req["variant"], graph, True)["reference_images"]:

@@ -25,6 +25,7 @@ from engine.memory.manager import manager_from
 from engine.sampling.flux2_latents import fit_latent_to_model, is_flux2, model_latent_format
 from engine.sampling.flux2_latents import image_size as family_image_size
 from engine.models.lora.patch import apply_patches, patches_for
+from engine.sampling.control_nets import use_control_nets
 from engine.sampling.fill import FILL_NOISE_ORDER, sample_fill_latents, step_mask_function
 from engine.sampling.flux2_denoiser import Flux2Denoiser
 from engine.sampling.flux2_schedule import flux2_model_schedule
@@ -148,7 +149,8 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
 
     patches = patches_for(getattr(model, "patches", ()), "transformer")  # LoRAs: patched, restored exactly
     with memory.use(model.transformer), apply_patches(model.transformer, patches), \
-            sampling_speedups(model, memory, progress) as speedups:  # step cache, compiled blocks
+            use_control_nets(memory, guider.positive, guider.negative), \
+            sampling_speedups(model, memory, progress) as speedups:  # ControlNets; step cache, compiled blocks
         denoiser_cls = Flux2Denoiser if is_flux2(model) else FluxDenoiser
         denoiser = denoiser_cls(model, guider.positive, guider.negative, guider.cfg, schedule, device, raw.shape[0])
         add_model_inputs(denoiser)  # Fill channels, reference latents, Redux attention bias

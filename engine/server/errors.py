@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -18,6 +18,9 @@ from engine.core.json_text import (
     dumps,  # noqa: F401  (re-exported: the routes import it from here)
     json_type,  # one wording of JSON types for every error message
 )
+
+
+CHUNK_BYTES = 256 * 1024  # size of each read of a streamed body
 
 
 class ApiError(Exception):
@@ -51,9 +54,31 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json(request: web.Request, *, allow_empty: bool = False, node_errors: bool = False) -> Any:
-    """The request body as JSON. Refuses bodies that are not UTF-8 JSON, or hold NaN/Infinity."""
-    raw = await request.read()
+async def read_limited(read_chunk: Callable[[int], Awaitable[bytes]], limit: int, too_large: ApiError) -> bytes:
+    """Every chunk `read_chunk` gives, raising `too_large` as soon as they pass `limit` bytes (a chunked
+    body has no Content-Length to check first, so the count is what holds the line)."""
+    chunks, total = [], 0
+    while chunk := await read_chunk(CHUNK_BYTES):
+        total += len(chunk)
+        if total > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The request body, at most `limit` bytes (413 naming `what` otherwise, before reading when it says so)."""
+    too_large = ApiError(413, "request_too_large", "Request body too large", f"{what} are limited to {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    return await read_limited(request.content.read, limit, too_large)
+
+
+async def read_json(request: web.Request, *, allow_empty: bool = False, node_errors: bool = False,
+                    limit: int | None = None, what: str = "request bodies") -> Any:
+    """The request body as JSON. Refuses bodies that are not UTF-8 JSON, or hold NaN/Infinity, or (with
+    `limit`) are larger than `limit` bytes."""
+    raw = await (request.read() if limit is None else read_body(request, limit, what))
     extra = {"node_errors": {}} if node_errors else {}
     if not raw.strip():
         if allow_empty:

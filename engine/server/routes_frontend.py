@@ -1,33 +1,32 @@
 """Routes the official ComfyUI frontend calls besides the core protocol, with ComfyUI's shapes.
 
 /i18n (`{}`: no node pack ships translations), /global_subgraphs (`{}`), /experiment/models[/{folder}],
-/view_metadata/{folder} (a safetensors file's `__metadata__`, read by a small size-limited header reader: the
-server may not import engine.models), /internal/folder_paths, /internal/logs[/raw] (the server's recent log
-lines), /templates/... (from the PyPI `comfyui-workflow-templates` packages when installed, else an empty
-index), /user.css (the user's stylesheet or an empty one), and fluxgraph's own frontend extension scripts
-under /extensions/fluxgraph/ (files of web/extensions/).
+/view_metadata/{folder} (a safetensors file's `__metadata__`, read by the stdlib header reader of
+engine/core/safetensors_header.py, which model loading shares), /internal/folder_paths,
+/internal/logs[/raw] (the server's recent log lines), /templates/... (from the PyPI
+`comfyui-workflow-templates` packages when installed, else an empty index), /user.css (the user's
+stylesheet or an empty one), and fluxgraph's own frontend extension scripts under /extensions/fluxgraph/
+(files of web/extensions/).
 """
+
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import mimetypes
-import os
-import struct
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from engine.core.folders import DEFAULT_MODEL_FOLDERS, MODEL_EXTENSIONS, UnsafePathError, contained_path
+from engine.core.folders import DEFAULT_MODEL_FOLDERS, UnsafePathError, contained_path
+from engine.core.safetensors_header import HeaderError, read_header
 from engine.server.errors import ApiError, json_response
 from engine.server.log_ring import LOG_RING
 from engine.server.routes_user import user_root
 from engine.server.state import state_of
 from engine.server.user_files import check_relative_name, contained_or_error
 
-MAX_HEADER_BYTES = 64 * 1024 * 1024
 EXTENSION_PREFIX = "/extensions/fluxgraph/"
 # Where the comfyui-workflow-templates packages keep their `templates/` folder (JSON first, then media bundles).
 TEMPLATE_PACKAGES = ("comfyui_workflow_templates_json", "comfyui_workflow_templates",
@@ -54,26 +53,13 @@ async def get_experiment_models(request: web.Request) -> web.Response:
     return json_response([{"name": key, "folders": _folder_paths(request, key)} for key in LISTED_FOLDERS])
 
 
-def _model_files(roots: list[Path]) -> list[dict[str, Any]]:
-    """Model files under each root (following links, each real folder once), with the root's index."""
-    files, seen = [], set()
-    for index, root in enumerate(roots):
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen:
-                dirnames[:] = []
-                continue
-            seen.add(real)
-            dirnames.sort()
-            for filename in sorted(filenames):
-                path = Path(dirpath) / filename
-                if path.suffix.lower() not in MODEL_EXTENSIONS or not path.exists():
-                    continue
-                stat = path.stat()
-                files.append({"name": path.relative_to(root).as_posix(), "pathIndex": index,
-                              "modified": stat.st_mtime, "created": stat.st_ctime, "size": stat.st_size})
+def _model_files(request: web.Request, folder: str) -> list[dict[str, Any]]:
+    """The folder's model files as the frontend's model library lists them, with the root's index."""
+    files = []
+    for index, name, path in state_of(request).runtime.folders.model_files(folder):
+        stat = path.stat()
+        files.append({"name": name, "pathIndex": index, "modified": stat.st_mtime, "created": stat.st_ctime,
+                      "size": stat.st_size})
     return files
 
 
@@ -86,28 +72,15 @@ def _known_folder(folder: str) -> str:
 
 async def get_experiment_models_folder(request: web.Request) -> web.Response:
     folder = _known_folder(request.match_info["folder"])
-    roots = state_of(request).runtime.folders.model_dirs(folder)
-    return json_response(_model_files(roots))
+    return json_response(_model_files(request, folder))
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, Any] | None:
     """The `__metadata__` object of a safetensors header, or None (no metadata, not a safetensors file)."""
-    with open(path, "rb") as stream:
-        head = stream.read(8)
-        if len(head) != 8:
-            return None
-        (length,) = struct.unpack("<Q", head)
-        if length < 2 or length > MAX_HEADER_BYTES:
-            return None
-        raw = stream.read(length)
-    if len(raw) != length:
-        return None
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except ValueError:
+        return read_header(path).metadata or None
+    except HeaderError:
         return None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else None
 
 
 async def get_view_metadata(request: web.Request) -> web.Response:

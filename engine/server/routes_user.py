@@ -82,10 +82,7 @@ def install(app: web.Application) -> None:
 
 
 async def _read_body(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > MAX_SETTINGS_BYTES:
-        raise ApiError(413, "request_too_large", "Request body too large",
-                       f"settings bodies are limited to {MAX_SETTINGS_BYTES} bytes")
-    return await read_json(request)
+    return await read_json(request, limit=MAX_SETTINGS_BYTES, what="settings bodies")
 
 
 async def _update(request: web.Request, changes: dict[str, Any]) -> None:

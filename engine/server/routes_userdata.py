@@ -18,14 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from engine.core.atomic_files import TEMP_NAME, atomic_write
-from engine.server.errors import ApiError, json_response, query_bool
+from engine.server.errors import ApiError, json_response, query_bool, read_body
 from engine.server.routes_user import user_root
 from engine.server.state import state_of
 from engine.server.user_files import check_relative_name, contained_or_error
 
 # served as themselves; anything else (HTML, SVG, scripts) as a download, so a stored file never runs as a page
 INLINE_TYPES = frozenset({"application/json", "text/plain", "image/png", "image/jpeg", "image/webp", "image/gif"})
-CHUNK = 1024 * 1024
 STANDARD_DIRS = ("workflows", "subgraphs")  # folders the frontend lists at boot
 
 
@@ -127,19 +126,12 @@ async def post_userdata(request: web.Request) -> web.Response:
     if path.exists() and not overwrite:
         raise ApiError(409, "file_exists", "File already exists", name[:200])
     limit = state_of(request).config.max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "request_too_large", "Request body too large", f"user files are limited to {limit} bytes")
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(CHUNK):
-        data.extend(chunk)
-        if len(data) > limit:
-            raise ApiError(413, "request_too_large", "Request body too large",
-                           f"user files are limited to {limit} bytes")
+    data = await read_body(request, limit, "user files")
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as stream:
-            stream.write(bytes(data))
+            stream.write(data)
 
     await asyncio.get_running_loop().run_in_executor(None, write)
     relative = path.relative_to(root).as_posix()

@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from engine.core.atomic_files import write_bytes_atomic
 from engine.core.folders import FILE_TYPES
 from engine.core.prompt_paths import UNSAFE_NAME_CHARACTERS
-from engine.server.errors import ApiError, json_response
+from engine.server.errors import ApiError, json_response, read_limited
 from engine.server.state import ServerState, state_of
 from engine.server.user_files import check_relative_name, resolve_user_file
 
@@ -72,14 +72,9 @@ async def read_upload_form(request: web.Request, file_field: str, max_bytes: int
 
 
 async def _read_limited(part: Any, limit: int, what: str, status: int) -> bytes:
-    chunks, total = [], 0
-    while chunk := await part.read_chunk(256 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(status, "upload_too_large", f"The {what} is larger than the limit",
-                           f"limit {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    too_large = ApiError(status, "upload_too_large", f"The {what} is larger than the limit", f"limit {limit} bytes",
+                         limit=limit)
+    return await read_limited(part.read_chunk, limit, too_large)
 
 
 def sanitize_filename(name: str) -> str:

@@ -13,6 +13,8 @@ real weights):
     tokenizers/clip_l-tiny/, tokenizers/t5xxl-tiny/            locally trained tokenizers
     .tiny-zoo.json                                             manifest: zoo version, seed, sha256 per file
 
+plus the conditioning, FLUX.2 and structural-control parts (engine/zoo/conditioning.py, flux2.py, control.py).
+
 `prepare_models(models_dir)` writes it only when no real weights are present (see `real_weights`).
 """
 
@@ -27,12 +29,13 @@ from engine.models.common.safetensors_io import save_safetensors
 from engine.models.common.vae_keys import diffusers_vae_to_bfl
 from engine.models.flux1.keys import diffusers_to_bfl
 from engine.zoo.conditioning import write_conditioning_zoo
+from engine.zoo.control import write_control_zoo
 from engine.zoo.files import save_pipeline, save_tokenizer
 from engine.zoo.flux1_tiny import TinyComponents, tiny_components, tiny_shared_parts, tiny_transformer
 from engine.zoo.flux2 import write_flux2_zoo
 from engine.zoo.segmentation import write_tiny_segmenter
 
-ZOO_VERSION = "3"  # 2: conditioning models (zoo_conditioning); 3: FLUX.2 (zoo_flux2)
+ZOO_VERSION = "4"  # 2: conditioning models (zoo_conditioning); 3: FLUX.2 (zoo_flux2); 4: control (zoo/control.py)
 MANIFEST = ".tiny-zoo.json"
 MODEL_SUFFIXES = frozenset({".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl", ".gguf"})
 # folders whose contents decide whether real FLUX weights are present
@@ -96,6 +99,7 @@ def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
         written += _save_pipeline_folder(parts, models_dir / f"diffusers/flux1-{variant}-tiny")
     written += write_conditioning_zoo(models_dir, seed, meta)  # Fill, Kontext, SigLIP/Redux, LoRAs
     written += write_flux2_zoo(models_dir, seed, meta)  # FLUX.2 klein (base, distilled) and dev
+    written += write_control_zoo(models_dir, seed, meta)  # Depth/Canny, control LoRA, ControlNets, Depth Anything
     hashes = {p.relative_to(models_dir).as_posix(): _sha256(p) for p in sorted(written)}
     manifest = {"version": ZOO_VERSION, "seed": seed, "files": hashes}
     (models_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")

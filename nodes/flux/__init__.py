@@ -5,8 +5,10 @@ The ML code lives in engine/sampling (sampling) and engine/models (loading); the
 """
 
 from . import conditioning, inpaint, kontext, latent, loaders, lora, redux, reference, sampling
+from . import control, preprocessors  # structural control: Depth/Canny, ControlNets, preprocessors
 from . import speed
 
 NODES = [*loaders.NODES, *conditioning.NODES, *latent.NODES, *sampling.NODES, *reference.NODES, *inpaint.NODES,
          *kontext.NODES, *lora.NODES, *redux.NODES]
+NODES += [*control.NODES, *preprocessors.NODES]
 NODES += speed.NODES  # step caches, TorchCompileModel

@@ -141,8 +141,9 @@ def test_variant_rules(models: Path, tmp_path: Path) -> None:
     assert detect_flux_variant({**shapes, "x_embedder.weight": (64, 384)}) == "fill"
     assert detect_flux_variant(shapes, name_hint="flux1-Kontext-dev.safetensors") == "kontext"
     assert detect_flux_variant(shapes, metadata={"modelspec.title": "FLUX.1 Kontext [dev]"}) == "kontext"
-    with pytest.raises(ModelFileError, match="Canny/Depth"):
-        detect_flux_variant({**shapes, "x_embedder.weight": (64, 128)}, source="x.safetensors")
+    assert detect_flux_variant({**shapes, "x_embedder.weight": (64, 128)}, source="x.safetensors") == "control"
+    with pytest.raises(ModelFileError, match="128 for Depth/Canny"):
+        detect_flux_variant({**shapes, "x_embedder.weight": (64, 96)}, source="x.safetensors")
     # A file named like Kontext loads as kontext, with dev's shapes.
     kontext = _rewrite(models / "diffusion_models/flux1-dev-tiny.safetensors",
                        tmp_path / "flux1-kontext-dev-tiny.safetensors", dict)

@@ -20,6 +20,9 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one 
 
 # DiffusersLoader has no captured entry: its declaration is checked in tests/models/test_diffusers_pipeline_loaders.py
 UNCAPTURED = {"DiffusersLoader"}
+# Control nodes without a capture: their declarations are checked in tests/nodes/test_flux_control_nodes.py
+UNCAPTURED |= {"InstructPixToPixConditioning", "ControlNetLoader", "ControlNetApplyAdvanced", "SetUnionControlNetType",
+               "Canny", "DepthAnythingV2Preprocessor"}
 FLUX_NODES = [schema.name for schema in __import__("nodes.flux", fromlist=["NODES"]).NODES
               if schema.name not in UNCAPTURED]
 # Combos where we list a subset of ComfyUI's options (what is implemented), in ComfyUI's order.

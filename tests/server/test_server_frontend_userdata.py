@@ -138,3 +138,24 @@ async def test_fresh_user_lists_standard_folders_and_gets_an_empty_user_css(clie
         assert response.status == 200 and await response.json() == []
     response = await client.get("/api/userdata/user.css")
     assert response.status == 200 and response.content_type == "text/css"
+
+
+async def test_streamed_bodies_past_their_limit_are_413_and_write_nothing(aiohttp_client, tmp_path, monkeypatch):
+    """A chunked body carries no Content-Length to refuse up front: the count while reading holds the line."""
+    from engine.server import routes_user
+
+    monkeypatch.setattr(routes_user, "MAX_SETTINGS_BYTES", 1000)
+    client = await aiohttp_client(create_app(make_runtime(tmp_path), make_config(tmp_path, max_upload_bytes=1000)))
+
+    async def chunks():  # no Content-Length: aiohttp sends it chunked
+        for _ in range(8):
+            yield b"x" * 256
+
+    for url in ("/api/settings", "/api/userdata/workflows%2Fbig.json"):
+        response = await client.post(url, data=chunks())
+        body = await response.json()
+        assert response.status == 413, (url, body)
+        assert body["error"]["type"] == "request_too_large" and "1000 bytes" in body["error"]["details"]
+    assert not (tmp_path / "user" / "default" / "workflows" / "big.json").exists()
+    small = await client.post("/api/userdata/workflows%2Fsmall.json", data=b"{}")
+    assert small.status == 200

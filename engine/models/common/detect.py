@@ -11,8 +11,10 @@ Recognised single-file layouts (see docs/models.md):
   (ComfyUI all-in-one FLUX checkpoints) or `first_stage_model.` (SD-style checkpoints).
 
 FLUX.1 variant rules (from the transformer weights): no guidance embedder -> schnell; 384 input channels
-(64 latent + 320 conditioning) -> fill; otherwise dev, unless the file name or the safetensors metadata
-mentions "kontext": Kontext has exactly dev's shapes, so only such a hint can tell them apart.
+(64 latent + 320 conditioning) -> fill; 128 (64 latent + 64 control-image latent) -> "depth" or "canny" when
+the file name or metadata says so, else "control" (both have the same shapes); otherwise dev, unless the
+file name or the safetensors metadata mentions "kontext": Kontext has exactly dev's shapes, so only such a
+hint can tell them apart.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def require_component(contents: FileContents, kind: str) -> Component:
 
 def detect_flux_variant(diffusers_shapes: dict[str, tuple[int, ...]], name_hint: str = "",
                         metadata: dict[str, str] | None = None, source: str | Path = "") -> str:
-    """"dev" | "schnell" | "fill" | "kontext" from diffusers-keyed shapes (rules in the module docstring)."""
+    """"dev" | "schnell" | "fill" | "kontext" | "depth" | "canny" | "control" from diffusers-keyed shapes (rules
+    in the module docstring)."""
     x_embedder = diffusers_shapes.get("x_embedder.weight")
     if x_embedder is None:
         raise ModelFileError(source, "not a FLUX.1 transformer: no input projection (img_in / x_embedder)")
@@ -114,11 +117,12 @@ def detect_flux_variant(diffusers_shapes: dict[str, tuple[int, ...]], name_hint:
         return "schnell"
     if in_channels == FLUX_FILL_IN_CHANNELS:
         return "fill"
-    if in_channels == FLUX_CONTROL_IN_CHANNELS:
-        raise ModelFileError(source, "a FLUX.1 Canny/Depth control model (128 input channels) is not supported")
-    if in_channels != 64:
-        raise ModelFileError(source, f"unexpected FLUX.1 input width {in_channels} (expected 64, or 384 for fill)")
     hints = [name_hint.lower()] + [f"{k} {v}".lower() for k, v in (metadata or {}).items()]
+    if in_channels == FLUX_CONTROL_IN_CHANNELS:  # Depth and Canny have the same shapes: only a hint tells them apart
+        return next((kind for kind in ("depth", "canny") if any(kind in hint for hint in hints)), "control")
+    if in_channels != 64:
+        raise ModelFileError(source, f"unexpected FLUX.1 input width {in_channels} (expected 64, 128 for Depth/"
+                                     "Canny, or 384 for fill)")
     if any("kontext" in hint for hint in hints):
         return "kontext"
     return "dev"

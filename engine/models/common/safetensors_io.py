@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.core.atomic_files import atomic_write
+from engine.core.safetensors_header import HeaderError, read_header
 from engine.memory.mapped import MappedFile
 
 PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl"})
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
                "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1}
 
@@ -103,24 +103,13 @@ def open_safetensors(path: str | os.PathLike[str]) -> SafetensorsFile:
         raise ModelFileError(path, "file not found")
     if not path.is_file():
         raise ModelFileError(path, "is a folder, expected a .safetensors file")
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ModelFileError(path, f"not a safetensors file (only {size} bytes)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > MAX_HEADER_BYTES or header_len < 2:
-            raise ModelFileError(path, _not_safetensors_hint(head, "its header length is implausible"))
-        if 8 + header_len > size:
-            raise ModelFileError(path, f"truncated: header needs {header_len} bytes but the file has {size - 8} "
-                                       "after the length prefix (incomplete download?)")
-        raw = fh.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(path, _not_safetensors_hint(head, "its header is not JSON")) from None
-    if not isinstance(header, dict):
-        raise ModelFileError(path, "not a safetensors file: header is not a JSON object")
+        parsed = read_header(path)
+    except HeaderError as exc:
+        if exc.truncated:
+            raise ModelFileError(path, f"truncated: {exc.problem}") from None
+        raise ModelFileError(path, _not_safetensors_hint(exc.head, exc.problem)) from None
+    header, size, header_len = dict(parsed.table), parsed.file_size, parsed.length
     metadata = header.pop("__metadata__", None) or {}
     tensors = _parse_table(path, header)
     data_len = size - 8 - header_len

@@ -25,7 +25,12 @@ VARIANTS: dict[str, VariantInfo] = {
     "schnell": VariantInfo("schnell", "flux1-schnell", False, _FIXED, 256),
     "fill": VariantInfo("fill", "flux1-fill", True, _DYNAMIC, 512),
     "kontext": VariantInfo("kontext", "flux1-kontext", True, _DYNAMIC, 512),
+    # FLUX.1 Depth / Canny dev: 128 input channels (latent + control-image latent), dev's sampling
+    "depth": VariantInfo("depth", "flux1-control", True, _DYNAMIC, 512),
+    "canny": VariantInfo("canny", "flux1-control", True, _DYNAMIC, 512),
+    "control": VariantInfo("control", "flux1-control", True, _DYNAMIC, 512),
 }
+CONTROL_VARIANTS = ("depth", "canny", "control")
 
 
 def variant_info(variant: str) -> VariantInfo:

@@ -30,6 +30,7 @@ from engine.models.flux1.keys import LAYOUT as FLUX1_LAYOUT
 from engine.models.flux2.keys import FLUX2_DIFFUSERS_MARKER, LAYOUT as FLUX2_LAYOUT
 from engine.models.lora.patch import LoraPatch, WeightDelta
 
+WIDENING_INPUT = "x_embedder"  # the one module a LoRA may widen (FLUX.1 Depth/Canny LoRAs: 64 -> 128 inputs)
 _DOWN = (".lora_A.weight", ".lora_down.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
 _UP = (".lora_B.weight", ".lora_up.weight", ".lora.up.weight", ".lora_linear_layer.up.weight")
 _ALPHA = (".alpha",)
@@ -180,6 +181,9 @@ def convert_lora(state: dict[str, Any], models: dict[str, Any], source: str | Pa
     modules, leftovers = split_modules(state)
     indexes = {part: TargetIndex(part, module) for part, module in models.items() if module is not None}
     deltas: dict[str, list[WeightDelta]] = {}
+    norms, leftovers = replaced_norms(state, leftovers, models.get("transformer"))
+    if norms:
+        deltas["transformer"] = norms
     unmatched = [f"{key} (unsupported key kind)" for key in leftovers]
     for stem, module in sorted(modules.items()):
         routed = _route(stem, indexes)
@@ -204,15 +208,54 @@ def _deltas(stem: str, module: LoraModule, targets: list[tuple[str, Any]], index
                                      f"{tuple(up.shape)} (up) do not form a low-rank pair")
     out_total = sum(index.linears[name].out_features for name, _ in targets)
     first = index.linears[targets[0][0]]
-    if down.shape[1] != first.in_features or up.shape[0] != out_total:
+    # a control LoRA (FLUX.1 Depth/Canny) widens the image input: its img_in down matrix is wider than img_in
+    widens = index.part == "transformer" and [name for name, _ in targets] == [WIDENING_INPUT] and \
+        down.shape[1] > first.in_features
+    if (down.shape[1] != first.in_features and not widens) or up.shape[0] != out_total:
         raise ModelFileError(source, f"LoRA module {stem} is {up.shape[0]}x{down.shape[1]} but the model's "
                                      f"{index.part} layer is {out_total}x{first.in_features}: the LoRA was made "
                                      "for another model (another FLUX size or another architecture)")
     result = []
     for name, rows in targets:
         part_up = up if rows is None else up[rows]
-        result.append(WeightDelta(module=name, up=part_up.contiguous(), down=down, scale=module.scale))
+        result.append(WeightDelta(module=name, up=part_up.contiguous(), down=down, scale=module.scale, widens=widens))
     return result
+
+
+def replaced_norms(state: dict[str, Any], leftovers: list[str],
+                   transformer: Any) -> tuple[list[WeightDelta], list[str]]:
+    """A control LoRA's full q/k norm scales (BFL `*.norm.query_norm.scale`, or diffusers `*.norm_q.weight`) as
+    replacing deltas; returns (deltas, the leftovers that are not such scales)."""
+    if transformer is None:
+        return [], leftovers
+    params = dict(transformer.named_parameters())
+    found, rest = [], []
+    for key in leftovers:
+        target = _norm_target(key, state.get(key), params) if key in state else None
+        if target is None:
+            rest.append(key)
+        else:
+            found.append(WeightDelta(module=target[: -len(".weight")], up=None, down=None, full=state[key].float()))
+    return found, rest
+
+
+def _norm_target(key: str, tensor: Any, params: dict[str, Any]) -> str | None:
+    for prefix in PREFIXES["transformer"]:
+        if prefix and not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if name.endswith((".norm_q.weight", ".norm_k.weight", ".norm_added_q.weight", ".norm_added_k.weight")):
+            target = name
+        elif name.endswith(("_norm.scale",)):
+            try:
+                (target,) = bfl_keys.bfl_to_diffusers(FLUX1_LAYOUT, {name: tensor})
+            except (FLUX1_LAYOUT.error, ValueError):
+                continue
+        else:
+            continue
+        if target in params and tuple(params[target].shape) == tuple(tensor.shape):
+            return target
+    return None
 
 
 def _nothing_matched(names: list[str], parts: list[str]) -> str:

@@ -34,12 +34,15 @@ PARTS = ("transformer", "clip", "t5")
 
 @dataclass(frozen=True, eq=False)
 class WeightDelta:
-    """A low-rank update of the weight of module `module` (a path inside the patched part)."""
+    """A low-rank update of the weight of module `module` (a path inside the patched part); or, with `full`,
+    a weight that replaces it (a control LoRA's norm scales: base + strength * (full - base))."""
 
     module: str
     up: Any  # [out, rank]
-    down: Any  # [rank, in]
+    down: Any  # [rank, in]; wider than the weight only for a widening delta (`widens`)
     scale: float = 1.0  # alpha / rank
+    full: Any = None  # a replacement weight of the module's shape (up and down unused)
+    widens: bool = False  # the Linear's input grows to down's width (a control LoRA's img_in: 64 -> 128)
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,21 +138,42 @@ def _patch(module: Any, state: _State, patches: tuple[LoraPatch, ...]) -> None:
             spare = (state.spares or {}).pop(name, None)
             reuse = spare is not None and spare.shape == weight.shape and spare.dtype == weight.dtype == torch.float32 \
                 and spare.device == weight.device  # writing into last patch's tensor saves fresh allocations
-            total = weight.float()
+            total, widen = weight.float(), _widening(name, weight, deltas)
+            if widen:  # the new input columns start at zero, then get the deltas
+                total, reuse = torch.nn.functional.pad(total, (0, widen)), False
             for number, (factor, delta) in enumerate(deltas):
-                if delta.up.shape[0] != weight.shape[0] or delta.down.shape[1] != weight.shape[1]:
+                if delta.full is not None:
+                    total = total + factor * (delta.full.to(weight.device, torch.float32) - weight.float())
+                    continue
+                if weight.ndim != 2 or delta.up.shape[0] != weight.shape[0] or delta.down.shape[1] != total.shape[1]:
                     raise ValueError(f"LoRA delta for {name} is {delta.up.shape[0]}x{delta.down.shape[1]}, the "
                                      f"weight is {weight.shape[0]}x{weight.shape[1]}")
                 total = _add_delta(total, delta, factor, weight.device, fresh=number == 0,
                                    out=spare if reuse and number == 0 else None)
             patched = total.to(weight.dtype)
-            if weight.device.type == "cpu" or on_device_ok:
+            if weight.device.type == "cpu" or on_device_ok or widen:
                 state.originals[name] = weight  # keep the original tensor object: restoring swaps it back
                 state.swapped.add(name)
                 param.data = patched
+                _set_in_features(module, name, patched)
             else:
                 state.originals[name] = weight.to("cpu", copy=True)
                 weight.copy_(patched)
+
+
+def _widening(name: str, weight: Any, deltas: list[tuple[float, WeightDelta]]) -> int:
+    """How many input columns the patch adds to the weight (the widest widening delta's extra; 0 for none)."""
+    if any(d.full is not None and tuple(d.full.shape) != tuple(weight.shape) for _, d in deltas):
+        raise ValueError(f"a LoRA replaces {name} with a tensor of another shape than {tuple(weight.shape)}")
+    widths = [d.down.shape[1] for _, d in deltas if d.widens and d.full is None]
+    return max([weight.shape[-1], *widths]) - weight.shape[-1] if weight.ndim == 2 else 0
+
+
+def _set_in_features(module: Any, name: str, weight: Any) -> None:
+    """Keep a Linear's `in_features` equal to its weight's width (a widening patch changes it, restoring too)."""
+    owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+    if hasattr(owner, "in_features") and weight.ndim == 2:
+        owner.in_features = int(weight.shape[1])
 
 
 def _add_delta(total: Any, delta: WeightDelta, factor: float, device: Any, fresh: bool, out: Any) -> Any:
@@ -195,11 +219,12 @@ def _restore(module: Any, state: _State, keep_buffers: bool = False) -> None:
             param = params[name]
             same_place = original.device == param.data.device and original.dtype == param.data.dtype
             if name in state.swapped and same_place:
-                if keep_buffers:
+                if keep_buffers and original.shape == param.data.shape:
                     state.spares[name] = param.data
                 param.data = original  # the very tensor that was there before patching
             elif name in state.swapped:  # the module was moved since: copy the exact values over
                 param.data = original.to(param.data.device, param.data.dtype)
             else:  # patched in place on the GPU: copy the backup back
                 param.data.copy_(original)
+            _set_in_features(module, name, param.data)
     state.originals, state.swapped, state.applied = None, None, ()

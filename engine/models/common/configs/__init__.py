@@ -1,6 +1,7 @@
 """Configs of the supported full-size models, shipped so that loading never touches a hub.
 
-flux1-{dev,schnell,fill,kontext}.json: diffusers FluxTransformer2DModel configs; flux1-*-scheduler.json:
+flux1-{dev,schnell,fill,kontext,control}.json (control: Depth and Canny): diffusers FluxTransformer2DModel
+configs; flux1-*-scheduler.json:
 FlowMatchEulerDiscreteScheduler configs of the same repos; clip_l.json: CLIPTextModel (openai ViT-L/14 text
 tower); t5xxl.json: T5EncoderModel (google t5-v1_1-xxl); ae.json: the FLUX.1 AutoencoderKL.
 A loader uses one of these when the weights' shapes match it, and otherwise infers the sizes from the shapes.
