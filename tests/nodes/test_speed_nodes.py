@@ -113,10 +113,12 @@ def test_easycache_and_lazycache_inputs_are_comfyuis():
     assert compile_info["input"]["required"]["backend"][0] == ["inductor", "cudagraphs"]
 
 
-@pytest.mark.parametrize("workflow", ["flux_kontext_edit.json", "flux_fill_inpaint.json", "flux2_klein_edit.json"])
-def test_caches_work_on_the_kontext_fill_and_flux2_edit_workflows(workflow):
-    """Reference tokens (Kontext, FLUX.2 edit) and Fill's extra channels pass through the caches: threshold 0
-    changes nothing, MagCache (decisions from its ratios only) skips and moves the image."""
+@pytest.mark.parametrize("workflow", ["flux_kontext_edit.json", "flux_fill_inpaint.json", "flux2_klein_edit.json",
+                                      "flux_controlnet_union.json", "flux_depth.json"])
+def test_caches_work_on_the_kontext_fill_control_and_flux2_edit_workflows(workflow):
+    """Reference tokens (Kontext, FLUX.2 edit), Fill's and Depth's extra channels and ControlNet residuals pass
+    through the caches: threshold 0 changes nothing, MagCache (decisions from its ratios only) skips and moves
+    the image."""
     from engine.recipes.speed import apply_speed
     from tests.support.conditioning import load_workflow, runtime_with_inputs, saved_png
 
