@@ -23,6 +23,9 @@ UNCAPTURED = {"DiffusersLoader"}
 # Control nodes without a capture: their declarations are checked in tests/nodes/test_flux_control_nodes.py
 UNCAPTURED |= {"InstructPixToPixConditioning", "ControlNetLoader", "ControlNetApplyAdvanced", "SetUnionControlNetType",
                "Canny", "DepthAnythingV2Preprocessor"}
+# Speed nodes without a capture: EasyCache / LazyCache / TorchCompileModel inputs are checked against ComfyUI's
+# documented schema in tests/nodes/test_speed_nodes.py; the others have diffusers' parameters
+UNCAPTURED |= {"EasyCache", "LazyCache", "FirstBlockCache", "MagCache", "TaylorSeerCache", "TorchCompileModel"}
 FLUX_NODES = [schema.name for schema in __import__("nodes.flux", fromlist=["NODES"]).NODES
               if schema.name not in UNCAPTURED]
 # Combos where we list a subset of ComfyUI's options (what is implemented), in ComfyUI's order.
