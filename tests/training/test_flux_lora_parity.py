@@ -75,7 +75,8 @@ def _reference_sigmas(scheduler, timesteps):
 
 
 def _compare(ours_loss, ours, ref_loss, reference):
-    assert abs(float(ours_loss.detach()) - float(ref_loss.detach())) <= TOLERANCE * max(1.0, abs(float(ref_loss)))
+    ours_value, ref_value = float(ours_loss.detach()), float(ref_loss.detach())
+    assert abs(ours_value - ref_value) <= TOLERANCE * max(1.0, abs(ref_value))
     ours_grads, ref_grads = _lora_grads(ours), _lora_grads(reference)
     assert set(ours_grads) == set(ref_grads) and ours_grads
     moved = 0.0
@@ -160,3 +161,71 @@ def test_sensitivity_lora_weights_move_the_loss():
         _set_lora(comps.transformer, _lora_weights(comps.transformer, seed=2))
         after = step_loss(comps.transformer, "flux1", latents, noise, timesteps, sigmas, text, 3.5)
     assert abs(float(after) - float(before)) >= 0.01
+
+
+@pytest.mark.parametrize("weighting,sampling", [("none", "uniform"), ("cosmap", "sigmoid")])
+def test_flux2_klein_step_matches_diffusers(weighting, sampling):
+    """train_dreambooth_lora_flux2_klein.py: VAE mode -> _patchify_latents -> BatchNorm statistics, then the
+    same flow-matching step with FLUX.2's packing, 4-axis ids and no guidance (klein has no guidance embedder)."""
+    from diffusers import Flux2KleinPipeline
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+    from engine.models.common.handles import FluxVAE
+    from engine.models.flux2.vae import Flux2Autoencoder
+    from engine.memory.manager import MemoryManager
+    from engine.sampling.vae import encode
+    from engine.zoo.flux2_tiny import tiny_flux2
+
+    tiny = tiny_flux2("klein")
+    scheduler = tiny.scheduler()
+    vae = tiny.vae
+    gen = torch.Generator().manual_seed(21)
+    batch = 2
+    pixels = torch.rand(batch, 64, 48, 3, generator=gen)  # IMAGE layout, as our cache reads images
+
+    # the script's latents (cache_latents: latent_dist.mode()) against our cache's encoding
+    with torch.no_grad():
+        raw = vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+        model_input = Flux2KleinPipeline._patchify_latents(raw)
+        bn_mean = vae.bn.running_mean.view(1, -1, 1, 1)
+        bn_std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+        model_input = (model_input - bn_mean) / bn_std
+    ours_latents = encode(FluxVAE(vae=Flux2Autoencoder(vae), scaling_factor=1.0, shift_factor=0.0), pixels,
+                          MemoryManager(device="cpu"))
+    torch.testing.assert_close(ours_latents, model_input, atol=TOLERANCE, rtol=TOLERANCE)
+
+    names = target_modules(tiny.transformer, TARGET_PRESETS["attention+mlp"]["flux2"])
+    reference = _reference_transformer(tiny.transformer, names)
+    ours = tiny.transformer
+    add_lora(ours, names, RANK, ALPHA, seed=0)
+    weights = _lora_weights(ours, seed=6)
+    _set_lora(ours, weights)
+    _set_lora(reference, weights)
+
+    noise = torch.randn(model_input.shape, generator=gen)
+    embeds = torch.randn(batch, 9, ours.config.joint_attention_dim, generator=gen)
+    scheme = {"uniform": "none", "sigmoid": "logit_normal"}[sampling]
+    u = compute_density_for_timestep_sampling(scheme, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                                              generator=torch.Generator().manual_seed(4))
+    assert torch.equal(sample_u(sampling, batch, torch.Generator().manual_seed(4)), u)
+
+    indices = (u * scheduler.config.num_train_timesteps).long()
+    timesteps = scheduler.timesteps[indices]
+    sigmas = _reference_sigmas(scheduler, timesteps)
+    noisy = (1.0 - sigmas) * model_input + sigmas * noise
+    packed = Flux2KleinPipeline._pack_latents(noisy)
+    ids = Flux2KleinPipeline._prepare_latent_ids(model_input)
+    text_ids = Flux2KleinPipeline._prepare_text_ids(embeds)
+    assert not reference.config.guidance_embeds
+    pred = reference(hidden_states=packed, timestep=timesteps / 1000, guidance=None, encoder_hidden_states=embeds,
+                     txt_ids=text_ids, img_ids=ids, return_dict=False)[0]
+    pred = Flux2KleinPipeline._unpack_latents_with_ids(pred[:, : packed.size(1):], ids)
+    weight = compute_loss_weighting_for_sd3(weighting_scheme=weighting, sigmas=sigmas)
+    target = noise - model_input
+    ref_loss = torch.mean((weight.float() * (pred.float() - target.float()) ** 2).reshape(batch, -1), 1).mean()
+    ref_loss.backward()
+
+    our_timesteps, our_sigmas = timesteps_for(u, sampling)
+    loss = step_loss(ours, "flux2", ours_latents, noise, our_timesteps, our_sigmas, TextBatch(embeds), 1.0,
+                     weighting)
+    loss.backward()
+    _compare(loss, ours, ref_loss, reference)
