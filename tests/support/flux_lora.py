@@ -35,3 +35,16 @@ def write_square(path: Path, size: int = 64) -> Path:
     ImageDraw.Draw(image).rectangle([8, 8, 40, 40], fill=(40, 200, 250))
     image.save(path)
     return path
+
+
+def training_base(root: Path) -> Path:
+    """A base folder whose models/ links the tiny zoo's folders (own loras/, training/ and input/), so that
+    training runs never write into the zoo other tests share."""
+    from tests.support.flux import zoo_base
+
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    for entry in (zoo_base() / "models").iterdir():
+        if entry.name not in ("loras", "training"):
+            (root / "models" / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    (root / "models" / "loras").mkdir(exist_ok=True)
+    return root
