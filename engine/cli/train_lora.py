@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.cli.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, CliError
 from engine.core.folders import FolderPaths
-from engine.training.flux_lora.checkpoint import CheckpointError, has_state
+from engine.training.flux_lora.checkpoint import CheckpointError, unfinished_step
 from engine.training.flux_lora.config import LoraConfigError, LoraTrainConfig
 
 
@@ -102,9 +102,10 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
     from engine.training.flux_lora.trainer import TrainEvents, train_lora  # noqa: PLC0415 - loads torch
 
     config, folders = _settings(args)
-    if not config.resume and has_state(config.state_dir):
-        raise CliError(f"{config.state_dir} already holds a training run named {config.output_name!r}; add --resume "
-                       "to continue it, or choose another output_name")
+    stopped_at = None if config.resume else unfinished_step(config.state_dir)
+    if stopped_at is not None:
+        raise CliError(f"the run {config.output_name!r} in {config.state_dir} was interrupted at step {stopped_at}; "
+                       "add --resume to continue it, or choose another output_name (a finished run is trained anew)")
     memory = MemoryManager(device=config.device or None)
     try:
         model, clip, vae = load_training_models(config, folders)

@@ -18,7 +18,6 @@ from typing import Any
 from engine.core.folders import contained_path
 from engine.core.schema import Boolean, Combo, Float, Int, NodeResult, Output, Socket, String, node
 from engine.core.types import CLIP, FLUX_LORA_DATASET, MODEL, STRING, VAE
-from engine.training.flux_lora.checkpoint import has_state
 from engine.training.flux_lora.config import (IMAGE_FORMATS, OPTIMIZERS, PRECISIONS, TARGET_PRESETS,
                                               TIMESTEP_SAMPLINGS, LoraTrainConfig)
 
@@ -125,9 +124,12 @@ def train_flux_lora(ctx: Any, model: Any, clip: Any, vae: Any, dataset: dict, ra
         gradient_checkpointing=bool(gradient_checkpointing), save_every=int(save_every),
         sample_every=int(sample_every), sample_prompt=sample_prompt.strip(), precision=precision,
         optimizer=optimizer, warmup_steps=int(warmup_steps), resume=bool(resume)).check()
-    if not resume and has_state(state_dir):
-        raise ValueError(f"TrainFluxLora: models/training/flux_lora/{name} already holds a training run; turn "
-                         "resume on to continue it, or choose another output_name")
+    from engine.training.flux_lora.checkpoint import unfinished_step  # noqa: PLC0415 - loads torch
+
+    stopped_at = None if resume else unfinished_step(state_dir)
+    if stopped_at is not None:
+        raise ValueError(f"TrainFluxLora: the run {name!r} was interrupted at step {stopped_at}; turn resume on to "
+                         "continue it, or choose another output_name (a finished run is trained anew)")
     if ctx.models is not None and hasattr(ctx.models, "offload_all"):
         ctx.models.offload_all()  # training wants the whole device
 

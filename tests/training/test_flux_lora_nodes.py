@@ -61,7 +61,7 @@ def test_train_node_in_a_graph_reports_progress_interrupts_and_resumes(tmp_path)
     assert (loras / "klein-shapes-step000002.safetensors").is_file()
     assert (base / "models" / "training" / "flux_lora" / "klein-shapes" / "samples" / "step000002.png").is_file()
 
-    again = runtime.validate(_graph())  # without resume: refused with the reason
+    again = runtime.validate(_graph())  # an interrupted run without resume: refused with the reason
     refused = runtime.executor.execute(again.prompt, "train-2")
     assert refused.status == "error" and "resume" in json.dumps(refused.errors)
 
@@ -90,11 +90,14 @@ def test_cli_trains_from_a_config_file(tmp_path, capsys):
     write_shapes_dataset(tmp_path / "data", count=2)
     config = tmp_path / "lora.json"
     _write_config(config, base)
-    assert main(["train", "lora", "--config", str(config), "--device", "cpu"]) == 0
-    out = capsys.readouterr()
-    assert "saved:" in out.out and (base / "models" / "loras" / "dev-shapes.safetensors").is_file()
-    assert main(["train", "lora", "--config", str(config)]) != 0  # a run exists: needs --resume
+    assert main(["train", "lora", "--config", str(config), "--device", "cpu", "--max-steps", "2"]) == 0
+    assert "saved:" in capsys.readouterr().out
+    assert main(["train", "lora", "--config", str(config)]) != 0  # an unfinished run: needs --resume
     assert "--resume" in capsys.readouterr().err
+    assert main(["train", "lora", "--config", str(config), "--device", "cpu", "--resume"]) == 0
+    assert (base / "models" / "loras" / "dev-shapes.safetensors").is_file()
+    assert main(["train", "lora", "--config", str(config), "--device", "cpu"]) == 0  # finished: trained anew
+    capsys.readouterr()
     assert main(["train", "lora", "--config", str(config), "--resume", "--steps", "4", "--device", "cpu"]) != 0
     assert "steps" in capsys.readouterr().err  # other settings than the checkpoint's: refused, named
 
@@ -120,3 +123,22 @@ def test_bf16_training_on_cuda(tmp_path):
     config = tmp_path / "lora.json"
     _write_config(config, base, precision="bf16", gradient_checkpointing=True)
     assert main(["train", "lora", "--config", str(config), "--device", "cuda"]) == 0
+
+
+def test_shipped_training_workflow_trains_then_samples_with_the_lora(tmp_path):
+    from pathlib import Path
+
+    from engine.cli.workflow_files import copy_example_inputs
+
+    base = training_base(tmp_path / "base")
+    copied = copy_example_inputs(base / "input")
+    assert "lora_shapes/shape0.png" in copied and "lora_shapes/shape0.txt" in copied
+    workflow = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "flux_lora_train.json").read_text())
+    workflow["5"]["inputs"]["steps"] = 4
+    runtime = Runtime.create(base, registry=NodeRegistry().discover("nodes"), models=MemoryManager(device="cpu"))
+    checked = runtime.validate(workflow)
+    assert checked.ok, checked.node_errors
+    result = runtime.executor.execute(checked.prompt, "shipped")
+    assert result.status == "success", result.errors
+    assert (base / "models" / "loras" / "shapes-lora.safetensors").is_file()
+    assert result.outputs["12"]["images"] and result.outputs["5"]["text"][0].startswith("trained shapes-lora")

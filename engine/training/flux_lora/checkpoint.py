@@ -56,6 +56,16 @@ def has_state(state_dir: str | Path) -> bool:
     return (Path(state_dir) / STATE_FILE).is_file()
 
 
+def unfinished_step(state_dir: str | Path) -> int | None:
+    """The step a run stopped at before its `steps` (interrupted, or `max_steps`); None: no state, or the run
+    finished and may be trained anew."""
+    if not has_state(state_dir):
+        return None
+    state = load_state(state_dir)
+    step = int(state["step"])
+    return step if step < int(state["config"].get("steps", 0)) else None
+
+
 def load_state(state_dir: str | Path) -> dict[str, Any]:
     import torch  # noqa: PLC0415 - as above
 
