@@ -87,3 +87,28 @@ def test_flux2_klein_lora_loads_in_our_loader_and_diffusers_alike(tmp_path):
                     generator=[torch.Generator().manual_seed(6)], output_type="pt").images.permute(0, 2, 3, 1)
     assert float((ours - plain).abs().mean()) >= SENSITIVITY
     assert float((ours - expected).abs().max()) <= TOLERANCE
+
+
+def test_training_on_an_fp8_base_keeps_the_base_quantised(tmp_path):
+    """QLoRA-style: the frozen base stays fp8 (UNETLoader's weight_dtype), the adapters train in float32, and
+    the fp8 modules come back unchanged afterwards."""
+    base = training_base(tmp_path / "base")
+    data = write_shapes_dataset(tmp_path / "data", count=2)
+    config = LoraTrainConfig(data_dir=str(data), output_name="fp8", output_dir=str(base / "models" / "loras"),
+                             state_dir=str(tmp_path / "state"), rank=4, alpha=4.0, steps=3, resolution=64,
+                             learning_rate=0.01, unet="flux1-dev-tiny.safetensors",
+                             clip=["t5xxl-tiny.safetensors", "clip_l-tiny.safetensors"], vae="ae-tiny.safetensors",
+                             weight_dtype="fp8_e4m3fn")
+    model, clip, vae = load_training_models(config, FolderPaths(base))
+    layer = model.transformer.transformer_blocks[0].attn.to_q
+    before = layer.weight.detach().clone()
+    result = train_lora(config, model, clip, vae, MemoryManager(device="cpu"))
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    after = model.transformer.transformer_blocks[0].attn.to_q
+    assert after is layer and after.weight.dtype == torch.float8_e4m3fn
+    assert torch.equal(after.weight.view(torch.uint8), before.view(torch.uint8))
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(result.lora_path))
+    assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
+    assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if k.endswith("lora_B.weight"))

@@ -68,13 +68,25 @@ def test_dataset_captions_buckets_and_errors(tmp_path):
         LoraTrainConfig(data_dir="x", timestep_sampling="cubic").check()
 
 
+class _OffloadSpy(MemoryManager):
+    def __init__(self) -> None:
+        super().__init__(device="cpu")
+        self.offloaded: list = []
+
+    def offload(self, module) -> None:
+        self.offloaded.append(module)
+        super().offload(module)
+
+
 def test_cache_is_reused_and_keyed_by_content(tmp_path, tiny_dev):
     model, clip, vae = tiny_dev
-    memory = MemoryManager(device="cpu")
+    memory = _OffloadSpy()
     data = write_shapes_dataset(tmp_path / "data", count=2)
     buckets = bucket_sizes(64)
     first, counts = build_cache(scan_dataset(data), buckets, True, model, clip, vae, memory, tmp_path / "cache")
     assert counts == {"latents_encoded": 2, "texts_encoded": 1, "reused": 0}
+    # once encoded, the VAE and both text encoders leave the device: the transformer gets it to itself
+    assert {id(m) for m in memory.offloaded} >= {id(vae.vae), id(clip.clip), id(clip.t5)}
     _, again = build_cache(scan_dataset(data), buckets, True, model, clip, vae, memory, tmp_path / "cache")
     assert again == {"latents_encoded": 0, "texts_encoded": 0, "reused": 2}
     Image.new("RGB", (64, 64), (0, 255, 0)).save(data / "shape1.png")  # new content: encoded again
