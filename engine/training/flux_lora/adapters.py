@@ -15,8 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft import LoraConfig
 from torch import nn
+
+try:
+    from peft import LoraConfig
+except ImportError as exc:  # peft is the `train` extra
+    raise ImportError("FLUX LoRA training needs peft: pip install 'fluxgraph[train]' (or pip install peft)") from exc
 
 ADAPTER_NAME = "fluxgraph_train"
 BLOCK_PREFIXES = ("transformer_blocks.", "single_transformer_blocks.")

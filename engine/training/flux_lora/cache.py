@@ -39,15 +39,17 @@ class CachedSample:
 
 
 def module_identity(module: Any, source: str = "") -> str:
-    """A module's file (path, size, mtime) when `source` names one, else a hash of its weights."""
-    path = Path(source) if source else None
-    if path is not None and path.exists():
-        stat = path.stat()
-        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    """A module's files (path, size, mtime; DualCLIPLoader's handles name two, joined by " + ") and weight dtype
+    when `source` names existing files, else a hash of its weights."""
+    paths = [Path(part) for part in source.split(" + ")] if source else []
+    dtype = str(next((p.dtype for p in module.parameters()), ""))
+    if paths and all(path.exists() for path in paths):
+        stats = [(path.resolve(), path.stat()) for path in paths]
+        return "|".join(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" for path, stat in stats) + f"|{dtype}"
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
+            digest.update(f"{name}:{tensor.dtype}".encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return "weights:" + digest.hexdigest()
 
