@@ -23,6 +23,8 @@ UNCAPTURED = {"DiffusersLoader"}
 # Control nodes without a capture: their declarations are checked in tests/nodes/test_flux_control_nodes.py
 UNCAPTURED |= {"InstructPixToPixConditioning", "ControlNetLoader", "ControlNetApplyAdvanced", "SetUnionControlNetType",
                "Canny", "DepthAnythingV2Preprocessor"}
+# fluxgraph's own LoRA training nodes have no ComfyUI counterpart: tests/training/test_flux_lora_nodes.py
+UNCAPTURED |= {"LoadFluxLoraDataset", "TrainFluxLora"}
 FLUX_NODES = [schema.name for schema in __import__("nodes.flux", fromlist=["NODES"]).NODES
               if schema.name not in UNCAPTURED]
 # Combos where we list a subset of ComfyUI's options (what is implemented), in ComfyUI's order.
