@@ -20,7 +20,7 @@ from engine.models.common.build import (instantiate, load_folder_weights, model_
 from engine.models.common.configs import load_config
 from engine.models.common.detect import detect_components
 from engine.models.common.handles import FluxTextEncoders
-from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
+from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 from engine.models.flux1.tokenizer_files import find_tokenizer
 
 CLIP_IGNORED = ("text_projection.weight", "logit_scale", "embeddings.position_ids")
@@ -82,7 +82,6 @@ def build_clip(state: dict[str, Any], source: str | Path, dtype: Any = None, cfg
         config = clip_config(state, source)
         cfg = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     dtype = weights_dtype(state, dtype)
-    state = dequantize_scaled_fp8(state, dtype)
     return instantiate(lambda: CLIPTextModel(cfg), state, source, dtype=dtype, ignore_unexpected=CLIP_IGNORED)
 
 
@@ -121,7 +120,6 @@ def build_t5(state: dict[str, Any], source: str | Path, dtype: Any = None, cfg: 
         cfg = T5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     model_cls = UMT5EncoderModel if cfg.model_type == "umt5" else T5EncoderModel
     dtype = weights_dtype(state, dtype)
-    state = dequantize_scaled_fp8(state, dtype)
 
     def tie_embeddings(model: Any) -> None:
         model.encoder.embed_tokens.weight = model.shared.weight

@@ -12,15 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.models.common.build import load_folder_weights, model_subfolder, weights_dtype
+from engine.models.common.build import load_folder_weights, model_subfolder
 from engine.models.common.configs import load_config
 from engine.models.common.detect import Component, detect_components, detect_flux_variant, require_component
 from engine.models.common.fp8 import WEIGHT_DTYPES, check_weight_dtype
 from engine.models.common.handles import FluxModel
-from engine.models.common.safetensors_io import ModelFileError, SafetensorsFile, dequantize_scaled_fp8, open_safetensors
+from engine.models.common.safetensors_io import ModelFileError, SafetensorsFile, open_safetensors
 from engine.models.common.transformer_family import build_transformer, folder_transformer_config, transformer_config
 from engine.models.flux1.keys import FLUX1, FluxKeyError, bfl_to_diffusers
 from engine.models.flux1.variants import flux_model_handle, variant_info
+from engine.models.quant.tensors import pack_scaled_fp8
 
 _NOT_TRANSFORMER = ("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.")
 _SHAPE_FIELDS = ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
@@ -57,9 +58,8 @@ def transformer_state(sf: SafetensorsFile, comp: Component) -> dict[str, Any]:
         state = sf.load(comp.prefix)
     else:  # a bare file: everything except known non-transformer entries
         state = sf.load(keys=[k for k in sf.keys() if not k.startswith(_NOT_TRANSFORMER)])
-    if "scaled_fp8" in state or any(k.endswith(".scale_weight") for k in state):
-        # ComfyUI "fp8_scaled" files: fold the per-layer scales in (weight_dtype may re-quantise afterwards).
-        state = dequantize_scaled_fp8(state, weights_dtype(state))
+    # ComfyUI "fp8_scaled" files: each weight travels with its layer's scale (kept fp8, scaled per layer)
+    state = pack_scaled_fp8(state)
     if comp.layout != "bfl":
         return state
     try:

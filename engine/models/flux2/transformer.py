@@ -15,15 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.models.common.build import load_folder_weights, model_subfolder, weights_dtype
+from engine.models.common.build import load_folder_weights, model_subfolder
 from engine.models.common.family import model_parts, require_family_part
 from engine.models.common.fp8 import check_weight_dtype
 from engine.models.common.handles import FluxModel, FluxSampling
-from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
+from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 from engine.models.common.transformer_family import build_transformer, folder_transformer_config, transformer_config
 from engine.models.flux1.transformer import load_flux_transformer
 from engine.models.flux2.keys import FLUX2, Flux2KeyError, bfl_to_diffusers
 from engine.models.flux2.variants import detect_flux2_variant, flux2_variant_info, folder_is_distilled
+from engine.models.quant.tensors import pack_scaled_fp8
 
 FLUX2_SAMPLING = FluxSampling()  # the shift itself is FLUX.2's empirical rule (engine.sampling.flux2_schedule)
 
@@ -60,8 +61,7 @@ def load_flux2_transformer(path: str | Path, weight_dtype: str = "default", comp
         sf = open_safetensors(path)
         state = sf.load(part.prefix) if part.prefix else sf.load(
             keys=[k for k in sf.keys() if not k.startswith(("text_encoders.", "vae.", "first_stage_model."))])
-        if "scaled_fp8" in state or any(k.endswith(".scale_weight") for k in state):
-            state = dequantize_scaled_fp8(state, weights_dtype(state))
+        state = pack_scaled_fp8(state)  # scaled fp8: weights stay fp8, each with its layer's scale
         if part.layout == "bfl":
             try:
                 state = bfl_to_diffusers(state)
