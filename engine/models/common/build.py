@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 
 from engine.memory.mapped import release_pages
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
+from engine.models.quant.compat import fit_quantized_layers
 from engine.models.quant.layers import prepare_quantized
 from engine.models.quant.tensors import is_quantized_state
 
@@ -65,6 +66,8 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
     except RuntimeError as exc:
         raise ModelFileError(source, f"weights do not fit the model: {exc}") from None
     _materialise_buffers(module)
+    if keep:
+        fit_quantized_layers(module)
     if after_load is not None:
         after_load(module)
     leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
