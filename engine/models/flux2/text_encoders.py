@@ -26,6 +26,7 @@ from engine.models.common.build import (instantiate, load_folder_weights, model_
                                  weights_dtype)
 from engine.models.common.family import LM_PREFIXES, require_family_part
 from engine.models.flux2.tokenizer_files import find_flux2_tokenizer
+from engine.models.quant.gguf_file import is_gguf, llama_cpp_to_hf, open_gguf
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 
 HIDDEN_LAYERS = {"qwen3": (9, 18, 27), "mistral": (10, 20, 30)}
@@ -140,8 +141,11 @@ def load_flux2_text_encoder(path: str | Path, tokenizer_roots: Iterable[Path] = 
     else:
         part = require_family_part(path, ("qwen3", "mistral"), "a FLUX.2 text encoder (Qwen3 for klein, Mistral "
                                                                "for dev)")
-        sf = open_safetensors(path)
-        state = language_model_state(sf.load(part.prefix), path)
+        if is_gguf(path):  # llama.cpp names; quantized Linear weights stay GGUF blocks
+            gf = open_gguf(path)
+            state = llama_cpp_to_hf(gf, gf.load())
+        else:
+            state = language_model_state(open_safetensors(path).load(part.prefix), path)
         architecture = part.kind
         model = build_language_model(state, architecture, path, dtype)
     tokenizer = find_flux2_tokenizer(architecture, int(model.config.vocab_size), path, list(tokenizer_roots),

@@ -215,3 +215,14 @@ def transformer_state(gf: GGUFFile, family: str) -> tuple[dict[str, Any], str]:
 def text_metadata(gf: GGUFFile) -> dict[str, str]:
     """The string metadata (what variant detection reads from safetensors headers)."""
     return {k: v for k, v in gf.metadata.items() if isinstance(v, str)}
+
+
+def text_encoder_kind(gf: GGUFFile) -> str | None:
+    """"t5xxl", "qwen3" or "mistral" for a GGUF text encoder, from `general.architecture`."""
+    if gf.architecture in T5_ARCHITECTURES:
+        return "t5xxl"
+    if gf.architecture == "qwen3":
+        return "qwen3"
+    if gf.architecture in ("llama", "mistral", "mistral3"):
+        return "mistral"
+    return None
