@@ -30,9 +30,11 @@ from engine.zoo.conditioning import write_conditioning_zoo
 from engine.zoo.files import save_pipeline, save_tokenizer
 from engine.zoo.flux1_tiny import TinyComponents, tiny_components, tiny_shared_parts, tiny_transformer
 from engine.zoo.flux2 import write_flux2_zoo
+from engine.zoo.quantized import write_quantized_zoo
 from engine.zoo.segmentation import write_tiny_segmenter
 
 ZOO_VERSION = "3"  # 2: conditioning models (zoo_conditioning); 3: FLUX.2 (zoo_flux2)
+ZOO_VERSION += "+quantized"  # fp8, scaled-fp8 and GGUF variants (engine/zoo/quantized.py)
 MANIFEST = ".tiny-zoo.json"
 MODEL_SUFFIXES = frozenset({".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl", ".gguf"})
 # folders whose contents decide whether real FLUX weights are present
@@ -94,6 +96,8 @@ def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
         written.append(save_safetensors(aio, models_dir / f"checkpoints/flux1-{variant}-tiny-aio.safetensors",
                                         variant_meta))
         written += _save_pipeline_folder(parts, models_dir / f"diffusers/flux1-{variant}-tiny")
+        if variant == "dev":  # fp8, scaled-fp8 and GGUF variants (engine/zoo/quantized.py)
+            written += write_quantized_zoo(models_dir, bfl, t5_state, meta)
     written += write_conditioning_zoo(models_dir, seed, meta)  # Fill, Kontext, SigLIP/Redux, LoRAs
     written += write_flux2_zoo(models_dir, seed, meta)  # FLUX.2 klein (base, distilled) and dev
     hashes = {p.relative_to(models_dir).as_posix(): _sha256(p) for p in sorted(written)}

@@ -5,6 +5,8 @@ The ML code lives in engine/sampling (sampling) and engine/models (loading); the
 """
 
 from . import conditioning, inpaint, kontext, latent, loaders, lora, redux, reference, sampling
+from . import gguf
 
 NODES = [*loaders.NODES, *conditioning.NODES, *latent.NODES, *sampling.NODES, *reference.NODES, *inpaint.NODES,
          *kontext.NODES, *lora.NODES, *redux.NODES]
+NODES += gguf.NODES  # UnetLoaderGGUF, CLIPLoaderGGUF, DualCLIPLoaderGGUF
