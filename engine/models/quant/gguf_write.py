@@ -14,13 +14,15 @@ from typing import Any
 
 from engine.models.quant.gguf_file import _T5
 from engine.models.quant.gguf_quantize import F16, F32, choose_qtype, quantize
+from engine.models.quant.tensors import GGUFWeight
 
 _T5_NAMES = {hf: ll for ll, hf in _T5.items()}
 
 
 def save_gguf(tensors: dict[str, Any], path: str | os.PathLike[str], architecture: str, qtype: int,
               metadata: dict[str, str] | None = None) -> Path:
-    """`tensors` (torch, any float dtype) quantized to ggml type `qtype` (see the module docstring)."""
+    """`tensors` (torch, any float dtype) quantized to ggml type `qtype` (see the module docstring); GGUFWeight
+    values are written with their own blocks and type."""
     import gguf
     import numpy as np
 
@@ -32,6 +34,11 @@ def save_gguf(tensors: dict[str, Any], path: str | os.PathLike[str], architectur
         writer.add_string(key, str(value))
     writer.add_file_type(int(qtype))
     for name in sorted(tensors):
+        if isinstance(tensors[name], GGUFWeight):  # already quantized: its blocks as they are
+            stored = tensors[name]
+            raw = stored.raw.cpu().contiguous().numpy()
+            writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType(stored.qtype))
+            continue
         array = tensors[name].detach().to("cpu").float().numpy()
         chosen = choose_qtype(name, array.shape, qtype)
         if chosen == F32:
