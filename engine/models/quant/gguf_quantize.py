@@ -67,6 +67,8 @@ def choose_qtype(name: str, shape: tuple[int, ...], wanted: int) -> int:
     stay F32; a matrix whose rows do not split into blocks falls back to Q8_0 and then to F16."""
     if len(shape) < 2:
         return F32
+    if wanted in (F32, F16):
+        return wanted
     row = shape[-1]
     for qtype, block in ((wanted, 256 if wanted == Q4_K else 32), (Q8_0, 32)):
         if row % block == 0:

@@ -20,7 +20,7 @@ _T5_NAMES = {hf: ll for ll, hf in _T5.items()}
 
 
 def save_gguf(tensors: dict[str, Any], path: str | os.PathLike[str], architecture: str, qtype: int,
-              metadata: dict[str, str] | None = None) -> Path:
+              metadata: dict[str, Any] | None = None) -> Path:
     """`tensors` (torch, any float dtype) quantized to ggml type `qtype` (see the module docstring); GGUFWeight
     values are written with their own blocks and type."""
     import gguf
@@ -31,7 +31,10 @@ def save_gguf(tensors: dict[str, Any], path: str | os.PathLike[str], architectur
     partial = path.with_name(path.name + ".part")
     writer = gguf.GGUFWriter(str(partial), architecture)
     for key, value in sorted((metadata or {}).items()):
-        writer.add_string(key, str(value))
+        if isinstance(value, int):  # e.g. llama.attention.head_count
+            writer.add_uint32(key, value)
+        else:
+            writer.add_string(key, str(value))
     writer.add_file_type(int(qtype))
     for name in sorted(tensors):
         if isinstance(tensors[name], GGUFWeight):  # already quantized: its blocks as they are
