@@ -268,3 +268,59 @@ def test_fp8_e4m3fn_fast_uses_fp8_matmul_on_gpus_that_have_it(models):
     assert fast.dtype == torch.bfloat16 and fast.shape == upcast.shape
     assert not torch.equal(fast, upcast)  # really a different (fp8) product
     assert float((fast - upcast).abs().max()) <= 0.1 * float(upcast.abs().max())
+
+
+def test_streaming_through_slots_moves_the_quantized_bytes(models):
+    """As on a GPU with too little memory: blocks are copied into the window as stored (GGUF bytes)."""
+    from engine.memory.budget import MemorySettings
+    from engine.memory.layout import BASE, split_module
+    from engine.memory.manager import MemoryManager
+    from engine.memory.torch_backend import TorchBackend
+    from engine.models.flux2.transformer import load_diffusion_model
+
+    path = models / "diffusion_models/flux1-dev-tiny-Q4_K.gguf"
+    gen = torch.Generator().manual_seed(2)
+    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen),
+                  encoder_hidden_states=torch.randn(1, 8, 48, generator=gen),
+                  pooled_projections=torch.randn(1, 128, generator=gen), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3))
+
+    def load():
+        return load_diffusion_model(path, compute_dtype=torch.float32).transformer
+
+    with torch.no_grad():
+        expected = load()(**inputs).sample
+        module = load()
+        parts = split_module(module)
+        base = next(p for p in parts if p.name == BASE).nbytes
+        blocks = [p.nbytes for p in parts if p.block]
+        settings = MemorySettings(budget_bytes=base + 2 * max(blocks) + min(blocks), reserve_bytes=0, device="cpu")
+        memory = MemoryManager(settings=settings, backend=TorchBackend("cpu", cpu_streaming="slots"))
+        with memory.use(module):
+            streamed = module(**inputs).sample
+    stats = memory.stats()["models"][0]
+    assert 0 < stats["streamed_parts"] < stats["parts"]
+    assert torch.allclose(streamed, expected, rtol=1e-5, atol=1e-5)
+    stored = sum(p.numel() * p.element_size() for p in module.parameters())
+    assert sum(p.nbytes for p in parts) == stored  # what is placed and streamed: the stored bytes
+    assert module.transformer_blocks[0].ff.net[2].weight.dtype == torch.uint8
+
+
+def test_scaled_fp8_t5_keeps_fp8_and_matches_its_up_front_dequantization(models, tmp_path):
+    from engine.models.common.safetensors_io import dequantize_scaled_fp8, open_safetensors, save_safetensors
+    from engine.models.flux1.text_encoders import load_text_encoder_file
+    from engine.zoo.quantized import scaled_fp8_state
+
+    state = open_safetensors(models / "text_encoders/t5xxl-tiny.safetensors").load()
+    scaled = scaled_fp8_state({k.replace("encoder.block.", "double_blocks."): v for k, v in state.items()})
+    scaled = {k.replace("double_blocks.", "encoder.block."): v for k, v in scaled.items()}
+    path = save_safetensors(scaled, tmp_path / "t5xxl-tiny-fp8_e4m3fn_scaled.safetensors")
+    upfront = save_safetensors(dequantize_scaled_fp8(scaled, torch.float32), tmp_path / "t5xxl-upfront.safetensors")
+    t5 = load_text_encoder_file(path, torch.float32)["t5xxl"]
+    reference = load_text_encoder_file(upfront, torch.float32)["t5xxl"]
+    assert t5.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert t5.encoder.block[1].layer[1].DenseReluDense.wo.weight.dtype == torch.float8_e4m3fn
+    ids = torch.tensor([[4, 11, 6, 9, 1]])
+    with torch.no_grad():
+        ours, theirs = t5(ids)[0], reference(ids)[0]
+    assert torch.equal(ours, theirs)

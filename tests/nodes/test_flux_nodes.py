@@ -20,6 +20,8 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one 
 
 # DiffusersLoader has no captured entry: its declaration is checked in tests/models/test_diffusers_pipeline_loaders.py
 UNCAPTURED = {"DiffusersLoader"}
+# The GGUF loaders belong to a community pack (no capture of ComfyUI core): tests/nodes/test_gguf_nodes.py
+UNCAPTURED |= {"UnetLoaderGGUF", "CLIPLoaderGGUF", "DualCLIPLoaderGGUF"}
 FLUX_NODES = [schema.name for schema in __import__("nodes.flux", fromlist=["NODES"]).NODES
               if schema.name not in UNCAPTURED]
 # Combos where we list a subset of ComfyUI's options (what is implemented), in ComfyUI's order.
