@@ -33,7 +33,12 @@ STEPS, SEED, SIZE = 4, 7, 64
 
 @pytest.fixture(scope="module")
 def runtime():
-    return make_runtime()
+    """The zoo runtime computing in float32 (GGUF files otherwise compute in bfloat16, docs/models.md)."""
+    from engine.backends.runtime import Runtime
+    from engine.memory.manager import MemoryManager
+
+    base = make_runtime()
+    return Runtime.create(zoo_base(), registry=base.registry, models=MemoryManager(device="cpu", dtype=torch.float32))
 
 
 def _models():

@@ -15,7 +15,7 @@ from engine.memory.mapped import release_pages
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 from engine.models.quant.compat import fit_quantized_layers
 from engine.models.quant.layers import prepare_quantized
-from engine.models.quant.tensors import is_quantized_state
+from engine.models.quant.tensors import GGUFWeight, is_quantized_state
 
 
 _SCALE_KEYS = (".scale_weight", ".scale_input")  # scaled-fp8 scales (float32) say nothing about the compute dtype
@@ -23,11 +23,14 @@ _SCALE_KEYS = (".scale_weight", ".scale_input")  # scaled-fp8 scales (float32) s
 
 def weights_dtype(state: dict[str, Any], dtype: Any = None) -> Any:
     """The dtype to build a module in: the one asked for, else the state's most common float dtype (fp8
-    storage does not count: it is upcast), else bfloat16."""
+    storage does not count: it is upcast), else bfloat16. GGUF files compute in bfloat16 unless asked
+    otherwise: their vectors are F32 by convention, which says nothing about the model."""
     import torch
 
     if dtype is not None:
         return dtype
+    if any(isinstance(v, GGUFWeight) for v in state.values()):
+        return torch.bfloat16
     floats = [v.dtype for k, v in state.items() if v.is_floating_point() and not k.endswith(_SCALE_KEYS)
               and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)]
     return max(set(floats), key=floats.count) if floats else torch.bfloat16

@@ -88,7 +88,7 @@ def convert_linear(module: Any, mixin: type) -> None:
     """Give `module` (an nn.Linear or subclass) the quantized forward of `mixin`, in place."""
     cls = type(module)
     if isinstance(module, QuantLinear):
-        cls = cls.__mro__[2]  # already converted: rebuild from the original class
+        cls = cls.__bases__[-1]  # already converted (mixin, original): rebuild from the original class
     key = (mixin, cls)
     if key not in _CLASSES:
         _CLASSES[key] = type(f"{mixin.__name__.removesuffix('Linear')}{cls.__name__}", (mixin, cls), {})
