@@ -20,7 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.core.folders import DEFAULT_MODEL_FOLDERS, MODEL_EXTENSIONS, UnsafePathError, contained_path
+from engine.core.folders import (DEFAULT_MODEL_FOLDERS, GGUF_EXTENSIONS, MODEL_EXTENSIONS, UnsafePathError,
+                                 contained_path)
 from engine.server.errors import ApiError, json_response
 from engine.server.log_ring import LOG_RING
 from engine.server.routes_user import user_root
@@ -69,7 +70,7 @@ def _model_files(roots: list[Path]) -> list[dict[str, Any]]:
             dirnames.sort()
             for filename in sorted(filenames):
                 path = Path(dirpath) / filename
-                if path.suffix.lower() not in MODEL_EXTENSIONS or not path.exists():
+                if path.suffix.lower() not in MODEL_EXTENSIONS | GGUF_EXTENSIONS or not path.exists():
                     continue
                 stat = path.stat()
                 files.append({"name": path.relative_to(root).as_posix(), "pathIndex": index,
