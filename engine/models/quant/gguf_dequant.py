@@ -15,6 +15,7 @@ QTYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 8: ("Q8_0", 32
           3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 12: ("Q4_K", 256, 144),
           13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210)}
 FLOAT_QTYPES = (0, 1, 30)
+CHUNK_WEIGHTS = 1 << 22  # weights decoded at a time: float32 temporaries of a few tens of MB at most
 
 
 def qtype_name(qtype: int) -> str:
@@ -143,6 +144,14 @@ def dequantize(raw: Any, qtype: int, shape: tuple[int, ...], dtype: Any) -> Any:
     if qtype not in _BLOCK_FNS:
         raise ValueError(f"GGUF {qtype_name(qtype)} tensors are not supported (supported: "
                          f"{', '.join(name for name, _, _ in QTYPES.values())})")
-    size = QTYPES[qtype][2]
+    _, block, size = QTYPES[qtype]
     blocks = raw.reshape(-1, size)
-    return _BLOCK_FNS[qtype](blocks).reshape(shape).to(dtype)
+    decode = _BLOCK_FNS[qtype]
+    step = max(1, CHUNK_WEIGHTS // block)
+    if blocks.shape[0] <= step:
+        return decode(blocks).reshape(shape).to(dtype)
+    # large weights in chunks: the float32 temporaries stay small (the result is the only full-size tensor)
+    out = torch.empty((blocks.shape[0], block), dtype=dtype, device=raw.device)
+    for start in range(0, blocks.shape[0], step):
+        out[start:start + step] = decode(blocks[start:start + step]).reshape(-1, block)
+    return out.reshape(shape)
