@@ -338,3 +338,30 @@ def test_large_weights_decode_in_chunks_to_the_same_values(monkeypatch, name):
     monkeypatch.setattr(gguf_dequant, "CHUNK_WEIGHTS", 300)  # a few blocks per chunk, the last one partial
     chunked = gguf_dequant.dequantize(raw, qtype, (6, 512), torch.bfloat16)
     assert torch.equal(chunked, whole.to(torch.bfloat16))
+
+
+def test_mixed_precision_layout_weight_scale_and_comfy_quant(models, tmp_path):
+    """ComfyUI's newer layout: `<layer>.weight_scale`, `<layer>.comfy_quant` (the layer's JSON format)."""
+    import json
+
+    from engine.models.common.safetensors_io import open_safetensors, save_safetensors
+    from engine.models.flux1.transformer import load_flux_transformer
+
+    state = open_safetensors(models / "diffusion_models/flux1-dev-tiny.safetensors").load()
+    marker = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    mixed, upfront = dict(state), dict(state)
+    for key in [k for k in state if k.startswith("double_blocks.") and k.endswith(".weight") and state[k].ndim == 2]:
+        layer = key[: -len(".weight")]
+        scale = (state[key].abs().max() / 448).reshape(())
+        mixed[key] = (state[key] / scale).to(torch.float8_e4m3fn)
+        mixed[f"{layer}.weight_scale"], mixed[f"{layer}.comfy_quant"] = scale, marker
+        upfront[key] = mixed[key].float() * scale
+    model = load_flux_transformer(save_safetensors(mixed, tmp_path / "mixed.safetensors"), variant="dev").transformer
+    reference = load_flux_transformer(save_safetensors(upfront, tmp_path / "up.safetensors"), variant="dev").transformer
+    layer = model.transformer_blocks[1].attn.to_v
+    assert layer.weight.dtype == torch.float8_e4m3fn
+    assert torch.equal(layer.dequantized_weight(torch.float32), reference.transformer_blocks[1].attn.to_v.weight)
+    assert model.single_transformer_blocks[0].attn.to_q.weight.dtype == torch.float32  # unmarked: full precision
+    mixed["double_blocks.0.img_mlp.0.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="nvfp4"):
+        load_flux_transformer(save_safetensors(mixed, tmp_path / "nvfp4.safetensors"), variant="dev")

@@ -15,10 +15,10 @@ from engine.memory.mapped import release_pages
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 from engine.models.quant.compat import fit_quantized_layers
 from engine.models.quant.layers import prepare_quantized
-from engine.models.quant.tensors import GGUFWeight, is_quantized_state
+from engine.models.quant.tensors import SCALE_KEYS, GGUFWeight, is_quantized_state
 
 
-_SCALE_KEYS = (".scale_weight", ".scale_input")  # scaled-fp8 scales (float32) say nothing about the compute dtype
+_SCALE_KEYS = SCALE_KEYS  # scaled-fp8 scales (float32) say nothing about the compute dtype
 
 
 def weights_dtype(state: dict[str, Any], dtype: Any = None) -> Any:

@@ -8,11 +8,16 @@ logical shape, so config inference from shapes works.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engine.models.quant.gguf_dequant import dequantize, qtype_name
 
-SCALE_KEYS = (".scale_weight", ".scale_input")
+# per-layer scale and marker tensors: ComfyUI's scaled fp8 (`scale_weight`, `scale_input`, a `scaled_fp8` key)
+# and its newer mixed-precision layout (`weight_scale`, `input_scale`, `comfy_quant`: the layer's JSON format)
+WEIGHT_SCALES = (".scale_weight", ".weight_scale")
+SCALE_KEYS = (*WEIGHT_SCALES, ".scale_input", ".input_scale", ".comfy_quant")
+FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
 
 
 class StoredWeight:
@@ -127,12 +132,17 @@ class ScaledFp8Weight(StoredWeight):
 
 
 def pack_scaled_fp8(state: dict[str, Any]) -> dict[str, Any]:
-    """A ComfyUI scaled-fp8 state dict (`scaled_fp8` marker, `*.scale_weight`, `*.scale_input`) with each
-    scaled weight as one ScaledFp8Weight and the markers dropped; other tensors (the bf16 layers of
-    `fp8mixed` files, unscaled fp8) unchanged. A state without scales is returned as it is."""
-    scales = {k[: -len(".scale_weight")]: v for k, v in state.items() if k.endswith(".scale_weight")}
-    if not scales and "scaled_fp8" not in state:
+    """A ComfyUI scaled-fp8 state dict (`scaled_fp8` marker, `*.scale_weight`, `*.scale_input`; or the mixed
+    precision layout's `*.weight_scale`, `*.input_scale`, `*.comfy_quant`) with each scaled weight as one
+    ScaledFp8Weight and the markers dropped; other tensors (the bf16 layers of `fp8mixed` files, unscaled
+    fp8) unchanged. A state without scales is returned as it is. A layer in a format other than fp8 (int8,
+    nvfp4 mixed-precision files) is refused with its name."""
+    scales = {k[: -len(suffix)]: v for k, v in state.items() for suffix in WEIGHT_SCALES if k.endswith(suffix)}
+    if not scales and "scaled_fp8" not in state and not any(k.endswith(".comfy_quant") for k in state):
         return state
+    for key, value in state.items():
+        if key.endswith(".comfy_quant"):
+            _check_format(key[: -len(".comfy_quant")], value)
     out: dict[str, Any] = {}
     for key, value in state.items():
         if key == "scaled_fp8" or key.endswith(SCALE_KEYS):
@@ -140,6 +150,16 @@ def pack_scaled_fp8(state: dict[str, Any]) -> dict[str, Any]:
         layer = key[: -len(".weight")] if key.endswith(".weight") else None
         out[key] = ScaledFp8Weight(value, scales[layer]) if layer in scales else value
     return out
+
+
+def _check_format(layer: str, marker: Any) -> None:
+    try:
+        fmt = json.loads(bytes(marker.reshape(-1).tolist()).decode("utf-8")).get("format")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return  # unreadable marker: the tensors decide (fp8 with a scale loads, anything else fails by shape)
+    if fmt not in FP8_FORMATS:
+        raise ValueError(f"layer {layer!r} is stored in the quantized format {fmt!r}; only fp8 "
+                         f"({', '.join(FP8_FORMATS)}), scaled fp8 and GGUF files are supported")
 
 
 def is_quantized_state(state: dict[str, Any]) -> bool:
