@@ -3,7 +3,7 @@
 Layouts follow ggml (`ggml-quants.c`): a row of `n` weights is `n / block` blocks of `type_size` bytes. All
 arithmetic is float32 (diffusers and the ComfyUI GGUF nodes multiply in float16, which is off by up to one
 float16 rounding per weight; docs/models.md), and the result is cast to the compute dtype once. Checked
-against gguf-py's own numpy dequantizer (`gguf.quants.dequantize`) in tests/models/test_gguf_dequant.py.
+against gguf-py's own numpy dequantizer (`gguf.quants.dequantize`) in tests/models/test_quantized_models.py.
 """
 
 from __future__ import annotations
