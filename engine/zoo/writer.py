@@ -9,6 +9,8 @@ real weights):
     text_encoders/clip_l-tiny.safetensors                      CLIP-L, `text_model.*` keys (+ text_projection)
     text_encoders/t5xxl-tiny.safetensors                       T5 encoder, `encoder.block.*` / `shared.weight`
     vae/ae-tiny.safetensors                                    autoencoder, BFL keys
+    diffusion_models/flux1-dev-tiny-{fp8_e4m3fn,fp8_scaled}.safetensors, -{Q8_0,Q4_K}.gguf, text_encoders/
+    t5xxl-tiny-Q8_0.gguf                                       quantized variants (engine/zoo/quantized.py)
     diffusers/flux1-{dev,schnell}-tiny/                        diffusers pipeline folders (FluxPipeline layout)
     tokenizers/clip_l-tiny/, tokenizers/t5xxl-tiny/            locally trained tokenizers
     .tiny-zoo.json                                             manifest: zoo version, seed, sha256 per file
