@@ -326,20 +326,6 @@ def test_scaled_fp8_t5_keeps_fp8_and_matches_its_up_front_dequantization(models,
     assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q5_1", "Q4_K", "Q6_K"])
-def test_large_weights_decode_in_chunks_to_the_same_values(monkeypatch, name):
-    import gguf
-
-    from engine.models.quant import gguf_dequant
-
-    qtype = int(gguf.GGMLQuantizationType[name])
-    raw = torch.from_numpy(random_blocks(name, 6, 512, seed=4).view(np.uint8).copy())
-    whole = gguf_dequant.dequantize(raw, qtype, (6, 512), torch.float32)
-    monkeypatch.setattr(gguf_dequant, "CHUNK_WEIGHTS", 300)  # a few blocks per chunk, the last one partial
-    chunked = gguf_dequant.dequantize(raw, qtype, (6, 512), torch.bfloat16)
-    assert torch.equal(chunked, whole.to(torch.bfloat16))
-
-
 def test_mixed_precision_layout_weight_scale_and_comfy_quant(models, tmp_path):
     """ComfyUI's newer layout: `<layer>.weight_scale`, `<layer>.comfy_quant` (the layer's JSON format)."""
     import json
