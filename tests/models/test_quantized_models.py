@@ -351,3 +351,27 @@ def test_mixed_precision_layout_weight_scale_and_comfy_quant(models, tmp_path):
     mixed["double_blocks.0.img_mlp.0.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
     with pytest.raises(ValueError, match="nvfp4"):
         load_flux_transformer(save_safetensors(mixed, tmp_path / "nvfp4.safetensors"), variant="dev")
+
+
+def test_fp8_matrix_product_path_agrees_with_upcasting():
+    """The `fp8_e4m3fn_fast` product itself (torch._scaled_mm also runs on the CPU): activations rounded to
+    e4m3fn with one dynamic scale, weight as stored times its scale."""
+    from torch import nn
+
+    from engine.models.quant.fp8_matmul import scaled_mm_linear
+    from engine.models.quant.layers import Fp8Linear, convert_linear
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48)
+    scale = layer.weight.detach().abs().max() / 448
+    layer.weight = nn.Parameter((layer.weight.detach() / scale).to(torch.float8_e4m3fn), requires_grad=False)
+    layer.register_buffer("scale_weight", scale.reshape(1))
+    convert_linear(layer, Fp8Linear)
+    x = torch.randn(3, 7, 64)  # 21 rows: padded to a multiple of 16 inside
+    with torch.no_grad():
+        fast, upcast = scaled_mm_linear(layer, x), layer(x)
+    assert fast.shape == upcast.shape and not torch.equal(fast, upcast)
+    assert float((fast - upcast).abs().max()) <= 0.05 * float(upcast.abs().max())
+    odd = nn.Linear(60, 48)
+    odd.weight = nn.Parameter(odd.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
+    assert scaled_mm_linear(odd, torch.randn(2, 60)) is None  # widths not multiples of 16: the layer upcasts
