@@ -29,9 +29,6 @@ class QuantLinear:
     def dequantized_weight(self, dtype: Any) -> Any:
         raise NotImplementedError
 
-    def logical_shape(self) -> tuple[int, int]:
-        return (self.out_features, self.in_features)
-
     def forward(self, x: Any) -> Any:  # noqa: D401 - nn.Linear signature
         import torch.nn.functional as F
 
@@ -58,7 +55,7 @@ class Fp8Linear(QuantLinear):
         scale = getattr(self, "scale_weight", None)
         if scale is None:
             return self.weight.to(dtype)
-        return (self.weight.float() * scale.float()).to(dtype)
+        return self.weight.float().mul_(scale.float()).to(dtype)
 
     def fast_forward(self, x: Any) -> Any:
         if not (self.fp8_matmul and x.is_cuda and fp8_matmul_available(x.device)):
