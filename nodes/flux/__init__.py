@@ -5,9 +5,11 @@ The ML code lives in engine/sampling (sampling) and engine/models (loading); the
 """
 
 from . import conditioning, inpaint, kontext, latent, loaders, lora, redux, reference, sampling, training
+from . import gguf  # the ComfyUI-GGUF pack's loaders
 from . import control, preprocessors  # structural control: Depth/Canny, ControlNets, preprocessors
 
 NODES = [*loaders.NODES, *conditioning.NODES, *latent.NODES, *sampling.NODES, *reference.NODES, *inpaint.NODES,
          *kontext.NODES, *lora.NODES, *redux.NODES]
 NODES += [*control.NODES, *preprocessors.NODES]
 NODES += training.NODES  # LoRA training (LoadFluxLoraDataset, TrainFluxLora)
+NODES += gguf.NODES  # UnetLoaderGGUF, CLIPLoaderGGUF, DualCLIPLoaderGGUF

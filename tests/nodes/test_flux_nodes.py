@@ -25,6 +25,8 @@ UNCAPTURED |= {"InstructPixToPixConditioning", "ControlNetLoader", "ControlNetAp
                "Canny", "DepthAnythingV2Preprocessor"}
 # fluxgraph's own LoRA training nodes have no ComfyUI counterpart: tests/training/test_flux_lora_nodes.py
 UNCAPTURED |= {"LoadFluxLoraDataset", "TrainFluxLora"}
+# The GGUF loaders belong to a community pack (no capture of ComfyUI core): tests/nodes/test_gguf_nodes.py
+UNCAPTURED |= {"UnetLoaderGGUF", "CLIPLoaderGGUF", "DualCLIPLoaderGGUF"}
 FLUX_NODES = [schema.name for schema in __import__("nodes.flux", fromlist=["NODES"]).NODES
               if schema.name not in UNCAPTURED]
 # Combos where we list a subset of ComfyUI's options (what is implemented), in ComfyUI's order.
