@@ -7,6 +7,7 @@
     fluxgraph serve [server options]
     fluxgraph models tiny|prepare|list [--models-dir DIR]
     fluxgraph train segmenter --data DIR [--base NAME] [--epochs N] ...      (engine/cli/train_export.py)
+    fluxgraph train lora --config FILE [--resume] [--steps N]                (engine/cli/train_lora.py)
     fluxgraph export segmenter NAME --format onnx|torchscript|pt2 [--dtype fp32|fp16|int8] [--size HxW ...]
 
 Nothing heavy is imported at module level (no torch, no node pack, no networkx): `fluxgraph --help` must

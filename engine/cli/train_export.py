@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine.cli.train_lora import add_train_lora_command
 from engine.cli.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, CliError
 from engine.core.folders import FolderPaths, contained_path
 from engine.models.segmentation.export import ExportError, ExportRequest, export_segmenter, parse_sizes
@@ -32,9 +33,10 @@ TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 8, "learning_rate": 1e-4}
 
 def add_train_export_commands(commands: Any) -> None:
     """Register `train` and `export` on the main parser's subcommands."""
-    train = commands.add_parser("train", help="fine-tune a model on a dataset (train segmenter --help)")
+    train = commands.add_parser("train", help="fine-tune a model on a dataset (train segmenter|lora --help)")
     train_kinds = train.add_subparsers(dest="kind", metavar="KIND", required=True)
     _add_train_segmenter(train_kinds.add_parser("segmenter", help="fine-tune a Mask2Former segmenter"))
+    add_train_lora_command(train_kinds)
     export = commands.add_parser("export", help="export a model for deployment (export segmenter --help)")
     export_kinds = export.add_subparsers(dest="kind", metavar="KIND", required=True)
     _add_export_segmenter(export_kinds.add_parser("segmenter", help="export a Mask2Former to ONNX / TorchScript / "

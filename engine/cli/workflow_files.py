@@ -156,9 +156,11 @@ def copy_example_inputs(input_dir: Path, source: Path = EXAMPLE_INPUTS_DIR) -> l
         return []
     Path(input_dir).mkdir(parents=True, exist_ok=True)
     copied = []
-    for image in sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")):
-        target = Path(input_dir) / image.name
+    for image in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        relative = image.relative_to(source)  # folders too: the LoRA training workflow's dataset
+        target = Path(input_dir) / relative
         if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(target, image.read_bytes())
-            copied.append(image.name)
+            copied.append(relative.as_posix())
     return copied

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
+# GGUF files (quantized transformers and text encoders): listed by the GGUF loader nodes (nodes/flux/gguf.py),
+# which offer them from diffusion_models/ + unet/ and text_encoders/ + clip/ as the community GGUF pack does.
+GGUF_EXTENSIONS = frozenset({".gguf"})
 
 # folder key -> default subfolders of models/ (the first is where new files go)
 DEFAULT_MODEL_FOLDERS: dict[str, tuple[str, ...]] = {

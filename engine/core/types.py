@@ -30,12 +30,14 @@ SAMPLER = "SAMPLER"
 SIGMAS = "SIGMAS"
 SEGMENTER = "SEGMENTER"
 SEGMENTATION = "SEGMENTATION"
+FLUX_LORA_DATASET = "FLUX_LORA_DATASET"  # LoadFluxLoraDataset -> TrainFluxLora
 
 # Every type name a node may declare on a socket (a node declaring another name is refused at registration,
 # which catches typos such as "LATENTS"). Combos are lists of options, declared as COMBO.
 KNOWN_TYPES = frozenset({
     INT, FLOAT, STRING, BOOLEAN, COMBO, ANY, MATCH_TYPE, MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK,
     CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, CONTROL_NET, NOISE, GUIDER, SAMPLER, SIGMAS, SEGMENTER, SEGMENTATION,
+    FLUX_LORA_DATASET,
 })
 
 

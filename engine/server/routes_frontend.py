@@ -19,7 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.core.folders import DEFAULT_MODEL_FOLDERS, UnsafePathError, contained_path
+from engine.core.folders import (DEFAULT_MODEL_FOLDERS, GGUF_EXTENSIONS, MODEL_EXTENSIONS, UnsafePathError,
+                                 contained_path)
 from engine.core.safetensors_header import HeaderError, read_header
 from engine.server.errors import ApiError, json_response
 from engine.server.log_ring import LOG_RING
@@ -56,7 +57,7 @@ async def get_experiment_models(request: web.Request) -> web.Response:
 def _model_files(request: web.Request, folder: str) -> list[dict[str, Any]]:
     """The folder's model files as the frontend's model library lists them, with the root's index."""
     files = []
-    for index, name, path in state_of(request).runtime.folders.model_files(folder):
+    for index, name, path in state_of(request).runtime.folders.model_files(folder, MODEL_EXTENSIONS | GGUF_EXTENSIONS):
         stat = path.stat()
         files.append({"name": name, "pathIndex": index, "modified": stat.st_mtime, "created": stat.st_ctime,
                       "size": stat.st_size})

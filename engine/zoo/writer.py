@@ -9,6 +9,8 @@ real weights):
     text_encoders/clip_l-tiny.safetensors                      CLIP-L, `text_model.*` keys (+ text_projection)
     text_encoders/t5xxl-tiny.safetensors                       T5 encoder, `encoder.block.*` / `shared.weight`
     vae/ae-tiny.safetensors                                    autoencoder, BFL keys
+    diffusion_models/flux1-dev-tiny-{fp8_e4m3fn,fp8_scaled}.safetensors, -{Q8_0,Q4_K}.gguf, text_encoders/
+    t5xxl-tiny-Q8_0.gguf                                       quantized variants (engine/zoo/quantized.py)
     diffusers/flux1-{dev,schnell}-tiny/                        diffusers pipeline folders (FluxPipeline layout)
     tokenizers/clip_l-tiny/, tokenizers/t5xxl-tiny/            locally trained tokenizers
     .tiny-zoo.json                                             manifest: zoo version, seed, sha256 per file
@@ -33,9 +35,12 @@ from engine.zoo.control import write_control_zoo
 from engine.zoo.files import save_pipeline, save_tokenizer
 from engine.zoo.flux1_tiny import TinyComponents, tiny_components, tiny_shared_parts, tiny_transformer
 from engine.zoo.flux2 import write_flux2_zoo
+from engine.zoo.quantized import write_quantized_zoo
 from engine.zoo.segmentation import write_tiny_segmenter
 
-ZOO_VERSION = "4"  # 2: conditioning models (zoo_conditioning); 3: FLUX.2 (zoo_flux2); 4: control (zoo/control.py)
+# 2: conditioning models (zoo_conditioning); 3: FLUX.2 (zoo_flux2); 4: control (zoo/control.py);
+# 5: fp8, scaled-fp8 and GGUF variants (engine/zoo/quantized.py)
+ZOO_VERSION = "5"
 MANIFEST = ".tiny-zoo.json"
 MODEL_SUFFIXES = frozenset({".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl", ".gguf"})
 # folders whose contents decide whether real FLUX weights are present
@@ -97,6 +102,8 @@ def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
         written.append(save_safetensors(aio, models_dir / f"checkpoints/flux1-{variant}-tiny-aio.safetensors",
                                         variant_meta))
         written += _save_pipeline_folder(parts, models_dir / f"diffusers/flux1-{variant}-tiny")
+        if variant == "dev":  # fp8, scaled-fp8 and GGUF variants (engine/zoo/quantized.py)
+            written += write_quantized_zoo(models_dir, bfl, t5_state, meta)
     written += write_conditioning_zoo(models_dir, seed, meta)  # Fill, Kontext, SigLIP/Redux, LoRAs
     written += write_flux2_zoo(models_dir, seed, meta)  # FLUX.2 klein (base, distilled) and dev
     written += write_control_zoo(models_dir, seed, meta)  # Depth/Canny, control LoRA, ControlNets, Depth Anything

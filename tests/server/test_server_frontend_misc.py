@@ -43,6 +43,10 @@ async def test_experiment_models(client, tmp_path):
     capture = CAPTURES["GET /api/experiment/models/vae"]["body"][0]
     assert [f["name"] for f in files] == ["ae.safetensors"] and set(files[0]) == set(capture)
     assert (await client.get("/api/experiment/models/nope")).status == 404
+    (tmp_path / "models" / "unet").mkdir(parents=True)
+    (tmp_path / "models" / "unet" / "flux1-dev-Q4_K_S.gguf").write_bytes(b"GGUF")  # the GGUF loaders' files too
+    files = await (await client.get("/api/experiment/models/diffusion_models")).json()
+    assert [f["name"] for f in files] == ["flux1-dev-Q4_K_S.gguf"]
 
 
 async def test_view_metadata(client, tmp_path):

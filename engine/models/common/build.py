@@ -13,17 +13,26 @@ from typing import Any, Callable, Iterable
 
 from engine.memory.mapped import release_pages
 from engine.models.common.safetensors_io import ModelFileError, open_safetensors
+from engine.models.quant.compat import fit_quantized_layers
+from engine.models.quant.layers import prepare_quantized
+from engine.models.quant.tensors import SCALE_KEYS, GGUFWeight, is_quantized_state
+
+
+_SCALE_KEYS = SCALE_KEYS  # scaled-fp8 scales (float32) say nothing about the compute dtype
 
 
 def weights_dtype(state: dict[str, Any], dtype: Any = None) -> Any:
     """The dtype to build a module in: the one asked for, else the state's most common float dtype (fp8
-    storage does not count: it is upcast), else bfloat16."""
+    storage does not count: it is upcast), else bfloat16. GGUF files compute in bfloat16 unless asked
+    otherwise: their vectors are F32 by convention, which says nothing about the model."""
     import torch
 
     if dtype is not None:
         return dtype
-    floats = [v.dtype for v in state.values()
-              if v.is_floating_point() and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)]
+    if any(isinstance(v, GGUFWeight) for v in state.values()):
+        return torch.bfloat16
+    floats = [v.dtype for k, v in state.items() if v.is_floating_point() and not k.endswith(_SCALE_KEYS)
+              and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)]
     return max(set(floats), key=floats.count) if floats else torch.bfloat16
 
 
@@ -32,7 +41,8 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
                 allow_missing: Iterable[str] = (), after_load: Callable[[Any], None] | None = None) -> Any:
     """`factory()` built on meta, filled from `state` (cast to `dtype` when given), in eval mode.
 
-    `allow_missing` tensors must be set by `after_load(module)` (e.g. tying a shared embedding)."""
+    `allow_missing` tensors must be set by `after_load(module)` (e.g. tying a shared embedding). Linear
+    weights stored quantized (fp8, scaled fp8, GGUF) stay so: engine/models/quant/layers.py."""
     import torch
 
     try:
@@ -42,6 +52,9 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
         # the libraries' own errors for a config they cannot build (a folder's config.json, an inferred one)
         raise ModelFileError(source, f"cannot build the model from its config: {type(exc).__name__}: {exc}") \
             from None
+    keep: set[str] = set()
+    if is_quantized_state(state):
+        state, keep = prepare_quantized(module, state)
     expected = set(module.state_dict())
     ignored = set(ignore_unexpected)
     unexpected = sorted(k for k in state if k not in expected and k not in ignored)
@@ -52,10 +65,12 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
         if key in expected:
             _check_shape(module, key, value, source)
     try:
-        module.load_state_dict(_converted(state, expected, dtype), strict=False, assign=True)
+        module.load_state_dict(_converted(state, expected, dtype, keep), strict=False, assign=True)
     except RuntimeError as exc:
         raise ModelFileError(source, f"weights do not fit the model: {exc}") from None
     _materialise_buffers(module)
+    if keep:
+        fit_quantized_layers(module)
     if after_load is not None:
         after_load(module)
     leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
@@ -64,14 +79,15 @@ def instantiate(factory: Callable[[], Any], state: dict[str, Any], source: str |
     return module.eval().requires_grad_(False)
 
 
-def _converted(state: dict[str, Any], expected: set[str], dtype: Any) -> dict[str, Any]:
-    """The tensors to assign, cast to `dtype` one at a time. A memory-mapped source gives its pages back
-    right after its cast, so loading holds the converted model plus one tensor, never two copies."""
+def _converted(state: dict[str, Any], expected: set[str], dtype: Any, keep: set[str]) -> dict[str, Any]:
+    """The tensors to assign, cast to `dtype` one at a time (except the `keep` ones, stored quantized). A
+    memory-mapped source gives its pages back right after its cast, so loading holds the converted model
+    plus one tensor, never two copies."""
     out: dict[str, Any] = {}
     for key, value in state.items():
         if key not in expected:
             continue
-        if dtype is not None and value.is_floating_point() and value.dtype != dtype:
+        if dtype is not None and key not in keep and value.is_floating_point() and value.dtype != dtype:
             converted = value.to(dtype)
             release_pages([value])
             value = converted

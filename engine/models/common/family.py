@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from engine.models.common.detect import detect_components
 from engine.models.common.safetensors_io import ModelFileError, SafetensorsFile, open_safetensors
+from engine.models.quant.gguf_file import is_gguf, open_gguf, text_encoder_kind, transformer_part
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
 LM_PREFIXES = ("model.language_model.", "language_model.model.", "model.", "")
@@ -78,9 +80,23 @@ def flux2_parts(sf: SafetensorsFile) -> dict[str, Part]:
     return found
 
 
+def gguf_parts(path: str | Path) -> dict[str, Part]:
+    """The part a GGUF file holds: a FLUX.1 / FLUX.2 transformer (by its keys) or a text encoder (by its
+    `general.architecture`)."""
+    gf = open_gguf(path)
+    found = transformer_part(gf)
+    if found is not None:
+        kind = "flux2-transformer" if found[0] == "flux2" else "transformer"
+        return {kind: Part(kind, found[1], found[2])}
+    kind = text_encoder_kind(gf)
+    return {kind: Part(kind, "", "llama.cpp")} if kind else {}
+
+
 def file_parts(path: str | Path) -> dict[str, Part]:
-    """Every FLUX.1 and FLUX.2 part of a safetensors file; FLUX.2 wins where the markers overlap (a FLUX.2
-    transformer also has `double_blocks`, its VAE also has LDM keys)."""
+    """Every FLUX.1 and FLUX.2 part of a safetensors (or GGUF) file; FLUX.2 wins where the markers overlap (a
+    FLUX.2 transformer also has `double_blocks`, its VAE also has LDM keys)."""
+    if is_gguf(path):
+        return gguf_parts(path)
     sf = open_safetensors(path)
     parts = flux2_parts(sf)
     flux1 = detect_components(sf).components
@@ -165,12 +181,13 @@ def require_family_part(path: str | Path, kinds: tuple[str, ...], expected: str)
 
 
 def model_choice_problem(folders: object, key: str, input_name: str, name: object, kinds: tuple[str, ...],
-                         expected: str) -> str | None:
+                         expected: str, extensions: Iterable[str] | None = None) -> str | None:
     """For a loader's validate_inputs hook: why the model `name` (folder key `key`) cannot be used where
     `expected` is wanted, or None. Being the hook's input, the name's presence is checked here too."""
     if folders is None or not isinstance(name, str):
         return None
-    listing = folders.list_models(key, include_dirs=True, pipelines=True)  # type: ignore[attr-defined]
+    more = {} if extensions is None else {"extensions": extensions}  # e.g. the GGUF loaders' .gguf files
+    listing = folders.list_models(key, include_dirs=True, pipelines=True, **more)  # type: ignore[attr-defined]
     if name not in listing:
         return f"{input_name}: '{name}' not in the {key} folder ({len(listing)} models listed)"
     path = folders.model_path(key, name)  # type: ignore[attr-defined]

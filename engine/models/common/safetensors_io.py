@@ -143,7 +143,7 @@ def _not_safetensors_hint(head: bytes, why: str) -> str:
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return f"not a safetensors file ({why}); it looks like a pickle/zip checkpoint, which is not loaded"
     if head[:4] == b"GGUF":
-        return f"not a safetensors file ({why}); GGUF files are not supported"
+        return f"not a safetensors file ({why}); it is a GGUF file: load it with UnetLoaderGGUF / CLIPLoaderGGUF"
     if head.lstrip()[:1] in (b"{", b"<", b"v"):
         return f"not a safetensors file ({why}); it looks like text (a git-lfs pointer or an HTML error page?)"
     return f"not a safetensors file ({why})"
@@ -206,7 +206,8 @@ def dequantize_scaled_fp8(state: dict[str, Any], dtype: Any) -> dict[str, Any]:
     """Undo ComfyUI's "scaled fp8" packing (`scaled_fp8` marker, per-layer `*.scale_weight`) into `dtype`.
 
     Files such as t5xxl_fp8_e4m3fn_scaled.safetensors store weight/scale in fp8 with one scale per layer;
-    plain fp8 tensors elsewhere are simply upcast.
+    plain fp8 tensors elsewhere are simply upcast. The loaders keep such files fp8 (engine/models/quant/);
+    this is the up-front reference they are compared with.
     """
     import torch
 

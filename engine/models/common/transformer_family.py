@@ -101,14 +101,15 @@ def _check_rope(model: Any, source: str | Path) -> None:
 def build_transformer(family: TransformerFamily, config: dict[str, Any], state: dict[str, Any],
                       source: str | Path, weight_dtype: str = "default", compute_dtype: Any = None) -> Any:
     """The diffusers module of `config` holding `state`: in `compute_dtype` (None: the state's float dtype),
-    block Linear weights in fp8 when `weight_dtype` asks for it or the file stores them so."""
+    Linear weights stored quantized kept so (engine/models/quant/), block Linear weights in fp8 when
+    `weight_dtype` asks for it."""
     import diffusers
 
     cls = getattr(diffusers, family.class_name)
     compute = weights_dtype(state, compute_dtype)
-    fp8 = fp8_dtype(weight_dtype, state)
-    model = instantiate(lambda: cls.from_config(dict(config)), state, source, dtype=compute if fp8 is None else None)
+    model = instantiate(lambda: cls.from_config(dict(config)), state, source, dtype=compute)
     _check_rope(model, source)
+    fp8 = fp8_dtype(weight_dtype)
     if fp8 is not None:
-        store_blocks_in_fp8(model, fp8, compute)
+        store_blocks_in_fp8(model, fp8, fast=weight_dtype == "fp8_e4m3fn_fast")
     return model

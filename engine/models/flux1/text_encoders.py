@@ -1,7 +1,8 @@
 """Load FLUX.1's text encoders (CLIP-L, T5-XXL) into transformers CLIPTextModel / T5EncoderModel.
 
 Sources: single files as ComfyUI and BFL ship them (clip_l.safetensors with `text_model.*` keys,
-t5xxl_*.safetensors with `encoder.block.*` / `shared.weight` keys, ComfyUI's scaled-fp8 T5 included), the
+t5xxl_*.safetensors with `encoder.block.*` / `shared.weight` keys, ComfyUI's scaled-fp8 T5 included, and T5
+GGUF files with llama.cpp names; fp8 / GGUF Linear weights stay quantized: engine/models/quant/), the
 same under `text_encoders.{clip_l,t5xxl}.transformer.` inside all-in-one checkpoints, and transformers
 folders (`text_encoder/`, `text_encoder_2/` of a diffusers pipeline). A folder is built from its own
 config.json (read as transformers' AutoConfig does, offline). For single files, configs are inferred from
@@ -20,8 +21,9 @@ from engine.models.common.build import (instantiate, load_folder_weights, model_
 from engine.models.common.configs import load_config
 from engine.models.common.detect import detect_components
 from engine.models.common.handles import FluxTextEncoders
-from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
+from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 from engine.models.flux1.tokenizer_files import find_tokenizer
+from engine.models.quant.gguf_file import is_gguf, llama_cpp_to_hf, open_gguf, text_encoder_kind
 
 CLIP_IGNORED = ("text_projection.weight", "logit_scale", "embeddings.position_ids")
 CLIP_HEAD_DIM = 64
@@ -82,7 +84,6 @@ def build_clip(state: dict[str, Any], source: str | Path, dtype: Any = None, cfg
         config = clip_config(state, source)
         cfg = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     dtype = weights_dtype(state, dtype)
-    state = dequantize_scaled_fp8(state, dtype)
     return instantiate(lambda: CLIPTextModel(cfg), state, source, dtype=dtype, ignore_unexpected=CLIP_IGNORED)
 
 
@@ -121,7 +122,6 @@ def build_t5(state: dict[str, Any], source: str | Path, dtype: Any = None, cfg: 
         cfg = T5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     model_cls = UMT5EncoderModel if cfg.model_type == "umt5" else T5EncoderModel
     dtype = weights_dtype(state, dtype)
-    state = dequantize_scaled_fp8(state, dtype)
 
     def tie_embeddings(model: Any) -> None:
         model.encoder.embed_tokens.weight = model.shared.weight
@@ -133,6 +133,8 @@ def build_t5(state: dict[str, Any], source: str | Path, dtype: Any = None, cfg: 
 def load_text_encoder_file(path: str | Path, dtype: Any = None) -> dict[str, Any]:
     """{"clip_l": CLIPTextModel, "t5xxl": T5EncoderModel} for the encoders found in a single file."""
     path = Path(path)
+    if is_gguf(path):
+        return {"t5xxl": _gguf_t5(path, dtype)}
     sf = open_safetensors(path)
     contents = detect_components(sf)
     found = {k: c for k, c in contents.components.items() if k in ("clip_l", "t5xxl")}
@@ -150,6 +152,16 @@ def load_text_encoder_file(path: str | Path, dtype: Any = None) -> dict[str, Any
             state = {k: v for k, v in state.items() if k.startswith(("encoder.", "shared.")) or k == "scaled_fp8"}
             models[kind] = build_t5(state, path, dtype)
     return models
+
+
+def _gguf_t5(path: Path, dtype: Any) -> Any:
+    """A T5 encoder from a llama.cpp-named GGUF file (CLIPLoaderGGUF / DualCLIPLoaderGGUF): quantized
+    Linear weights stay GGUF blocks; the embedding table is dequantized."""
+    gf = open_gguf(path)
+    if text_encoder_kind(gf) != "t5xxl":
+        raise ModelFileError(path, f"expected a T5-XXL text encoder (GGUF architecture 't5encoder'), but the "
+                                   f"file's architecture is {gf.architecture!r}")
+    return build_t5(llama_cpp_to_hf(gf, gf.load()), path, dtype)
 
 
 def encoders_handle(models: dict[str, Any], tokenizer_roots: Iterable[Path], source: str,

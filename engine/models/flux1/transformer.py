@@ -1,5 +1,6 @@
 """Load a FLUX.1 transformer into diffusers' FluxTransformer2DModel, from any supported layout.
 
+GGUF files (UnetLoaderGGUF) hold BFL or diffusers keys; their quantized weights stay GGUF blocks.
 Single files: BFL keys (bare or ComfyUI's `model.diffusion_model.` prefix, also inside all-in-one
 checkpoints) are converted by `flux_keys`; diffusers-keyed files load directly. Folders: a diffusers
 pipeline folder (its `transformer/`) or a transformer folder, built from the folder's own config.json. For
@@ -12,15 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.models.common.build import load_folder_weights, model_subfolder, weights_dtype
+from engine.models.common.build import load_folder_weights, model_subfolder
 from engine.models.common.configs import load_config
 from engine.models.common.detect import Component, detect_components, detect_flux_variant, require_component
 from engine.models.common.fp8 import WEIGHT_DTYPES, check_weight_dtype
 from engine.models.common.handles import FluxModel
-from engine.models.common.safetensors_io import ModelFileError, SafetensorsFile, dequantize_scaled_fp8, open_safetensors
+from engine.models.common.safetensors_io import ModelFileError, SafetensorsFile, open_safetensors
 from engine.models.common.transformer_family import build_transformer, folder_transformer_config, transformer_config
 from engine.models.flux1.keys import FLUX1, FluxKeyError, bfl_to_diffusers
 from engine.models.flux1.variants import flux_model_handle, variant_info
+from engine.models.quant.gguf_file import is_gguf, open_gguf, text_metadata
+from engine.models.quant.gguf_file import transformer_state as gguf_transformer_state
+from engine.models.quant.tensors import pack_scaled_fp8
 
 _NOT_TRANSFORMER = ("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.")
 _SHAPE_FIELDS = ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
@@ -39,6 +43,8 @@ def load_flux_transformer(path: str | Path, weight_dtype: str = "default", compu
     config = None
     if path.is_dir():
         state, name_hint, metadata, source, config = _read_folder(path)
+    elif is_gguf(path):
+        state, name_hint, metadata, source = _read_gguf(path)
     else:
         state, name_hint, metadata, source = _read_file(path)
     return build_flux_model(state, source=source, name_hint=name_hint, metadata=metadata,
@@ -51,22 +57,30 @@ def _read_file(path: Path) -> tuple[dict[str, Any], str, dict[str, str], Path]:
     return transformer_state(sf, comp), path.name, sf.metadata, path
 
 
+def _read_gguf(path: Path) -> tuple[dict[str, Any], str, dict[str, str], Path]:
+    """A GGUF transformer (UnetLoaderGGUF): its quantized weights stay as GGUF blocks (engine/models/quant)."""
+    gf = open_gguf(path)
+    state, layout = gguf_transformer_state(gf, "flux1")
+    return (_to_diffusers(state, path, "") if layout == "bfl" else state), path.name, text_metadata(gf), path
+
+
 def transformer_state(sf: SafetensorsFile, comp: Component) -> dict[str, Any]:
     """The diffusers-keyed transformer tensors of component `comp` of file `sf`."""
     if comp.prefix:
         state = sf.load(comp.prefix)
     else:  # a bare file: everything except known non-transformer entries
         state = sf.load(keys=[k for k in sf.keys() if not k.startswith(_NOT_TRANSFORMER)])
-    if "scaled_fp8" in state or any(k.endswith(".scale_weight") for k in state):
-        # ComfyUI "fp8_scaled" files: fold the per-layer scales in (weight_dtype may re-quantise afterwards).
-        state = dequantize_scaled_fp8(state, weights_dtype(state))
-    if comp.layout != "bfl":
-        return state
+    # ComfyUI "fp8_scaled" files: each weight travels with its layer's scale (kept fp8, scaled per layer)
+    state = pack_scaled_fp8(state)
+    return state if comp.layout != "bfl" else _to_diffusers(state, sf.path, comp.prefix)
+
+
+def _to_diffusers(state: dict[str, Any], source: Path, prefix: str) -> dict[str, Any]:
     try:
         return bfl_to_diffusers(state)
     except FluxKeyError as exc:
-        raise ModelFileError(sf.path, f"unknown FLUX transformer tensor {comp.prefix}{exc.args[0]} "
-                                      "(not a FLUX.1 layout this loader knows)") from None
+        raise ModelFileError(source, f"unknown FLUX transformer tensor {prefix}{exc.args[0]} "
+                                     "(not a FLUX.1 layout this loader knows)") from None
 
 
 def _read_folder(path: Path) -> tuple[dict[str, Any], str, dict[str, str], Path, dict[str, Any]]:

@@ -26,7 +26,8 @@ from engine.models.common.build import (instantiate, load_folder_weights, model_
                                  weights_dtype)
 from engine.models.common.family import LM_PREFIXES, require_family_part
 from engine.models.flux2.tokenizer_files import find_flux2_tokenizer
-from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
+from engine.models.quant.gguf_file import is_gguf, llama_cpp_to_hf, open_gguf
+from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 
 HIDDEN_LAYERS = {"qwen3": (9, 18, 27), "mistral": (10, 20, 30)}
 MAX_SEQUENCE_LENGTH = 512
@@ -116,7 +117,6 @@ def build_language_model(state: dict[str, Any], architecture: str, source: str |
     config = config or infer_lm_config(state, architecture, source)
     state, config = keep_needed_layers(state, config, HIDDEN_LAYERS[architecture], source)
     dtype = weights_dtype(state, dtype)
-    state = dequantize_scaled_fp8(state, dtype)
     config_cls, model_cls = (Qwen3Config, Qwen3Model) if architecture == "qwen3" else (MistralConfig, MistralModel)
     init = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version",
                                                          "dtype", "torch_dtype")}
@@ -141,8 +141,11 @@ def load_flux2_text_encoder(path: str | Path, tokenizer_roots: Iterable[Path] = 
     else:
         part = require_family_part(path, ("qwen3", "mistral"), "a FLUX.2 text encoder (Qwen3 for klein, Mistral "
                                                                "for dev)")
-        sf = open_safetensors(path)
-        state = language_model_state(sf.load(part.prefix), path)
+        if is_gguf(path):  # llama.cpp names; quantized Linear weights stay GGUF blocks
+            gf = open_gguf(path)
+            state = llama_cpp_to_hf(gf, gf.load())
+        else:
+            state = language_model_state(open_safetensors(path).load(part.prefix), path)
         architecture = part.kind
         model = build_language_model(state, architecture, path, dtype)
     tokenizer = find_flux2_tokenizer(architecture, int(model.config.vocab_size), path, list(tokenizer_roots),

@@ -15,21 +15,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.models.common.build import load_folder_weights, model_subfolder, weights_dtype
+from engine.models.common.build import load_folder_weights, model_subfolder
 from engine.models.common.family import model_parts, require_family_part
 from engine.models.common.fp8 import check_weight_dtype
 from engine.models.common.handles import FluxModel, FluxSampling
-from engine.models.common.safetensors_io import ModelFileError, dequantize_scaled_fp8, open_safetensors
+from engine.models.common.safetensors_io import ModelFileError, open_safetensors
 from engine.models.common.transformer_family import build_transformer, folder_transformer_config, transformer_config
 from engine.models.flux1.transformer import load_flux_transformer
 from engine.models.flux2.keys import FLUX2, Flux2KeyError, bfl_to_diffusers
 from engine.models.flux2.variants import detect_flux2_variant, flux2_variant_info, folder_is_distilled
+from engine.models.quant.gguf_file import is_gguf, open_gguf, text_metadata, transformer_part
+from engine.models.quant.gguf_file import transformer_state as gguf_transformer_state
+from engine.models.quant.tensors import pack_scaled_fp8
 
 FLUX2_SAMPLING = FluxSampling()  # the shift itself is FLUX.2's empirical rule (engine.sampling.flux2_schedule)
 
 
 def is_flux2_model(path: str | Path) -> bool:
     """True when `path` (file or folder) holds a FLUX.2 transformer."""
+    if is_gguf(path):
+        found = transformer_part(open_gguf(path))
+        return found is not None and found[0] == "flux2"
     return "flux2-transformer" in model_parts(path)
 
 
@@ -55,20 +61,29 @@ def load_flux2_transformer(path: str | Path, weight_dtype: str = "default", comp
         state, source, metadata = load_folder_weights(folder), folder, {}
         distilled = folder_is_distilled(path)
         hint = path.name
+    elif is_gguf(path):
+        gf = open_gguf(path)
+        state, layout = gguf_transformer_state(gf, "flux2")
+        if layout == "bfl":
+            state = _to_diffusers(state, path, "")
+        source, metadata, hint = path, text_metadata(gf), path.name
     else:
         part = require_family_part(path, ("flux2-transformer",), "a FLUX.2 diffusion transformer")
         sf = open_safetensors(path)
         state = sf.load(part.prefix) if part.prefix else sf.load(
             keys=[k for k in sf.keys() if not k.startswith(("text_encoders.", "vae.", "first_stage_model."))])
-        if "scaled_fp8" in state or any(k.endswith(".scale_weight") for k in state):
-            state = dequantize_scaled_fp8(state, weights_dtype(state))
+        state = pack_scaled_fp8(state)  # scaled fp8: weights stay fp8, each with its layer's scale
         if part.layout == "bfl":
-            try:
-                state = bfl_to_diffusers(state)
-            except Flux2KeyError as exc:
-                raise ModelFileError(path, f"unknown FLUX.2 transformer tensor {part.prefix}{exc.args[0]}") from None
+            state = _to_diffusers(state, path, part.prefix)
         source, metadata, hint = path, sf.metadata, path.name
     return build_flux2_model(state, source, hint, metadata, weight_dtype, compute_dtype, variant, distilled, config)
+
+
+def _to_diffusers(state: dict[str, Any], path: Path, prefix: str) -> dict[str, Any]:
+    try:
+        return bfl_to_diffusers(state)
+    except Flux2KeyError as exc:
+        raise ModelFileError(path, f"unknown FLUX.2 transformer tensor {prefix}{exc.args[0]}") from None
 
 
 def build_flux2_model(state: dict[str, Any], source: str | Path, name_hint: str = "",

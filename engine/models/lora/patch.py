@@ -13,6 +13,8 @@ restores the originals first, then applies its own. `restore_weights(module)` pu
 explicitly (the memory manager calls it before it moves or offloads a patched module: engine/memory/patches.py).
 This is the one mechanism that patches weights; the memory manager only moves whatever tensors it finds.
 
+Layers stored quantized (fp8, scaled fp8, GGUF) are not rewritten: they get the deltas as a list that their
+forward adds after dequantizing the weight (engine/models/quant/layers.py); restoring clears the list.
 Originals are kept exactly: a CPU weight is swapped for a patched copy and the original tensor object is
 kept (no copy at all); a GPU weight is backed up once (on the device when it has room for it, else in CPU
 memory) and patched in place. Restoring copies or swaps the originals back, so the weights are bit-identical
@@ -28,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
 from engine.models.lora.deltas import DELTAS
+from engine.models.quant.layers import quantized_layers
 
 PARTS = ("transformer", "clip", "t5")
 
@@ -71,6 +74,7 @@ class _State:
     originals: dict[str, Any] | None = None  # parameter name -> original tensor (or its backup copy)
     swapped: set[str] | None = None  # names whose original tensor object was swapped out (restore by swap)
     spares: dict[str, Any] | None = None  # patched tensors swapped out, reused as buffers by the next patch
+    quantized: list | None = None  # quantized layers given deltas (applied in their forward, never baked in)
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
@@ -129,6 +133,7 @@ def _patch(module: Any, state: _State, patches: tuple[LoraPatch, ...]) -> None:
 
     params = dict(module.named_parameters())
     by_weight = _grouped(module, patches)
+    state.quantized = _patch_quantized(module, by_weight)
     on_device_ok = _room_for_backups(params, by_weight)
     state.originals, state.swapped = {}, set()
     with torch.no_grad():
@@ -176,6 +181,26 @@ def _set_in_features(module: Any, name: str, weight: Any) -> None:
         owner.in_features = int(weight.shape[1])
 
 
+def _patch_quantized(module: Any, by_weight: dict[str, list[tuple[float, WeightDelta]]]) -> list:
+    """Layers stored quantized (engine/models/quant/layers.py) get their deltas as a list their forward adds
+    after dequantizing, per layer; their stored weights are never touched. Removes them from `by_weight`."""
+    layers = quantized_layers(module)
+    patched = []
+    for name in [n for n in by_weight if n.removesuffix(".weight") in layers]:
+        layer = layers[name.removesuffix(".weight")]
+        deltas = by_weight.pop(name)
+        for _, delta in deltas:
+            if delta.full is not None or delta.widens:  # a control LoRA's replaced or widened weight
+                raise ValueError(f"a LoRA replaces or widens {name}, which is stored quantized: load this model "
+                                 "from a bf16/fp16 file to use it")
+            if delta.up.shape[0] != layer.out_features or delta.down.shape[1] != layer.in_features:
+                raise ValueError(f"LoRA delta for {name} is {delta.up.shape[0]}x{delta.down.shape[1]}, the "
+                                 f"weight is {layer.out_features}x{layer.in_features}")
+        layer.lora_deltas = tuple((factor, d.up, d.down) for factor, d in deltas)
+        patched.append(layer)
+    return patched
+
+
 def _add_delta(total: Any, delta: WeightDelta, factor: float, device: Any, fresh: bool, out: Any) -> Any:
     """total + factor * up @ down: a new tensor (or `out`) when `fresh`, else in place. With a cached product
     (engine/models/lora/deltas.py) it is one pass over memory, else one matrix product."""
@@ -209,6 +234,9 @@ def _room_for_backups(params: dict[str, Any], by_weight: dict[str, Any]) -> bool
 def _restore(module: Any, state: _State, keep_buffers: bool = False) -> None:
     import torch
 
+    for layer in state.quantized or ():
+        layer.lora_deltas = ()
+    state.quantized = None
     if not state.originals:
         state.applied = ()
         return
