@@ -157,3 +157,18 @@ def test_flux2_first_block_cache_where_the_diffusers_hook_fails(runtime):
     assert False in calls and calls.count(True) >= 2, calls
     assert torch.isfinite(ours).all()
     assert MOVED <= float((ours - uncached).abs().mean()) <= 0.2
+
+
+@pytest.mark.parametrize("case", ["mag", "taylorseer"])
+def test_flux2_cfg_branches_match_the_diffusers_hook(runtime, case):
+    """FLUX.2 klein base with CFG (the pipeline's "cond" / "uncond" cache contexts; our branches). Same
+    decisions; the image at the FLUX.2 parity suite's tolerance (cfg 4 scales the float rounding of both
+    passes, as in the uncached CFG parity test)."""
+    node, inputs = FLUX2_CASES[case]
+    graph = lambda: f2.flux2_graph("klein-base", steps=STEPS, seed=4, cfg=4.0)  # noqa: E731
+    with tail_probe() as ours_calls:
+        ours, _ = run_prompt(runtime, with_cache(graph(), node, **inputs))
+    expected, ref_calls = _with_hook(f2.reference_pipeline("klein-base").transformer, _config(node, inputs),
+                                     lambda: f2.reference_images("klein-base", steps=STEPS, seed=4, cfg=4.0))
+    assert len(ours_calls) == 2 * STEPS and ours_calls == ref_calls and False in ours_calls
+    assert float((ours - expected).abs().max()) <= f2.TOLERANCE
