@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from engine.cli.train_lora import add_train_lora_command
 from engine.cli.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, CliError
+from engine.cli.stop_request import StopRequest
 from engine.core.folders import FolderPaths, contained_path
 from engine.models.segmentation.export import ExportError, ExportRequest, export_segmenter, parse_sizes
 from engine.models.segmentation.exported import ExportedModelError
@@ -125,31 +124,6 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 # ----- train
 
-class _StopRequest:
-    """First Ctrl-C: stop at the next step (after saving last/); second: KeyboardInterrupt at once."""
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: Any = None
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
 def _epoch_line(summary: dict[str, Any]) -> str:
     loss = "-" if summary["train_loss"] is None else f"{summary['train_loss']:.4f}"
     best = "-" if summary.get("best_miou") is None else f"{summary['best_miou']:.4f}"
@@ -181,7 +155,7 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
         flip=not args.no_flip, reduce_labels=args.reduce_labels, num_points=args.num_points, seed=args.seed,
         save_every=args.save_every, max_steps=args.max_steps, evaluate_first=args.evaluate_first,
         device=args.device, resume=str(run_dir) if args.resume else "")
-    stop = _StopRequest()
+    stop = StopRequest()
     bar: Any = None
 
     def on_start(info: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, CliError
+from engine.cli.stop_request import StopRequest
 from engine.core.folders import FolderPaths
 from engine.training.flux_lora.checkpoint import CheckpointError, unfinished_step
 from engine.training.flux_lora.config import LoraConfigError, LoraTrainConfig
@@ -61,37 +62,6 @@ def _settings(args: argparse.Namespace) -> tuple[LoraTrainConfig, FolderPaths]:
         raise CliError(str(exc), EXIT_INVALID) from exc
 
 
-class _StopRequest:
-    """First Ctrl-C: stop at the next step (the state is saved); second: KeyboardInterrupt at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: Any = None
-
-    def install(self) -> None:
-        import signal  # noqa: PLC0415 - only training installs a handler
-        import threading  # noqa: PLC0415 - as above
-
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            import signal  # noqa: PLC0415 - as above
-
-            signal.signal(signal.SIGINT, self.previous)
-
-
 def cmd_train_lora(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -111,7 +81,7 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
         model, clip, vae = load_training_models(config, folders)
     except (LoraConfigError, ModelFileError, FileNotFoundError) as exc:
         raise CliError(str(exc), EXIT_INVALID) from exc
-    stop = _StopRequest()
+    stop = StopRequest()
     bar: Any = None
 
     def on_start(info: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ def test_ctrl_c_saves_the_step_and_resume_finishes_the_run(capsys, monkeypatch):
         if calls["count"] == 2:  # Ctrl-C while the first epoch is evaluated (step 1 was the first check)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_export._StopRequest, "check", second_step_interrupts)
+    monkeypatch.setattr(train_export.StopRequest, "check", second_step_interrupts)
     data = str(workspace() / "input" / "small")
     assert run(*TRAIN, "--data", data, "--output", "cli-paused") == EXIT_INTERRUPTED
     err = capsys.readouterr().err
