@@ -44,9 +44,10 @@ class ControlApplication:
 
 @torch.no_grad()
 def apply_controlnet(positive: list, negative: list, controlnet: Any, image: torch.Tensor, strength: float,
-                     start_percent: float, end_percent: float, vae: Any, memory: Any) -> tuple[list, list]:
-    """ControlNetApplyAdvanced: both conditionings with the control appended (unchanged at strength 0)."""
-    what = "ControlNetApplyAdvanced"
+                     start_percent: float, end_percent: float, vae: Any, memory: Any,
+                     what: str = "ControlNetApplyAdvanced") -> tuple[list, list]:
+    """ControlNetApplyAdvanced: both conditionings with the control appended (unchanged at strength 0).
+    `what` names the node in messages (ControlNetApply, the old node, passes one conditioning and [])."""
     if strength == 0:
         return positive, negative
     if not isinstance(image, torch.Tensor) or image.ndim != 4:

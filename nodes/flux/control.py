@@ -1,7 +1,7 @@
 """Structural control nodes: InstructPixToPixConditioning (the control image of FLUX.1 Depth/Canny, full
 models or control LoRAs), SetFirstSigma, and the ControlNet nodes ControlNetLoader, ControlNetApplyAdvanced,
-SetUnionControlNetType. The maths lives in engine/sampling/control.py and engine/sampling/control_nets.py,
-ControlNet loading in engine/models/control/controlnet.py."""
+SetUnionControlNetType (and the old ControlNetApply). The maths lives in engine/sampling/control.py and
+engine/sampling/control_nets.py, ControlNet loading in engine/models/control/controlnet.py."""
 
 from __future__ import annotations
 
@@ -62,11 +62,29 @@ def controlnet_apply_advanced(ctx: Any, positive: list, negative: list, control_
                               strength: float, start_percent: float, end_percent: float, vae: Any = None):
     from engine.sampling.control_nets import apply_controlnet  # noqa: PLC0415 - loads torch
 
-    if not hasattr(control_net, "takes_latents"):
-        raise TypeError(f"ControlNetApplyAdvanced: control_net is not a FLUX ControlNet "
-                        f"(got {type(control_net).__name__})")
+    _check_controlnet("ControlNetApplyAdvanced", control_net)
     return apply_controlnet(positive, negative, control_net, image, float(strength), float(start_percent),
                             float(end_percent), vae, memory(ctx))
+
+
+@node("ControlNetApply", category="conditioning/controlnet", display_name="Apply ControlNet (OLD)",
+      inputs=[Socket("conditioning", CONDITIONING), Socket("control_net", CONTROL_NET), Socket("image", IMAGE),
+              Float("strength", 1.0, min=0.0, max=10.0, step=0.01)],
+      outputs=[CONDITIONING], deprecated=True,
+      description="ComfyUI's old Apply ControlNet, kept so saved workflows load: one conditioning, the whole "
+                  "schedule, no vae (ControlNets that read latents need ControlNetApplyAdvanced).")
+def controlnet_apply(ctx: Any, conditioning: list, control_net: Any, image: Any, strength: float):
+    from engine.sampling.control_nets import apply_controlnet  # noqa: PLC0415 - loads torch
+
+    _check_controlnet("ControlNetApply", control_net)
+    positive, _ = apply_controlnet(conditioning, [], control_net, image, float(strength), 0.0, 1.0, None,
+                                   memory(ctx), what="ControlNetApply")
+    return (positive,)
+
+
+def _check_controlnet(what: str, control_net: Any) -> None:
+    if not hasattr(control_net, "takes_latents"):
+        raise TypeError(f"{what}: control_net is not a FLUX ControlNet (got {type(control_net).__name__})")
 
 
 @node("SetUnionControlNetType", category="conditioning/controlnet",
@@ -79,4 +97,4 @@ def set_union_controlnet_type(ctx: Any, control_net: Any, type: str):
 
 
 NODES = [instruct_pix_to_pix_conditioning, set_first_sigma, controlnet_loader, controlnet_apply_advanced,
-         set_union_controlnet_type]
+         controlnet_apply, set_union_controlnet_type]

@@ -37,6 +37,11 @@ COMFYUI_DECLARATIONS = {
                   "optional": {"vae": ["VAE"]}},
         "output": ["CONDITIONING", "CONDITIONING"], "output_name": ["positive", "negative"],
         "category": "conditioning/controlnet", "display_name": "Apply ControlNet"},
+    "ControlNetApply": {  # ComfyUI's deprecated "Apply ControlNet (OLD)"
+        "input": {"required": {"conditioning": ["CONDITIONING"], "control_net": ["CONTROL_NET"], "image": ["IMAGE"],
+                               "strength": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}]}},
+        "output": ["CONDITIONING"], "category": "conditioning/controlnet", "deprecated": True,
+        "display_name": "Apply ControlNet (OLD)"},
     "SetUnionControlNetType": {
         "input": {"required": {"control_net": ["CONTROL_NET"], "type": [UNION_TYPES]}},
         "output": ["CONTROL_NET"], "output_name": ["CONTROL_NET"], "category": "conditioning/controlnet"},

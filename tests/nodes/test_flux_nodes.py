@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one 
 UNCAPTURED = {"DiffusersLoader"}
 # Control nodes without a capture: their declarations are checked in tests/nodes/test_flux_control_nodes.py
 UNCAPTURED |= {"InstructPixToPixConditioning", "ControlNetLoader", "ControlNetApplyAdvanced", "SetUnionControlNetType",
-               "Canny", "DepthAnythingV2Preprocessor"}
+               "Canny", "DepthAnythingV2Preprocessor", "ControlNetApply"}
 # fluxgraph's own LoRA training nodes have no ComfyUI counterpart: tests/training/test_flux_lora_nodes.py
 UNCAPTURED |= {"LoadFluxLoraDataset", "TrainFluxLora"}
 # The GGUF loaders belong to a community pack (no capture of ComfyUI core): tests/nodes/test_gguf_nodes.py

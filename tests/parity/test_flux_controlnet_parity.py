@@ -159,3 +159,31 @@ def test_auto_runs_a_union_controlnet_without_a_mode(runtime):
                                                    seed=43))
     expected = reference(["union"], ["control_photo.png"], [1], [1.0], seed=43, steps=2)
     assert max_diff(again, expected) <= TOLERANCE  # the cached module is a union model again after "auto"
+
+
+def _as_old_node(graph: dict) -> dict:
+    """The graph with its one ControlNetApplyAdvanced replaced by ComfyUI's old ControlNetApply (positive only)."""
+    graph = {key: dict(value) for key, value in graph.items()}
+    inputs = graph["33"]["inputs"]
+    graph["33"] = {"class_type": "ControlNetApply", "inputs": {
+        "conditioning": inputs["positive"], "control_net": inputs["control_net"], "image": inputs["image"],
+        "strength": inputs["strength"]}}
+    graph["10"] = {**graph["10"], "inputs": {**graph["10"]["inputs"], "positive": ["33", 0], "negative": ["7", 0]}}
+    return graph
+
+
+def test_the_old_controlnet_apply_node_equals_the_advanced_one_at_cfg_1(runtime):
+    """Saved workflows still use ControlNetApply; FLUX.1 dev samples at cfg 1, so the negative never runs."""
+    graph = controlnet_graph([("xlabs", "control_photo.png", None, 0.9)], seed=9, steps=2)
+    assert graph["10"]["inputs"].get("cfg", 1.0) == 1.0
+    advanced, _ = run_graph(runtime, graph)
+    old, _ = run_graph(runtime, _as_old_node(graph))
+    assert torch.equal(old, advanced)
+
+
+def test_the_old_node_asks_for_controlnet_apply_advanced_when_a_vae_is_needed(runtime):
+    graph = _as_old_node(controlnet_graph([("plain", "control_photo.png", None, 1.0)], steps=1))
+    checked = runtime.validate(graph)
+    result = runtime.executor.execute(checked.prompt, prompt_id="old-node")
+    assert result.status == "error"
+    assert "ControlNetApply" in str(result.errors) and "vae" in str(result.errors)
