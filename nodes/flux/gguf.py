@@ -1,5 +1,5 @@
 """The GGUF loader nodes, named and shaped as the community ComfyUI-GGUF pack's (so its workflows load):
-UnetLoaderGGUF, CLIPLoaderGGUF, DualCLIPLoaderGGUF.
+UnetLoaderGGUF, UnetLoaderGGUFAdvanced, CLIPLoaderGGUF, DualCLIPLoaderGGUF.
 
 UnetLoaderGGUF offers the .gguf files of diffusion_models/ and unet/; the CLIP loaders offer the .gguf and
 the safetensors files of text_encoders/ and clip/ (a GGUF T5 is usually paired with a safetensors clip_l).
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.core.folders import GGUF_EXTENSIONS, MODEL_EXTENSIONS
-from engine.core.schema import Combo, node
+from engine.core.schema import Boolean, Combo, node
 from engine.core.types import CLIP, MODEL
 from engine.models.common.family import model_choice_problem
 
@@ -55,6 +55,25 @@ def unet_loader_gguf(ctx: Any, unet_name: str):
     return loaders.unet_loader.function(ctx, unet_name=unet_name, weight_dtype="default")
 
 
+DTYPE_CHOICES = ("default", "target", "float32", "float16", "bfloat16")
+
+
+@node("UnetLoaderGGUFAdvanced", category="bootleg", display_name="Unet Loader (GGUF/Advanced)",
+      python_module=PACK_MODULE,
+      inputs=[Combo("unet_name", _lister("diffusion_models", GGUF_EXTENSIONS)),
+              Combo("dequant_dtype", DTYPE_CHOICES, default="default"),
+              Combo("patch_dtype", DTYPE_CHOICES, default="default"),
+              Boolean("patch_on_device", False)],
+      outputs=[MODEL],
+      description="UnetLoaderGGUF with the pack's precision options, accepted so its workflows load: fluxgraph "
+                  "always dequantizes with float32 arithmetic then casts to the compute dtype (the pack's "
+                  "'float32' / 'target', bit-exact), and adds LoRA deltas on the layer's own device.")
+def unet_loader_gguf_advanced(ctx: Any, unet_name: str, dequant_dtype: str, patch_dtype: str,
+                              patch_on_device: bool):
+    # The options trade exactness for speed in the pack (fp16 dequantization); fluxgraph keeps one exact path.
+    return loaders.unet_loader.function(ctx, unet_name=unet_name, weight_dtype="default")
+
+
 @node("CLIPLoaderGGUF", category="bootleg", display_name="CLIPLoader (GGUF)", python_module=PACK_MODULE,
       inputs=[Combo("clip_name", _lister("text_encoders", CLIP_EXTENSIONS)),
               Combo("type", loaders.SINGLE_CLIP_TYPES)],
@@ -75,4 +94,4 @@ def dual_clip_loader_gguf(ctx: Any, clip_name1: str, clip_name2: str, type: str)
     return loaders.dual_clip_loader.function(ctx, clip_name1=clip_name1, clip_name2=clip_name2, type=type)
 
 
-NODES = [unet_loader_gguf, clip_loader_gguf, dual_clip_loader_gguf]
+NODES = [unet_loader_gguf, unet_loader_gguf_advanced, clip_loader_gguf, dual_clip_loader_gguf]

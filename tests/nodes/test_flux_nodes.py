@@ -26,7 +26,7 @@ UNCAPTURED |= {"InstructPixToPixConditioning", "ControlNetLoader", "ControlNetAp
 # fluxgraph's own LoRA training nodes have no ComfyUI counterpart: tests/training/test_flux_lora_nodes.py
 UNCAPTURED |= {"LoadFluxLoraDataset", "TrainFluxLora"}
 # The GGUF loaders belong to a community pack (no capture of ComfyUI core): tests/nodes/test_gguf_nodes.py
-UNCAPTURED |= {"UnetLoaderGGUF", "CLIPLoaderGGUF", "DualCLIPLoaderGGUF"}
+UNCAPTURED |= {"UnetLoaderGGUF", "UnetLoaderGGUFAdvanced", "CLIPLoaderGGUF", "DualCLIPLoaderGGUF"}
 # Speed nodes without a capture: EasyCache / LazyCache / TorchCompileModel inputs are checked against ComfyUI's
 # documented schema in tests/nodes/test_speed_nodes.py; the others have diffusers' parameters
 UNCAPTURED |= {"EasyCache", "LazyCache", "FirstBlockCache", "MagCache", "TaylorSeerCache", "TorchCompileModel"}

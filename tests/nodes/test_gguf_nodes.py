@@ -77,3 +77,19 @@ def test_clip_loader_gguf_loads_a_t5_and_refuses_a_transformer(runtime):
         assert "FLUX.1 diffusion transformer" in message and misplaced.name in message
     finally:
         misplaced.unlink()
+
+
+def test_the_advanced_unet_loader_takes_the_packs_options_and_loads_the_same_model(runtime):
+    info = NodeRegistry().discover("nodes").object_info(FolderPaths(zoo_base()))["UnetLoaderGGUFAdvanced"]
+    required = info["input"]["required"]
+    assert list(required) == ["unet_name", "dequant_dtype", "patch_dtype", "patch_on_device"]
+    assert required["dequant_dtype"][0] == ["default", "target", "float32", "float16", "bfloat16"]
+    assert required["patch_on_device"] == ["BOOLEAN", {"default": False}]
+    assert info["display_name"] == "Unet Loader (GGUF/Advanced)" and info["output"] == ["MODEL"]
+    plain, _ = run_prompt(runtime, gguf_graph())
+    graph = gguf_graph()
+    graph["1"] = {"class_type": "UnetLoaderGGUFAdvanced", "inputs": {
+        "unet_name": "flux1-dev-tiny-Q4_K.gguf", "dequant_dtype": "float16", "patch_dtype": "target",
+        "patch_on_device": True}}
+    advanced, _ = run_prompt(runtime, graph)
+    assert torch.equal(plain, advanced)  # one exact dequantization path whatever the options say
