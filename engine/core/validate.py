@@ -189,6 +189,7 @@ class _NodeValidator:
                           else repr(options))
                 close = close_matches(value, options)
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                hint = _kind_not_offered(value, options) + hint
                 errors.append(_error("value_not_in_list", "Value not in list",
                                      f"{inp.name}: '{value}' not in {listed}{hint}", input_name=inp.name,
                                      input_config=config, received_value=value, close_matches=close))
@@ -357,3 +358,14 @@ def _summary(node_errors: dict[str, Any]) -> str:
         for err in entry["errors"]:
             lines.append(f"{entry['class_type']} #{node_id}: {err['message']}: {err['details']}")
     return "\n".join(lines)
+
+
+def _kind_not_offered(value: Any, options: list) -> str:
+    """"; this input offers no '.gguf' files" when a file name's extension is one no option has: the file is
+    likely of a kind another node loads (a GGUF model given to UNETLoader), not misspelt."""
+    if not isinstance(value, str) or "." not in value.rsplit("/", 1)[-1]:
+        return ""
+    suffix = "." + value.rsplit(".", 1)[-1].lower()
+    if len(suffix) > 12 or any(isinstance(o, str) and o.lower().endswith(suffix) for o in options):
+        return ""
+    return f"; this input offers no '{suffix}' files"

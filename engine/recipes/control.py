@@ -22,7 +22,7 @@ CONTROL_WORKFLOW = "flux_controlnet_union.json"
 CONTROL_VARIANTS = ("flux-dev", "flux-schnell")
 PREPROCESSORS = {"depth": "DepthAnythingV2Preprocessor", "canny": "Canny"}
 UNION_TYPES = {"depth": "depth", "canny": "canny/lineart/anime_lineart/mlsd"}  # SetUnionControlNetType names
-_SAMPLERS = ("KSampler", "KSamplerAdvanced", "CFGGuider")
+_SAMPLERS = ("KSampler", "KSamplerAdvanced", "CFGGuider", "BasicGuider")  # BasicGuider: schnell, one conditioning
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,17 @@ def apply_control(graph: dict[str, Any], request: ControlRequest | None, workflo
     samplers = [n for c in _SAMPLERS for n in nodes_of_class(graph, c)]
     decoders = nodes_of_class(graph, "VAEDecode")
     if len(samplers) != 1 or not decoders:
-        raise RecipeError("this workflow has no single sampler with positive and negative inputs for 'control'")
+        raise RecipeError("'control' cannot be added to this variant's workflow: it needs one sampler and a "
+                          "VAEDecode", f"found {len(samplers)} sampler(s), {len(decoders)} VAEDecode node(s)")
     sampler = graph[samplers[0]]["inputs"]
     ids = NewIds(graph)
+    guided_once = graph[samplers[0]]["class_type"] == "BasicGuider"
+    if guided_once:  # no negative: the ControlNet's negative output goes nowhere, a zeroed one is enough
+        zero = ids()
+        graph[zero] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": sampler["conditioning"]}}
+        positive, negative = sampler["conditioning"], [zero, 0]
+    else:
+        positive, negative = sampler["positive"], sampler["negative"]
     load, prepare, loader, union, apply = ids(), ids(), ids(), ids(), ids()
     preprocessor = PREPROCESSORS[request.type]
     settings = {k: v for k, v in shipped[preprocessor].items() if not isinstance(v, list)}
@@ -89,8 +97,11 @@ def apply_control(graph: dict[str, Any], request: ControlRequest | None, workflo
     graph[union] = {"class_type": "SetUnionControlNetType",
                     "inputs": {"control_net": [loader, 0], "type": UNION_TYPES[request.type]}}
     graph[apply] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-        "positive": sampler["positive"], "negative": sampler["negative"], "control_net": [union, 0],
+        "positive": positive, "negative": negative, "control_net": [union, 0],
         "image": [prepare, 0], "strength": request.strength, "start_percent": 0.0, "end_percent": 1.0,
         "vae": graph[decoders[0]]["inputs"]["vae"]}}
-    sampler["positive"], sampler["negative"] = [apply, 0], [apply, 1]
+    if guided_once:
+        sampler["conditioning"] = [apply, 0]
+    else:
+        sampler["positive"], sampler["negative"] = [apply, 0], [apply, 1]
     return graph

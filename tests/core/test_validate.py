@@ -215,6 +215,15 @@ def test_value_not_in_list_suggests_close_matches():
     assert "did you mean 'floor'" in err["details"]
 
 
+def test_a_file_of_a_kind_the_input_does_not_offer_says_so():
+    from engine.core.validate import _kind_not_offered
+
+    models = ["flux1-dev.safetensors", "flux1-schnell.safetensors"]
+    assert _kind_not_offered("flux1-dev-Q4_K.gguf", models) == "; this input offers no '.gguf' files"
+    assert _kind_not_offered("flux1-dve.safetensors", models) == ""  # a typo: close matches say more
+    assert _kind_not_offered("flor", ["floor"]) == "" and _kind_not_offered(3, ["floor"]) == ""
+
+
 def test_graph_validators_report_on_the_blamed_node():
     from engine.core.registry import NodeRegistry
 

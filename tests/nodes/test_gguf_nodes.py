@@ -93,3 +93,14 @@ def test_the_advanced_unet_loader_takes_the_packs_options_and_loads_the_same_mod
         "patch_on_device": True}}
     advanced, _ = run_prompt(runtime, graph)
     assert torch.equal(plain, advanced)  # one exact dequantization path whatever the options say
+
+
+def test_a_gguf_file_given_to_a_safetensors_loader_is_pointed_to_the_gguf_loaders(runtime):
+    graph = txt2img_prompt("dev", seed=5, steps=3)
+    graph["1"]["inputs"]["unet_name"] = "flux1-dev-tiny-Q8_0.gguf"
+    graph["2"]["inputs"]["clip_name2"] = "t5xxl-tiny-Q8_0.gguf"
+    checked = runtime.validate(graph)
+    unet = checked.node_errors["1"]["errors"][0]["details"]
+    clip = checked.node_errors["2"]["errors"][0]["details"]
+    assert "this input offers no '.gguf' files" in unet
+    assert "is not among" in clip and "load with CLIPLoaderGGUF / DualCLIPLoaderGGUF" in clip

@@ -106,6 +106,18 @@ async def test_api_generate_takes_a_depth_or_canny_control(client):
 
 
 @pytest.mark.asyncio
+async def test_api_generate_takes_a_control_on_schnell_too(client):
+    """schnell's workflow guides with BasicGuider (one conditioning): the control goes on it."""
+    _, plain = await generate(client, model="flux-schnell")
+    graph, canny = await generate(client, model="flux-schnell", control={"image": "control_photo.png",
+                                                                          "type": "canny"})
+    apply_id, apply = next((k, n) for k, n in graph.items() if n["class_type"] == "ControlNetApplyAdvanced")
+    guider = next(n for n in graph.values() if n["class_type"] == "BasicGuider")
+    assert guider["inputs"]["conditioning"] == [apply_id, 0]
+    assert np.abs(canny - plain).mean() > 1
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("control,message", [
     ("control_photo.png", "'control' must be an object"),
     ({"image": "control_photo.png", "type": "pose"}, "'control.type'"),

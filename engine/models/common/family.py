@@ -189,7 +189,9 @@ def model_choice_problem(folders: object, key: str, input_name: str, name: objec
     more = {} if extensions is None else {"extensions": extensions}  # e.g. the GGUF loaders' .gguf files
     listing = folders.list_models(key, include_dirs=True, pipelines=True, **more)  # type: ignore[attr-defined]
     if name not in listing:
-        return f"{input_name}: '{name}' not in the {key} folder ({len(listing)} models listed)"
+        gguf = name.lower().endswith(".gguf") and ".gguf" not in (extensions or ())
+        return (f"{input_name}: '{name}' is not among the {len(listing)} models this input offers from the {key} "
+                "folder" + ("; .gguf files load with CLIPLoaderGGUF / DualCLIPLoaderGGUF" if gguf else ""))
     path = folders.model_path(key, name)  # type: ignore[attr-defined]
     try:
         parts = model_parts(path)
