@@ -67,6 +67,11 @@ class ProgressPrinter:
         elif event == "execution_interrupted":
             self._close_bar()
             self._say(f"interrupted at node {data.get('node_id')} ({data.get('node_type')})")
+        elif event == "fluxgraph.step_cache":  # a sampler's step cache: what it saved (docs/flux.md "Speed")
+            self._close_bar()
+            self._say(f"node {data.get('node')}: {data.get('method')} skipped {data.get('skipped_steps')}/"
+                      f"{data.get('steps')} steps; {data.get('transformer_evaluations')} transformer evaluations, "
+                      f"{data.get('skipped_evaluations')} answered from the cache")
 
     def _progress(self, value: int, total: int) -> None:
         from tqdm import tqdm

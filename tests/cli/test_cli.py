@@ -218,6 +218,18 @@ def test_progress_printer_lines_and_bar():
     assert printer.outputs == {"7": {"images": [{"filename": "a.png", "subfolder": "", "type": "temp"}]}}
 
 
+def test_progress_printer_says_what_a_step_cache_saved():
+    stream = io.StringIO()
+    printer = cli.ProgressPrinter({"9": {"class_type": "KSampler"}}, total_nodes=1, stream=stream)
+    printer("executing", {"node": "9"})
+    printer("progress", {"value": 20, "max": 20, "node": "9"})
+    printer("fluxgraph.step_cache", {"node": "9", "prompt_id": "p", "method": "EasyCache", "steps": 20,
+                                     "skipped_steps": 12, "transformer_evaluations": 8, "skipped_evaluations": 12})
+    assert printer.bar is None
+    assert "node 9: EasyCache skipped 12/20 steps; 8 transformer evaluations, 12 answered from the cache" \
+        in stream.getvalue()
+
+
 def test_first_ctrl_c_interrupts_cooperatively_second_stops():
     interrupt = InterruptFlag()
     previous = cli._interrupt_on_sigint(interrupt)
