@@ -120,4 +120,7 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     print(f"saved: {result.lora_path} ({result.steps} steps, last loss {result.losses[-1]:.4f})")
+    if not result.finished:
+        print(f"stopped at step {result.steps} of {config.steps} (max_steps); continue with: fluxgraph train lora "
+              f"--config {args.config} --resume", file=sys.stderr)
     return EXIT_OK

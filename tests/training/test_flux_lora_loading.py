@@ -112,3 +112,41 @@ def test_training_on_an_fp8_base_keeps_the_base_quantised(tmp_path):
     tensors = load_file(str(result.lora_path))
     assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
     assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if k.endswith("lora_B.weight"))
+
+
+def test_training_on_a_gguf_base_equals_training_on_its_dequantized_copy(tmp_path):
+    """QLoRA-style on GGUF: the Q8_0 blocks stay as stored and each step sees exactly the dequantized weights,
+    so the losses and the LoRA equal a run on a float copy of the same weights."""
+    from safetensors.torch import load_file
+
+    from engine.models.common.safetensors_io import save_safetensors
+    from engine.models.flux1.keys import diffusers_to_bfl
+    from engine.models.quant.layers import quantized_layers
+    from tests.parity.test_quantized_parity import exact_dequantized_state
+
+    base = training_base(tmp_path / "base")
+    data = write_shapes_dataset(tmp_path / "data", count=2)
+    copy_name = "flux1-dev-tiny-Q8_0-dequantized-tiny.safetensors"  # the name the quantized parity test writes
+    save_safetensors(diffusers_to_bfl(exact_dequantized_state("flux1-dev-tiny-Q8_0.gguf")),
+                     zoo_base() / "models" / "diffusion_models" / copy_name, {"fluxgraph.variant": "dev"})
+    runs = {}
+    for unet in ("flux1-dev-tiny-Q8_0.gguf", copy_name):
+        config = LoraTrainConfig(data_dir=str(data), output_name=unet.split(".")[0] + "-lora",
+                                 output_dir=str(base / "models" / "loras"), state_dir=str(tmp_path / unet),
+                                 rank=4, alpha=4.0, steps=3, resolution=64, learning_rate=0.01, unet=unet,
+                                 clip=["t5xxl-tiny.safetensors", "clip_l-tiny.safetensors"], vae="ae-tiny.safetensors")
+        model, clip, vae = load_training_models(config, FolderPaths(base), dtype=torch.float32)
+        layers = quantized_layers(model.transformer)
+        stored = {name: layer.state_dict() for name, layer in layers.items()}
+        result = train_lora(config, model, clip, vae, MemoryManager(device="cpu"))
+        if unet.endswith(".gguf"):
+            assert layers, "the GGUF base was not kept quantized"
+            after = quantized_layers(model.transformer)
+            assert all(torch.equal(a, b) for name in stored for a, b in
+                       zip(stored[name].values(), after[name].state_dict().values()))
+        runs[unet] = (result.losses, load_file(str(result.lora_path)))
+    (gguf_losses, gguf_lora), (copy_losses, copy_lora) = runs.values()
+    assert max(abs(a - b) for a, b in zip(gguf_losses, copy_losses)) <= 1e-4
+    assert gguf_lora.keys() == copy_lora.keys()
+    assert max(float((gguf_lora[k] - copy_lora[k]).abs().max()) for k in gguf_lora) <= 1e-4
+    assert any(float(t.abs().max()) > 0 for k, t in gguf_lora.items() if k.endswith("lora_B.weight"))

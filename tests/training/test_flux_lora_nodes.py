@@ -91,7 +91,12 @@ def test_cli_trains_from_a_config_file(tmp_path, capsys):
     config = tmp_path / "lora.json"
     _write_config(config, base)
     assert main(["train", "lora", "--config", str(config), "--device", "cpu", "--max-steps", "2"]) == 0
-    assert "saved:" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    loras = base / "models" / "loras"
+    assert "saved:" in out and "dev-shapes-step000002.safetensors" in out
+    assert "stopped at step 2 of 3" in err and "--resume" in err
+    assert (loras / "dev-shapes-step000002.safetensors").is_file()
+    assert not (loras / "dev-shapes.safetensors").exists()  # the plain name means finished
     assert main(["train", "lora", "--config", str(config)]) != 0  # an unfinished run: needs --resume
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "lora", "--config", str(config), "--device", "cpu", "--resume"]) == 0

@@ -68,6 +68,7 @@ class TrainResult:
     samples: list[Path] = field(default_factory=list)
     last_sample: Any = None  # IMAGE of the last sample, if any
     cache: dict[str, int] = field(default_factory=dict)
+    finished: bool = True  # False when max_steps stopped the run before `steps` (resume continues it)
 
 
 def run_paths(config: LoraTrainConfig) -> tuple[Path, Path, Path]:
@@ -212,6 +213,9 @@ class LoraTrainer:
             if self.step > start_step:
                 self._save_state(transformer)  # resume continues from the last finished step
             raise
+        result.finished = self.step >= config.steps
+        if not result.finished:  # stopped by max_steps: a step file; NAME.safetensors is the finished LoRA only
+            result.lora_path = ckpt.lora_file(self.output_dir, config.output_name, self.step)
         self._save_lora(transformer, result.lora_path)
         self._save_state(transformer)
         if self.sample_text is not None:
