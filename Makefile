@@ -22,12 +22,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test,ray,export,frontend,templates]"
+	$(PIP) install -q -e ".[test,ray,export,frontend,templates,train]"
 	touch $@
 
-# ComfyUI's official frontend (the optional 'frontend' extra), served at / by `make run`.
+# ComfyUI's official frontend (the optional 'frontend' extra), served at / by `make run`; 'train' (peft) for
+# LoRA training.
 $(VENV)/.installed-frontend: $(VENV)/.installed
-	$(PIP) install -q -e ".[frontend,templates]"
+	$(PIP) install -q -e ".[frontend,templates,train]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -69,7 +69,10 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
     from engine.models.common.safetensors_io import ModelFileError  # noqa: PLC0415 - model loading errors
     from engine.training.flux_lora.dataset import DatasetError  # noqa: PLC0415 - loads numpy and PIL
     from engine.training.flux_lora.models import load_training_models  # noqa: PLC0415 - loads torch
-    from engine.training.flux_lora.trainer import TrainEvents, train_lora  # noqa: PLC0415 - loads torch
+    try:
+        from engine.training.flux_lora.trainer import TrainEvents, train_lora  # noqa: PLC0415 - loads torch, peft
+    except ImportError as exc:  # peft is the `train` extra: the message says what to install
+        raise CliError(str(exc), EXIT_INVALID) from exc
 
     config, folders = _settings(args)
     stopped_at = None if config.resume else unfinished_step(config.state_dir)

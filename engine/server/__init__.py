@@ -151,7 +151,13 @@ def serve(args: argparse.Namespace) -> None:
             backend.start()
         except (RuntimeError, ValueError) as exc:
             raise SystemExit(f"fluxgraph serve: {exc}") from None
-    app = create_app(runtime, config, backend=backend)
+    from engine.queue.store import QueueLockedError  # noqa: PLC0415 - sqlite3 loads with the queue
+
+    try:
+        app = create_app(runtime, config, backend=backend)
+    except QueueLockedError as exc:  # a second server on the same base folder: say so, no traceback
+        raise SystemExit(f"fluxgraph serve: {exc}; stop the other server, or give this one its own --base-dir") \
+            from None
     hosts = config.bind_addresses
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{config.port}" for h in hosts)
     print(f"fluxgraph serving on {shown}", flush=True)
