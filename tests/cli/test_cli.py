@@ -341,3 +341,23 @@ def test_models_prepare_copies_the_shipped_workflows_input_images(monkeypatch, t
     assert "example inputs:" in capsys.readouterr().out
     assert cli.main(["models", "prepare", "--base-dir", str(tmp_path)]) == 0
     assert "already present" in capsys.readouterr().out
+
+
+def test_a_second_server_on_the_same_base_folder_stops_with_one_line(tmp_path, monkeypatch):
+    """The queue database belongs to one server: the second says so and how to proceed, without a traceback."""
+    import argparse
+
+    from aiohttp import web
+
+    from engine.queue.store import PromptQueue
+    from engine.server import add_serve_arguments, serve
+
+    monkeypatch.setattr(web, "run_app", lambda *a, **k: pytest.fail("a second server must not start"))
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    queue = tmp_path / "user" / "fluxgraph" / "queue.sqlite3"
+    queue.parent.mkdir(parents=True)
+    with PromptQueue(queue):  # the first server's
+        with pytest.raises(SystemExit) as stopped:
+            serve(parser.parse_args(["--base-dir", str(tmp_path), "--port", "0"]))
+    assert "in use by another fluxgraph process" in str(stopped.value) and "--base-dir" in str(stopped.value)
