@@ -37,8 +37,12 @@ def parse_control(body: dict[str, Any], variant: str) -> ControlRequest | None:
     if value is None:
         return None
     expected = 'an object {"image": file name, "type": "depth" | "canny", "strength": 0..10}'
-    if not isinstance(value, dict) or set(value) - {"image", "type", "strength"}:
+    if not isinstance(value, dict):
         raise RecipeError(f"'control' must be {expected}", f"got {dumps(value)[:100]}")
+    unknown = sorted(set(value) - {"image", "type", "strength"})
+    if unknown:
+        raise RecipeError(f"'control' has unknown key(s) {', '.join(repr(k) for k in unknown)[:100]}; it takes "
+                          "image, type and strength", f"got {dumps(value)[:100]}")
     image, kind, strength = value.get("image"), value.get("type"), value.get("strength", 1.0)
     if not isinstance(image, str) or not image.strip():
         raise RecipeError("'control.image' must be an image file name (in input/)", f"got {dumps(image)[:100]}")

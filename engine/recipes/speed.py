@@ -25,7 +25,9 @@ MODEL_USERS = ("KSampler", "KSamplerAdvanced", "CFGGuider", "BasicGuider")
 
 
 def parse_speed(body: dict[str, Any]) -> str:
-    speed = body.get("speed", "exact")
+    speed = body.get("speed")
+    if speed is None:  # absent or null: the default, as for the request's other optional fields
+        speed = "exact"
     if not isinstance(speed, str) or speed not in PRESETS:
         raise RecipeError(f"'speed' must be one of {', '.join(PRESETS)}", f"got {dumps(speed)[:50]}")
     return speed

@@ -40,7 +40,8 @@ def test_presets_put_the_cache_in_front_of_every_sampler(path, speed):
 def test_exact_is_the_default_and_unknown_presets_are_refused():
     graph = json.loads(TXT2IMG[0].read_text())
     assert parse_speed({}) == "exact" and apply_speed(json.loads(TXT2IMG[0].read_text()), "exact") == graph
-    for bad in ("turbo", 1, None, ["fast"]):
+    assert parse_speed({"speed": None}) == "exact"  # null means the default, as for "control"
+    for bad in ("turbo", 1, "", ["fast"]):
         with pytest.raises(RecipeError, match="'speed' must be one of exact, fast, fastest"):
             parse_speed({"speed": bad})
 

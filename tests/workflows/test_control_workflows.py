@@ -123,6 +123,7 @@ async def test_api_generate_takes_a_control_on_schnell_too(client):
     ({"image": "control_photo.png", "type": "pose"}, "'control.type'"),
     ({"image": "control_photo.png", "type": "depth", "strength": 11}, "'control.strength'"),
     ({"type": "depth"}, "'control.image'"),
+    ({"image": "control_photo.png", "type": "depth", "strenght": 0.5}, "unknown key(s) 'strenght'"),
 ])
 async def test_bad_control_fields_are_refused(client, control, message):
     response = await client.post("/api/generate", json={"prompt": "x", "model": "flux-dev", "control": control})
