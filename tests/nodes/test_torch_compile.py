@@ -46,14 +46,31 @@ def runtime():
     return rt
 
 
-def test_full_mode_compiles_the_call_and_keeps_the_memory_managers_wrapper(runtime):
+def _wrapped_forward(transformer):
+    """What the memory manager's forward wrapper calls (its closure cell holding the wrapped forward)."""
+    wrapper = vars(transformer)["forward"]
+    cells = [c.cell_contents for c in wrapper.__closure__ if callable(c.cell_contents)]
+    return wrapper.__wrapped__, cells
+
+
+def test_full_mode_compiles_the_forward_under_the_memory_managers_wrapper(runtime):
+    """The wrapper (placement, OOM retry, LoRA registry look-ups) stays eager: dynamo never traces it, so
+    a second prompt adds no graph."""
+    from engine.sampling.step_cache.compile import COMPILES
+
     plain, _ = run_prompt(runtime, txt2img_prompt(steps=2, seed=8))
+    before = COMPILES["FluxTransformer2DModel"]
     compiled, _ = run_prompt(runtime, with_cache(txt2img_prompt(steps=2, seed=8), "TestCompileEagerFull"))
     transformer = SEEN[-1]
-    assert transformer._compiled_call_impl is not None and "forward" in vars(transformer)  # the OOM-retry wrapper
+    eager, called = _wrapped_forward(transformer)
+    assert eager not in called and transformer._compiled_call_impl is None  # the wrapper calls the compiled one
+    assert COMPILES["FluxTransformer2DModel"] - before == 1
     assert float((compiled - plain).abs().max()) <= 1e-5
+    run_prompt(runtime, with_cache(txt2img_prompt(steps=2, seed=28), "TestCompileEagerFull"))
+    assert COMPILES["FluxTransformer2DModel"] - before == 1  # a new prompt: no recompile
     run_prompt(runtime, txt2img_prompt(steps=2, seed=18))  # no compilation asked: eager again, wrapper kept
-    assert transformer._compiled_call_impl is None and "forward" in vars(transformer)
+    eager, called = _wrapped_forward(transformer)
+    assert eager in called and "forward" in vars(transformer)
 
 
 def _compiles() -> dict[str, int]:
@@ -170,3 +187,30 @@ def test_regional_compile_on_cuda_survives_offloading_to_the_cpu():
     gpu.executor.models.offload_all()
     run_prompt(gpu, with_cache(txt2img_prompt(steps=2, seed=7), "TestCompileEager"))
     assert _delta(before) == {name: 0 for name in BLOCKS}
+
+
+def test_cudagraphs_is_refused_off_cuda_naming_the_input(runtime):
+    checked = runtime.validate(with_cache(txt2img_prompt(steps=2), "TorchCompileModel", backend="cudagraphs"))
+    assert checked.ok, checked.node_errors
+    result = runtime.executor.execute(checked.prompt, prompt_id="c")
+    assert result.status != "success"
+    assert "TorchCompileModel: backend 'cudagraphs' needs a CUDA device" in str(result.errors)
+
+
+def test_expected_graphs_log_at_debug_and_a_recompile_at_info_without_guessing_why(caplog):
+    import logging
+
+    import torch
+
+    from engine.sampling.step_cache.compile import COMPILES, _counting_backend
+
+    backend = _counting_backend("eager", "TestLabelBlock")
+    compiled = torch.compile(lambda x: x * 2, backend=backend, dynamic=False)
+    with caplog.at_level(logging.DEBUG, logger="fluxgraph.step_cache"):
+        compiled(torch.ones(2))
+        compiled(torch.ones(3))  # a new shape: a recompile
+    assert COMPILES["TestLabelBlock"] == 2
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records if "TestLabelBlock" in r.getMessage()]
+    assert levels[0] == (logging.DEBUG, "torch.compile: TestLabelBlock compiled (graph 1, expected)")
+    assert levels[1][0] == logging.INFO and "recompiled (graph 2; dynamo's guards failed" in levels[1][1]
+    assert "TORCH_LOGS=recompiles" in levels[1][1] and "new shapes" not in levels[1][1]

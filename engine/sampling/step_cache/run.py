@@ -66,7 +66,8 @@ class _Attacher:
 @contextmanager
 def sampling_speedups(model: Any, memory: Any, progress: Callable | None = None) -> Iterator[_Attacher]:
     # compiled as asked, or back to eager forwards: a run without compilation never uses another's
-    compile_transformer(model.transformer, compile_settings(model, memory) or CompileSettings(mode="none"))
+    compile_transformer(model.transformer, compile_settings(model, memory) or CompileSettings(mode="none"),
+                        getattr(memory, "device_type", None))
     settings = model.option(STEP_CACHE) if hasattr(model, "option") else None
     cache = make_cache(settings) if settings is not None else None
     try:
