@@ -8,6 +8,7 @@ earlier one. TorchCompileModel is ComfyUI's node plus our regional mode.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from engine.core.schema import Boolean, Combo, Float, Int, String, Socket, node
@@ -69,9 +70,20 @@ def first_block_cache(ctx: Any, model: Any, threshold: float):
 
 def _ratios(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.replace("[", " ").replace("]", " ").replace(",", " ").split())
+        values = tuple(float(v) for v in text.replace("[", " ").replace("]", " ").replace(",", " ").split())
     except ValueError:
-        raise ValueError(f"MagCache: mag_ratios must be numbers separated by commas, got {text!r}") from None
+        values = ()
+    if not all(math.isfinite(v) for v in values) or (text.strip() and not values):
+        raise ValueError(f"MagCache: mag_ratios must be numbers separated by commas, got {text!r}")
+    return values
+
+
+def _validate_mag(mag_ratios: str = "") -> bool | str:
+    try:
+        _ratios(str(mag_ratios))
+    except ValueError as exc:
+        return str(exc)
+    return True
 
 
 @node("MagCache", category="advanced/debug/model", experimental=True,
@@ -87,7 +99,8 @@ def _ratios(text: str) -> tuple[float, ...]:
                      tooltip="The model's magnitude ratios, comma separated; empty: diffusers' FLUX.1 ratios."),
               Boolean("calibrate", False, optional=True,
                       tooltip="Skip nothing; log this model's ratios at the end of the run.")],
-      outputs=[MODEL], description="MagCache (diffusers' MagCacheConfig) for FLUX.1 and FLUX.2.")
+      outputs=[MODEL], validate_inputs=_validate_mag,
+      description="MagCache (diffusers' MagCacheConfig) for FLUX.1 and FLUX.2.")
 def mag_cache(ctx: Any, model: Any, threshold: float, max_skip_steps: int, retention_ratio: float,
               num_inference_steps: int = 0, mag_ratios: str = "", calibrate: bool = False):
     from engine.sampling.step_cache.settings import STEP_CACHE, MagCacheSettings  # noqa: PLC0415 - keeps declarations light
@@ -95,6 +108,19 @@ def mag_cache(ctx: Any, model: Any, threshold: float, max_skip_steps: int, reten
     settings = MagCacheSettings(float(threshold), int(max_skip_steps), float(retention_ratio),
                                 int(num_inference_steps), _ratios(mag_ratios or ""), bool(calibrate))
     return _with(model, STEP_CACHE, settings, "MagCache")
+
+
+def _validate_taylor(disable_cache_before_step: int = 3, disable_cache_after_step: int = -1) -> bool | str:
+    # naming them here skips the built-in range checks (as in ComfyUI), so the ranges are checked again
+    before, after = int(disable_cache_before_step), int(disable_cache_after_step)
+    if not 0 <= before <= 10000:
+        return f"TaylorSeerCache: disable_cache_before_step {before} is outside 0..10000"
+    if not -1 <= after <= 10000:
+        return f"TaylorSeerCache: disable_cache_after_step {after} is outside -1..10000"
+    if after != -1 and before > after:
+        return (f"TaylorSeerCache: disable_cache_before_step {before} is after disable_cache_after_step {after}: "
+                "no step could use the cache (-1 for disable_cache_after_step: never stop)")
+    return True
 
 
 @node("TaylorSeerCache", category="advanced/debug/model", experimental=True,
@@ -107,7 +133,8 @@ def mag_cache(ctx: Any, model: Any, threshold: float, max_skip_steps: int, reten
               Combo("taylor_factors_dtype", TAYLOR_DTYPES, default="bfloat16"),
               Boolean("use_lite_mode", False, optional=True,
                       tooltip="Skip whole blocks and predict only the output projection (less memory).")],
-      outputs=[MODEL], description="TaylorSeer (diffusers' TaylorSeerCacheConfig) for FLUX.1 and FLUX.2.")
+      outputs=[MODEL], validate_inputs=_validate_taylor,
+      description="TaylorSeer (diffusers' TaylorSeerCacheConfig) for FLUX.1 and FLUX.2.")
 def taylorseer_cache(ctx: Any, model: Any, cache_interval: int, disable_cache_before_step: int,
                      disable_cache_after_step: int, max_order: int, taylor_factors_dtype: str,
                      use_lite_mode: bool = False):

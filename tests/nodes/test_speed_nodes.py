@@ -144,3 +144,36 @@ def test_caches_work_on_the_kontext_fill_control_and_flux2_edit_workflows(workfl
     assert (same == plain).all() and reports[0]["skipped_steps"] == 0
     moved, reports = run(("MagCache", {"threshold": 0.3, "max_skip_steps": 3, "retention_ratio": 0.2}))
     assert reports[0]["skipped_steps"] >= 1 and abs(moved - plain).mean() > 0.5
+
+
+@pytest.mark.parametrize(("node", "inputs", "message"), [
+    ("MagCache", {**SKIPPING["MagCache"], "mag_ratios": "1.0, fast, 0.9"}, "mag_ratios must be numbers"),
+    ("MagCache", {**SKIPPING["MagCache"], "mag_ratios": "1.0, nan"}, "mag_ratios must be numbers"),
+    ("TaylorSeerCache", {**SKIPPING["TaylorSeerCache"], "disable_cache_before_step": 5,
+                         "disable_cache_after_step": 3}, "disable_cache_before_step 5 is after"),
+    ("TaylorSeerCache", {**SKIPPING["TaylorSeerCache"], "disable_cache_before_step": -2}, "outside 0..10000"),
+    ("TaylorSeerCache", {**SKIPPING["TaylorSeerCache"], "disable_cache_after_step": -5}, "outside -1..10000"),
+])
+def test_literal_inputs_that_can_only_fail_later_fail_validation(runtime, node, inputs, message):
+    checked = runtime.validate(with_cache(txt2img_prompt(steps=2), node, **inputs))
+    assert not checked.ok
+    (node_id, errors), = checked.node_errors.items()
+    assert errors["class_type"] == node and message in str(errors["errors"])
+
+
+def test_valid_cache_inputs_still_pass_validation(runtime):
+    for node, inputs in [("MagCache", {**SKIPPING["MagCache"], "mag_ratios": "[1.0, 0.98, 0.95]"}),
+                         ("TaylorSeerCache", {**SKIPPING["TaylorSeerCache"], "disable_cache_before_step": 3,
+                                              "disable_cache_after_step": 3}),
+                         ("EasyCache", {**SKIPPING["EasyCache"], "start_percent": 0.9, "end_percent": 0.1})]:
+        checked = runtime.validate(with_cache(txt2img_prompt(steps=2), node, **inputs))
+        assert checked.ok, checked.node_errors  # EasyCache start > end: accepted, as ComfyUI does (never caches)
+
+
+def test_easycache_with_start_after_end_computes_every_step(runtime):
+    """ComfyUI accepts start_percent > end_percent; the window is empty, so nothing is skipped."""
+    graph = lambda: txt2img_prompt(steps=STEPS, seed=31)  # noqa: E731 - a seed no other test runs (no cached output)
+    empty, = _events(runtime, with_cache(graph(), "EasyCache",
+                                         **{**SKIPPING["EasyCache"], "start_percent": 0.9, "end_percent": 0.1}))
+    skipping, = _events(runtime, with_cache(graph(), "EasyCache", **SKIPPING["EasyCache"]))
+    assert empty["skipped_steps"] == 0 and skipping["skipped_steps"] >= 1
