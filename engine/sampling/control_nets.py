@@ -27,6 +27,7 @@ from engine.sampling.conditioning import FluxCond, fit_batch, map_options
 from engine.sampling.control import fit_control_latent
 from engine.sampling.fill import crop_to_vae_grid
 from engine.sampling.latents import FLUX1_LATENT, pack_latents
+from engine.sampling.reference import REFERENCE_LATENTS
 from engine.sampling.vae import encode
 
 CONTROL_NETS = "control_nets"  # CONDITIONING option: tuple of ControlApplication, in application order
@@ -84,9 +85,24 @@ def controls_of(conditionings: list[list | None]) -> list[ControlApplication]:
     return list(found.values())
 
 
+def check_control_use(model: Any, conditionings: list[list | None]) -> None:
+    """Refuse, before sampling, what the ControlNet hook cannot do (rather than ignore it or fail mid-run)."""
+    if not controls_of(conditionings):
+        return
+    if getattr(model, "family", "flux1") != "flux1":
+        raise ValueError(f"ControlNets are FLUX.1 models, and this sampler's model is {model.variant!r} "
+                         f"({model.family}): remove ControlNetApplyAdvanced or sample with a FLUX.1 model")
+    for conditioning in conditionings:
+        if any(options.get(REFERENCE_LATENTS) for _, options in conditioning or ()):
+            raise ValueError("ControlNets with Kontext reference images (ReferenceLatent) are not supported: "
+                             "use one or the other in a sampling run")
+
+
 @contextlib.contextmanager
-def use_control_nets(memory: Any, positive: list | None, negative: list | None) -> Iterator[None]:
+def use_control_nets(memory: Any, positive: list | None, negative: list | None, model: Any = None) -> Iterator[None]:
     """Hold every ControlNet of the conditionings on the device for a sampling run (the memory manager)."""
+    if model is not None:
+        check_control_use(model, [positive, negative])
     with contextlib.ExitStack() as stack:
         modules = {id(c.controlnet.model): c.controlnet.model for c in controls_of([positive, negative])}
         for module in modules.values():

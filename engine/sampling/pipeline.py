@@ -149,7 +149,7 @@ def sample(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, latent:
 
     patches = patches_for(getattr(model, "patches", ()), "transformer")  # LoRAs: patched, restored exactly
     with memory.use(model.transformer), apply_patches(model.transformer, patches), \
-            use_control_nets(memory, guider.positive, guider.negative), \
+            use_control_nets(memory, guider.positive, guider.negative, model), \
             sampling_speedups(model, memory, progress) as speedups:  # ControlNets; step cache, compiled blocks
         denoiser_cls = Flux2Denoiser if is_flux2(model) else FluxDenoiser
         denoiser = denoiser_cls(model, guider.positive, guider.negative, guider.cfg, schedule, device, raw.shape[0])
