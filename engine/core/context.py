@@ -36,6 +36,8 @@ class InterruptFlag:
 
 ProgressCallback = Callable[[str, int, int, Any], None]  # (node_id, value, max, preview image or None)
 SendCallback = Callable[[str, dict], None]
+# extra_data key the queue sets on a prompt run again after a crash or a lost worker (NodeContext.resumed)
+RESUMED_KEY = "fluxgraph_resumed"
 
 
 @dataclass
@@ -51,6 +53,7 @@ class NodeContext:
     interrupt: InterruptFlag = field(default_factory=InterruptFlag)
     on_progress: ProgressCallback | None = None
     on_send: SendCallback | None = None
+    resumed: bool = False  # this prompt is running again after the server or its worker stopped under it
 
     def check_interrupt(self) -> None:
         self.interrupt.check()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from engine.core.cache import OutputCache, node_signature
-from engine.core.context import InterruptFlag, Interrupted, NodeContext
+from engine.core.context import RESUMED_KEY, InterruptFlag, Interrupted, NodeContext
 from engine.core.graph import DependencyCycleError, PromptGraph, PromptNode, is_link, parse_prompt, unwrap_literal
 from engine.core.registry import NodeRegistry
 from engine.core.schema import ExecutionBlocker, NodeResult, NodeSchema
@@ -226,7 +226,8 @@ class _Run:
                            prompt_id=self.prompt_id, folders=self.executor.folders, models=self.executor.models,
                            prompt=self.prompt, extra_pnginfo=self.extra_data.get("extra_pnginfo"),
                            interrupt=self.interrupt, on_progress=on_progress,
-                           on_send=lambda event, data: self.emit(event, data))
+                           on_send=lambda event, data: self.emit(event, data),
+                           resumed=bool(self.extra_data.get(RESUMED_KEY)))
 
     def execute_node(self, node: PromptNode, schema: NodeSchema) -> None:
         self.current = node.id

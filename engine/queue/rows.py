@@ -11,6 +11,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.context import RESUMED_KEY
+
 QUEUED, RUNNING, SUCCESS, ERROR, INTERRUPTED = "queued", "running", "success", "error", "interrupted"
 FINISHED_STATUSES = (SUCCESS, ERROR, INTERRUPTED)
 # Endings no executor message tells about (the queue decided them): history gets one made up from the error.
@@ -58,8 +60,8 @@ class QueueItem:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
 
     def full_extra_data(self) -> dict[str, Any]:
-        """extra_data with the sensitive keys put back, for the executor."""
-        return {**self.extra_data, **self.sensitive}
+        """extra_data with the sensitive keys put back, for the executor (and whether this is a re-run)."""
+        return {**self.extra_data, **self.sensitive, **({RESUMED_KEY: True} if self.resumed else {})}
 
     def run_order(self) -> tuple[int, Any, int]:
         """Sort key of the run order: resumed prompts first, then ComfyUI's `number`, then queue order."""

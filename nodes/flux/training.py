@@ -12,6 +12,7 @@ Nothing heavy is imported until a node runs.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,9 @@ def train_flux_lora(ctx: Any, model: Any, clip: Any, vae: Any, dataset: dict, ra
     from engine.training.flux_lora.checkpoint import unfinished_step  # noqa: PLC0415 - loads torch
 
     stopped_at = None if resume else unfinished_step(state_dir)
+    if stopped_at is not None and getattr(ctx, "resumed", False):
+        # the queue runs this prompt again after a crash: continue the run it started (the settings are the same)
+        config, stopped_at = dataclasses.replace(config, resume=True), None
     if stopped_at is not None:
         raise ValueError(f"TrainFluxLora: the run {name!r} was interrupted at step {stopped_at}; turn resume on to "
                          "continue it, or choose another output_name (a finished run is trained anew)")

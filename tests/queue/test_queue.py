@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from engine.core.context import RESUMED_KEY
 from engine.queue.store import (ERROR, INTERRUPTED, QUEUED, RUNNING, SUCCESS, PromptQueue, QueueLockedError)
 from tests.support.waiting import DEADLINE, blocked_in_wait, wait_until
 
@@ -145,6 +146,8 @@ def test_restart_keeps_history_pending_and_resumes_the_running_prompt_once(db_pa
     assert put(queue, "new").number == 4  # the counter survives restarts
     item = queue.get(timeout=0)
     assert item.prompt_id == "was_running" and item.resumed
+    assert item.full_extra_data()[RESUMED_KEY] is True  # nodes see it (NodeContext.resumed): training continues
+    assert RESUMED_KEY not in queue.pending()[0].full_extra_data()  # pending1 runs for the first time
     # Crash again while the resumed prompt runs: it is not retried a second time.
     queue._db.close()
     queue._owner_lock.close()

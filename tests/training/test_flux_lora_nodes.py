@@ -9,7 +9,7 @@ import pytest
 
 from engine.backends.runtime import Runtime
 from engine.cli import main
-from engine.core.context import InterruptFlag
+from engine.core.context import RESUMED_KEY, InterruptFlag
 from engine.core.registry import NodeRegistry
 from engine.memory.manager import MemoryManager
 from tests.support.flux_lora import training_base, write_shapes_dataset
@@ -66,8 +66,10 @@ def test_train_node_in_a_graph_reports_progress_interrupts_and_resumes(tmp_path)
     assert refused.status == "error" and "resume" in json.dumps(refused.errors)
 
     events.clear()
-    resumed = runtime.validate(_graph(resume=True))
-    done = runtime.executor.execute(resumed.prompt, "train-3", on_event=lambda k, d: events.append((k, d)))
+    # The queue runs a prompt again after a crash (marked resumed): the run continues without resume being on.
+    rerun = runtime.validate(_graph())
+    done = runtime.executor.execute(rerun.prompt, "train-3", on_event=lambda k, d: events.append((k, d)),
+                                    extra_data={RESUMED_KEY: True})
     assert done.status == "success", done.errors
     start = next(d for k, d in events if k == "fluxgraph.training_start")
     assert start["start_step"] == 3 and start["family"] == "flux2"
