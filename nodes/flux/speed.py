@@ -16,7 +16,7 @@ from engine.core.types import MODEL
 
 TAYLOR_DTYPES = ("bfloat16", "float16", "float32")  # engine.sampling.step_cache.taylorseer.DTYPES
 COMPILE_BACKENDS = ("inductor", "cudagraphs")  # ComfyUI's choices (eager / aot_eager: engine only)
-COMPILE_MODES = ("regional", "full")
+COMPILE_MODES = ("regional", "full", "none")  # none: no compilation, even under the server's --compile
 _EASY_INPUTS = [
     Socket("model", MODEL, tooltip="The model to add the cache to."),
     Float("reuse_threshold", 0.2, min=0.0, max=3.0, step=0.01, tooltip="The threshold for reusing cached steps."),

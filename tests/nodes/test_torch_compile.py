@@ -157,6 +157,10 @@ def test_the_compile_flag_reaches_the_sampler_through_the_memory_settings(tmp_pa
     node_choice = Model()
     node_choice.options = {COMPILE: CompileSettings(mode="none")}
     assert compile_settings(node_choice, manager) is None  # the node's choice wins over the flag
+    from engine.core.registry import NodeRegistry
+
+    modes = NodeRegistry().discover("nodes")["TorchCompileModel"].object_info(None)["input"]["optional"]["mode"]
+    assert "none" in modes[0]  # a workflow can opt out under --compile
     with pytest.raises(ValueError, match="compile mode"):
         MemorySettings(compile="everything")
 
