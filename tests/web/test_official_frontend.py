@@ -158,9 +158,9 @@ def test_frontend_extra_is_installed_by_make_run_and_make_test():
     assert extras["frontend"] == ["comfyui-frontend-package>=1.58,<2"]
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     assert extras["templates"] == ["comfyui-workflow-templates-json>=0.1"]
-    assert '".[test,ray,export,frontend,templates]"' in makefile  # make test's install: browser tests run in CI
+    assert '".[test,ray,export,frontend,templates,train]"' in makefile  # make test's install: browser tests in CI
     run_rule = next(line for line in makefile.splitlines() if line.startswith("run:"))
-    assert "$(VENV)/.installed-frontend" in run_rule and '-e ".[frontend,templates]"' in makefile
+    assert "$(VENV)/.installed-frontend" in run_rule and '-e ".[frontend,templates,train]"' in makefile
 
 
 # ------------------------------------------------------------------------------------ in Chromium
