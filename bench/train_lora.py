@@ -29,6 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.training_rounds import alternate_rounds  # noqa: E402
+
 WARMUP_STEPS = 2
 TARGETS = "attention"
 
@@ -216,20 +218,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in os.getloadavg()],
         "image_size": args.size, "batch": args.batch, "rank": args.rank, "targets": TARGETS,
         "gradient_checkpointing": args.checkpointing, "timed_steps": args.steps, "rounds": args.rounds}
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "plain_diffusers_peft": []}
-    for _ in range(args.rounds):  # alternating, so that a busy moment does not favour one loop
-        runs["ours"].append(run_worker("ours", args, data, work))
-        runs["plain_diffusers_peft"].append(run_worker("plain", args, data, work))
-    for key, results in runs.items():
-        good = [r for r in results if r.get("steps_per_second")]
-        report[key] = max(good, key=lambda r: r["steps_per_second"]) if good else results[-1]
-        report[key]["all_steps_per_second"] = [round(r.get("steps_per_second") or 0, 4) for r in results]
-    ours, plain = report["ours"].get("steps_per_second"), report["plain_diffusers_peft"].get("steps_per_second")
-    if ours and plain:
-        report["speed_ratio"] = round(ours / plain, 3)
-    for key in ("peak_rss_mb", "peak_gpu_bytes"):
-        if key in report["ours"] and key in report["plain_diffusers_peft"]:
-            report["memory_ratio"] = round(report["ours"][key] / report["plain_diffusers_peft"][key], 3)
+    alternate_rounds(report, args.rounds, "plain_diffusers_peft", lambda side: run_worker(side, args, data, work))
     print(json.dumps(report, indent=2))
 
 

@@ -1,0 +1,28 @@
+"""Shared by the training benchmarks (bench/train_segment.py, bench/train_lora.py): run our loop and the
+reference loop in alternating rounds (a busy moment of a shared machine then does not favour one side), keep
+each side's best round, and report the speed and memory ratios."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def alternate_rounds(report: dict[str, Any], rounds: int, reference: str,
+                     run_worker: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """Fill `report` with "ours" and `reference` (their best rounds), "speed_ratio" and "memory_ratio";
+    `run_worker("ours" | "plain")` runs one round of a side in its own process."""
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], reference: []}
+    for _ in range(rounds):
+        runs["ours"].append(run_worker("ours"))
+        runs[reference].append(run_worker("plain"))
+    for key, results in runs.items():
+        good = [r for r in results if r.get("steps_per_second")]
+        report[key] = max(good, key=lambda r: r["steps_per_second"]) if good else results[-1]
+        report[key]["all_steps_per_second"] = [round(r.get("steps_per_second") or 0, 4) for r in results]
+    ours, plain = report["ours"].get("steps_per_second"), report[reference].get("steps_per_second")
+    if ours and plain:
+        report["speed_ratio"] = round(ours / plain, 3)
+    for key in ("peak_rss_mb", "peak_gpu_bytes"):
+        if key in report["ours"] and key in report[reference]:
+            report["memory_ratio"] = round(report["ours"][key] / report[reference][key], 3)
+    return report
