@@ -13,6 +13,7 @@ Nothing heavy is imported until a node runs.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -143,16 +144,31 @@ def train_flux_lora(ctx: Any, model: Any, clip: Any, vae: Any, dataset: dict, ra
                                         "seconds": report.seconds})
         ctx.progress(report.step, report.total_steps)  # raises Interrupted when the user interrupts
 
+    def on_sample(step: int, image: Any, path: Path) -> None:
+        ctx.send("fluxgraph.training_sample", {"step": step, **_viewable_sample(folders, name, path)})
+
     events = TrainEvents(on_start=lambda info: ctx.send("fluxgraph.training_start", info), on_step=on_step,
-                         on_sample=lambda step, image, path: ctx.send("fluxgraph.training_sample",
-                                                                      {"step": step, "path": str(path)}),
-                         check_interrupt=ctx.check_interrupt)
+                         on_sample=on_sample, check_interrupt=ctx.check_interrupt)
     result = train_lora(config, model, clip, vae, ctx.models, events)
     lora_name = result.lora_path.relative_to(loras).as_posix()
     trained = apply_lora(result.lora_path, model, None, 1.0, 0.0).model
     lines = [f"trained {lora_name}: {result.steps} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"]
     lines += [f"sample: {path}" for path in result.samples]
     return NodeResult(outputs=(trained, lora_name), ui={"text": lines})
+
+
+def _viewable_sample(folders: Any, run_name: str, path: Path) -> dict[str, Any]:
+    """A sample as a client can fetch it: copied into temp/ and named as /view takes it ({filename, subfolder,
+    type}, like an `executed` image), plus its place under models/ (never the server's absolute path)."""
+    subfolder = f"fluxgraph_training/{run_name}"
+    target = contained_path(folders.temp_dir, f"{subfolder}/{path.name}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    try:
+        stored = path.resolve().relative_to(folders.models_dir).as_posix()
+    except ValueError:
+        stored = path.name
+    return {"image": {"filename": path.name, "subfolder": subfolder, "type": "temp"}, "path": f"models/{stored}"}
 
 
 NODES = [load_flux_lora_dataset, train_flux_lora]

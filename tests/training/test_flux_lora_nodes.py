@@ -60,6 +60,11 @@ def test_train_node_in_a_graph_reports_progress_interrupts_and_resumes(tmp_path)
     loras = base / "models" / "loras"
     assert (loras / "klein-shapes-step000002.safetensors").is_file()
     assert (base / "models" / "training" / "flux_lora" / "klein-shapes" / "samples" / "step000002.png").is_file()
+    (sample,) = [d for k, d in events if k == "fluxgraph.training_sample"]
+    assert sample["image"] == {"filename": "step000002.png", "subfolder": "fluxgraph_training/klein-shapes",
+                               "type": "temp"}  # what /view takes; no absolute server path in the message
+    assert (runtime.folders.temp_dir / sample["image"]["subfolder"] / "step000002.png").is_file()
+    assert sample["path"] == "models/training/flux_lora/klein-shapes/samples/step000002.png"
 
     again = runtime.validate(_graph())  # an interrupted run without resume: refused with the reason
     refused = runtime.executor.execute(again.prompt, "train-2")
