@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.training_rounds import alternate_rounds  # noqa: E402
+from bench.training_rounds import alternate_rounds, run_measured  # noqa: E402
 
 WARMUP_STEPS = 2
 TARGETS = "attention"
@@ -171,16 +170,7 @@ def run_worker(kind: str, args: argparse.Namespace, data: Path, work: Path) -> d
                str(args.steps), "--batch", str(args.batch), "--rank", str(args.rank), "--size", str(args.size)]
     if args.checkpointing:
         command.append("--checkpointing")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    out = process.stdout.read() if process.stdout else ""
-    err = process.stderr.read() if process.stderr else ""
-    if status != 0 or not out.strip():
-        return {"error": err.strip().splitlines()[-3:] if err else f"exit status {status}"}
-    result = json.loads(out.strip().splitlines()[-1])
-    if "peak_gpu_bytes" not in result:
-        result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux reports kilobytes
-    return result
+    return run_measured(command)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.training_rounds import alternate_rounds  # noqa: E402
+from bench.training_rounds import alternate_rounds, run_measured  # noqa: E402
 
 WARMUP_STEPS = 2  # not timed: first-step allocations and lazy initialisation
 
@@ -101,16 +100,7 @@ def run_worker(kind: str, args: argparse.Namespace, paths: dict[str, str], work:
     command = [sys.executable, __file__, "--worker", kind, "--data", paths["data"], "--base", paths["base"],
                "--work", str(work), "--steps", str(args.steps), "--batch", str(args.batch), "--size", str(args.size),
                "--points", str(args.points)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    out = process.stdout.read() if process.stdout else ""
-    err = process.stderr.read() if process.stderr else ""
-    if status != 0 or not out.strip():
-        return {"error": err.strip().splitlines()[-3:] if err else f"exit status {status}"}
-    result = json.loads(out.strip().splitlines()[-1])
-    if "peak_gpu_bytes" not in result:
-        result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux reports kilobytes
-    return result
+    return run_measured(command)
 
 
 def main() -> None:
