@@ -28,6 +28,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.core.atomic_files import write_bytes_atomic
+from engine.core.file_digest import file_sha256
 from engine.core.folders import FILE_TYPES
 from engine.core.prompt_paths import UNSAFE_NAME_CHARACTERS
 from engine.server.errors import ApiError, json_response, read_limited
@@ -139,24 +140,16 @@ def store_file(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
     """Write `data` as `name` in `folder` (atomic); returns the name actually used."""
     folder.mkdir(parents=True, exist_ok=True)
     stem, suffix = os.path.splitext(name)
-    digest = hashlib.sha256(data).digest()
+    digest = hashlib.sha256(data).hexdigest()
     candidate, index = name, 0
     while not overwrite and (folder / candidate).exists():
         existing = folder / candidate
-        if existing.is_file() and _sha256(existing) == digest:
+        if existing.is_file() and file_sha256(existing) == digest:
             return candidate  # identical content already there: reuse it
         index += 1
         candidate = f"{stem} ({index}){suffix}"
     write_bytes_atomic(folder / candidate, data)
     return candidate
-
-
-def _sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
 
 
 def _overwrite(form: UploadForm) -> bool:

@@ -22,11 +22,11 @@ plus the conditioning, FLUX.2 and structural-control parts (engine/zoo/condition
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from engine.core.file_digest import file_sha256
 from engine.models.common.safetensors_io import save_safetensors
 from engine.models.common.vae_keys import diffusers_vae_to_bfl
 from engine.models.flux1.keys import diffusers_to_bfl
@@ -48,10 +48,6 @@ FLUX_FOLDERS = ("diffusion_models", "unet", "checkpoints", "text_encoders", "cli
 
 __all__ = ["TinyComponents", "tiny_components", "write_tiny_zoo", "prepare_models", "real_weights",
            "zoo_is_complete", "ZOO_VERSION"]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _prefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +103,7 @@ def write_tiny_zoo(models_dir: str | Path, seed: int = 0) -> dict[str, str]:
     written += write_conditioning_zoo(models_dir, seed, meta)  # Fill, Kontext, SigLIP/Redux, LoRAs
     written += write_flux2_zoo(models_dir, seed, meta)  # FLUX.2 klein (base, distilled) and dev
     written += write_control_zoo(models_dir, seed, meta)  # Depth/Canny, control LoRA, ControlNets, Depth Anything
-    hashes = {p.relative_to(models_dir).as_posix(): _sha256(p) for p in sorted(written)}
+    hashes = {p.relative_to(models_dir).as_posix(): file_sha256(p) for p in sorted(written)}
     manifest = {"version": ZOO_VERSION, "seed": seed, "files": hashes}
     (models_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return hashes

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 from typing import Any
 
+from engine.core.file_digest import file_sha256
 from engine.core.folders import FolderPaths, UnsafePathError
 from engine.core.schema import Combo, NodeResult, Socket, String, node
 from engine.core.types import IMAGE, MASK
@@ -69,11 +69,7 @@ def image_file_hash(image: str, folders: Any = None, **_: Any) -> Any:
     if folders is None:
         return float("nan")
     try:
-        digest = hashlib.sha256()
-        with open(folders.resolve_file(image, "input"), "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(folders.resolve_file(image, "input"))
     except (OSError, UnsafePathError):
         return float("nan")
 

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from engine.core.file_digest import folder_fingerprint
 from engine.core.folders import contained_path
 from engine.core.schema import Boolean, Combo, Float, Int, NodeResult, Output, Socket, String, node
 from engine.core.types import CLIP, FLUX_LORA_DATASET, MODEL, STRING, VAE
@@ -47,11 +48,9 @@ def dataset_choices(folders: Any) -> list[str]:
 
 def _dataset_changed(folder: str, folders: Any = None, **_: Any) -> str:
     """The folder's files (names, sizes, times) are part of the cache key: editing the dataset retrains."""
-    from engine.training.flux_lora.dataset import fingerprint  # noqa: PLC0415 - loads numpy and PIL
-
     if folders is None:
         return folder
-    return fingerprint(contained_path(folders.input_dir, folder))
+    return folder_fingerprint(contained_path(folders.input_dir, folder))
 
 
 @node("LoadFluxLoraDataset", category="training/flux", display_name="Load FLUX LoRA Dataset",

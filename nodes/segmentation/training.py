@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.core.file_digest import folder_fingerprint
 from engine.core.folders import contained_path
 from engine.core.schema import Boolean, Combo, Float, Int, NodeResult, Output, String, node
 from engine.core.types import SEGMENTER, STRING
@@ -49,11 +50,9 @@ def dataset_choices(folders: Any) -> list[str]:
 
 def _dataset_changed(dataset: str, folders: Any = None, **_: Any) -> str:
     """The dataset's files (names, sizes, times) are part of the cache key: editing the dataset retrains."""
-    from engine.training.segmentation.dataset import fingerprint  # noqa: PLC0415 - loads numpy
-
     if folders is None:
         return dataset
-    return fingerprint(contained_path(folders.input_dir, dataset))
+    return folder_fingerprint(contained_path(folders.input_dir, dataset))
 
 
 def run_folder(folders: Any, output_name: str) -> Path:

@@ -13,7 +13,6 @@ latents can be cached once per image and bucket.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from engine.core.file_digest import file_sha256
 from engine.training.flux_lora.config import IMAGE_FORMATS
 
 SIDE_MULTIPLE = 16
@@ -40,26 +40,6 @@ class Sample:
     sha256: str  # of the image file's bytes: the latent cache key
     width: int
     height: int
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fingerprint(folder: str | Path) -> str:
-    """Names, sizes and modification times of the folder's files: changes when the dataset is edited."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return f"missing:{folder}"
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def _metadata_captions(folder: Path) -> dict[str, str]:

@@ -19,7 +19,6 @@ the class list.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,19 +217,6 @@ def validate_dataset(data_dir: str | Path, base_classes: Sequence[str], reduce_l
 
 def load_sample(sample: Sample, reduce_labels: bool) -> tuple[np.ndarray, np.ndarray]:
     return load_image(sample.image), load_label_map(sample.annotation, reduce_labels)
-
-
-def fingerprint(data_dir: str | Path) -> str:
-    """Names, sizes and modification times of the dataset's files: changes when the dataset changes."""
-    root = Path(data_dir)
-    digest = hashlib.sha256()
-    if not root.is_dir():
-        return "missing"
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def describe(info: DatasetInfo) -> dict[str, Any]:
