@@ -24,12 +24,14 @@ class CallRecovery:
 
     def _guarded(self, key: int, name: str, original: Callable) -> Callable:
         def call(*args: Any, **kwargs: Any) -> Any:
+            # read each call: compilation swaps a compiled forward in here (engine/sampling/step_cache/compile.py)
+            target = call.__wrapped__  # type: ignore[attr-defined]
             entry = self._entries.get(key)
             if entry is None or entry.in_use == 0 or self._depth.get(key, 0) > 0:
-                return original(*args, **kwargs)
+                return target(*args, **kwargs)
             self._depth[key] = 1
             try:
-                return self._call_with_retry(entry, name, original, args, kwargs)
+                return self._call_with_retry(entry, name, target, args, kwargs)
             finally:
                 self._depth[key] = 0
 

@@ -46,11 +46,11 @@ def runtime():
     return rt
 
 
-def _wrapped_forward(transformer):
-    """What the memory manager's forward wrapper calls (its closure cell holding the wrapped forward)."""
-    wrapper = vars(transformer)["forward"]
-    cells = [c.cell_contents for c in wrapper.__closure__ if callable(c.cell_contents)]
-    return wrapper.__wrapped__, cells
+def _wrapper_calls_eager(transformer) -> bool:
+    """Whether the memory manager's forward wrapper calls the class's own (eager) forward: it calls whatever its
+    `__wrapped__` holds at the time."""
+    called = vars(transformer)["forward"].__wrapped__
+    return getattr(called, "__func__", None) is type(transformer).forward
 
 
 def test_full_mode_compiles_the_forward_under_the_memory_managers_wrapper(runtime):
@@ -62,15 +62,13 @@ def test_full_mode_compiles_the_forward_under_the_memory_managers_wrapper(runtim
     before = COMPILES["FluxTransformer2DModel"]
     compiled, _ = run_prompt(runtime, with_cache(txt2img_prompt(steps=2, seed=8), "TestCompileEagerFull"))
     transformer = SEEN[-1]
-    eager, called = _wrapped_forward(transformer)
-    assert eager not in called and transformer._compiled_call_impl is None  # the wrapper calls the compiled one
+    assert not _wrapper_calls_eager(transformer) and transformer._compiled_call_impl is None  # calls the compiled
     assert COMPILES["FluxTransformer2DModel"] - before == 1
     assert float((compiled - plain).abs().max()) <= 1e-5
     run_prompt(runtime, with_cache(txt2img_prompt(steps=2, seed=28), "TestCompileEagerFull"))
     assert COMPILES["FluxTransformer2DModel"] - before == 1  # a new prompt: no recompile
     run_prompt(runtime, txt2img_prompt(steps=2, seed=18))  # no compilation asked: eager again, wrapper kept
-    eager, called = _wrapped_forward(transformer)
-    assert eager in called and "forward" in vars(transformer)
+    assert _wrapper_calls_eager(transformer) and "forward" in vars(transformer)
 
 
 def _compiles() -> dict[str, int]:

@@ -98,25 +98,23 @@ def _device_type(transformer: Any) -> str:
     return parameter.device.type if parameter is not None else "cpu"
 
 
-_FULL = "_fluxgraph_full_forward"  # (closure cell, eager forward) while the full mode's swap is in place
+_FULL = "_fluxgraph_full_forward"  # (wrapper, eager forward) while the full mode's swap is in place
 
 
 def _compile_full(transformer: Any, settings: CompileSettings) -> None:
     """Compile the transformer's own forward *under* the memory manager's forward wrapper (its placement and
     out-of-memory retry read free memory and the LoRA patch registry: traced, they broke the graph and failed
-    dynamo's guards). The wrapper (engine/memory/recovery.py) keeps the forward it wraps in a closure cell,
-    named by its `__wrapped__`; that cell gets the compiled forward. Unwrapped modules: nn.Module.compile's slot."""
+    dynamo's guards). The wrapper (engine/memory/recovery.py) calls whatever its `__wrapped__` holds: the
+    compiled forward goes there. Unwrapped modules: nn.Module.compile's slot."""
     compiled = partial(torch.compile, dynamic=settings.dynamic,
                        backend=_counting_backend(settings.backend, type(transformer).__name__))
     wrapper = vars(transformer).get("forward")
     inner = getattr(wrapper, "__wrapped__", None)
-    cells = getattr(wrapper, "__closure__", None) or ()
-    cell = next((c for c in cells if inner is not None and c.cell_contents is inner), None)
-    if cell is None:
+    if inner is None:
         transformer._compiled_call_impl = compiled(transformer._call_impl)
         return
-    cell.cell_contents = compiled(inner)
-    setattr(transformer, _FULL, (cell, inner))
+    wrapper.__wrapped__ = compiled(inner)
+    setattr(transformer, _FULL, (wrapper, inner))
 
 
 _COMPILED: dict[tuple, Callable] = {}
@@ -146,8 +144,8 @@ def uncompile_transformer(transformer: Any) -> None:
     transformer._compiled_call_impl = None
     swapped = transformer.__dict__.pop(_FULL, None)
     if swapped is not None:
-        cell, inner = swapped
-        cell.cell_contents = inner
+        wrapper, inner = swapped
+        wrapper.__wrapped__ = inner
     for _, block in transformer_blocks(transformer):
         block.__dict__.pop("forward", None)
     delattr(transformer, _MARK)
