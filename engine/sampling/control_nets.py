@@ -99,10 +99,10 @@ def check_control_use(model: Any, conditionings: list[list | None]) -> None:
 
 
 @contextlib.contextmanager
-def use_control_nets(memory: Any, positive: list | None, negative: list | None, model: Any = None) -> Iterator[None]:
-    """Hold every ControlNet of the conditionings on the device for a sampling run (the memory manager)."""
-    if model is not None:
-        check_control_use(model, [positive, negative])
+def use_control_nets(memory: Any, positive: list | None, negative: list | None, model: Any) -> Iterator[None]:
+    """Hold every ControlNet of the conditionings on the device for a sampling run (the memory manager),
+    after checking that `model` can take them."""
+    check_control_use(model, [positive, negative])
     with contextlib.ExitStack() as stack:
         modules = {id(c.controlnet.model): c.controlnet.model for c in controls_of([positive, negative])}
         for module in modules.values():
