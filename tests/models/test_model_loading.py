@@ -17,10 +17,10 @@ from engine.core.extra_model_paths import ExtraModelPathsError, load_extra_model
 from engine.models.flux1.keys import (bfl_shapes_to_diffusers, diffusers_to_bfl,
                                      infer_diffusers_config)
 from engine.models.flux1.transformer import load_flux_transformer, shipped_config_if_matching
-from engine.models.common.safetensors_io import (ModelFileError, dequantize_scaled_fp8, key_prefixes,
-                                          open_safetensors, save_safetensors)
+from engine.models.common.safetensors_io import ModelFileError, key_prefixes, open_safetensors, save_safetensors
 from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder
 from engine.zoo.flux1_tiny import tiny_components
+from tests.support.quantized import dequantize_scaled_fp8
 from engine.models.common.tokenizer_files import TokenizerMissingError
 from engine.models.flux1.tokenizer_files import find_tokenizer
 from engine.models.flux1.vae import load_flux_vae

@@ -307,7 +307,8 @@ def test_streaming_through_slots_moves_the_quantized_bytes(models):
 
 
 def test_scaled_fp8_t5_keeps_fp8_and_matches_its_up_front_dequantization(models, tmp_path):
-    from engine.models.common.safetensors_io import dequantize_scaled_fp8, open_safetensors, save_safetensors
+    from engine.models.common.safetensors_io import open_safetensors, save_safetensors
+    from tests.support.quantized import dequantize_scaled_fp8
     from engine.models.flux1.text_encoders import load_text_encoder_file
     from engine.zoo.quantized import scaled_fp8_state
 

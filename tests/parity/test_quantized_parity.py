@@ -149,7 +149,8 @@ def test_gguf_graph_matches_diffusers_gguf_quantizer(runtime, tmp_path):
 
 @pytest.mark.parametrize("name", ["flux1-dev-tiny-fp8_e4m3fn.safetensors", "flux1-dev-tiny-fp8_scaled.safetensors"])
 def test_fp8_files_match_the_same_file_dequantized_up_front(runtime, name):
-    from engine.models.common.safetensors_io import dequantize_scaled_fp8, open_safetensors, save_safetensors
+    from engine.models.common.safetensors_io import open_safetensors, save_safetensors
+    from tests.support.quantized import dequantize_scaled_fp8
 
     source = _models() / "diffusion_models" / name
     dequantized = dequantize_scaled_fp8(open_safetensors(source).load(), torch.float32)
