@@ -3,7 +3,6 @@ Redux style images and LoRAs on any FLUX.1 variant, validated like every other r
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from engine.server.app import create_app
 from engine.server.config import PROJECT_ROOT
 from tests.support.conditioning import INPUTS
 from tests.support.flux import zoo_base
-from tests.support.server import make_config, registry, wait_for_job
+from tests.support.server import generate_image, make_config, registry
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -37,47 +36,35 @@ async def client(aiohttp_client, tmp_path):
                                            queue=None))
 
 
-async def generate(client, **request) -> tuple[dict, np.ndarray]:
-    response = await client.post("/api/generate", json={"prompt": "a quiet harbour", "steps": 2, "seed": 5,
-                                                        **request})
-    assert response.status == 200, await response.text()
-    queued = await response.json()
-    job = await wait_for_job(client, queued["prompt_id"], timeout=120)
-    assert job["status"] == "completed", job
-    entry = (await (await client.get(f"/history/{queued['prompt_id']}")).json())[queued["prompt_id"]]
-    (record,) = [image for output in entry["outputs"].values() for image in output["images"]]
-    raw = await (await client.get("/view", params=record)).read()
-    return entry["prompt"][2], np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
-
-
 def classes(graph: dict) -> list[str]:
     return sorted(node["class_type"] for node in graph.values())
 
 
 async def test_fill_with_the_image_alpha_or_an_uploaded_mask_and_outpaint(client):
-    graph, image = await generate(client, model="flux-fill", image="inpaint_example.png")
+    graph, image = await generate_image(client, model="flux-fill", image="inpaint_example.png")
     assert image.shape == (64, 64, 3) and "InpaintModelConditioning" in classes(graph)
-    masked, other = await generate(client, model="flux-fill", image="inpaint_example.png", mask="api_mask.png")
+    masked, other = await generate_image(client, model="flux-fill", image="inpaint_example.png", mask="api_mask.png")
     assert "LoadImageMask" in classes(masked) and np.abs(other.astype(int) - image).mean() > 1
-    graph, wide = await generate(client, model="flux-fill", image="outpaint_example.png",
-                                 outpaint={"left": 16, "bottom": 16, "feathering": 0})
+    graph, wide = await generate_image(client, model="flux-fill", image="outpaint_example.png",
+                                       outpaint={"left": 16, "bottom": 16, "feathering": 0})
     assert wide.shape == (64, 64, 3) and "ImagePadForOutpaint" in classes(graph)
 
 
 async def test_kontext_edit_with_two_references_takes_the_first_size_or_the_request(client):
-    graph, image = await generate(client, model="flux-kontext",
-                                  images=["kontext_reference_2.png", "kontext_reference_1.png"])
+    graph, image = await generate_image(client, model="flux-kontext",
+                                        images=["kontext_reference_2.png", "kontext_reference_1.png"])
     assert image.shape == (48, 80, 3) and classes(graph).count("ReferenceLatent") == 2
-    _, sized = await generate(client, model="flux-kontext", images=["kontext_reference_1.png"], width=48, height=32)
+    _, sized = await generate_image(client, model="flux-kontext", images=["kontext_reference_1.png"], width=48,
+                                    height=32)
     assert sized.shape == (32, 48, 3)
 
 
 async def test_style_images_and_stacked_loras_on_flux_dev(client):
-    plain, base = await generate(client, model="flux-dev", width=64, height=64)
-    graph, styled = await generate(client, model="flux-dev", width=64, height=64, style_images=["redux_style.png"],
-                                   style_strength=1.0,
-                                   loras=[{"name": "flux1-dev-tiny-lora-comfy.safetensors", "strength": 0.5},
-                                          {"name": "flux1-dev-tiny-lora2-kohya.safetensors", "strength": -1}])
+    plain, base = await generate_image(client, model="flux-dev", width=64, height=64)
+    graph, styled = await generate_image(client, model="flux-dev", width=64, height=64,
+                                         style_images=["redux_style.png"], style_strength=1.0,
+                                         loras=[{"name": "flux1-dev-tiny-lora-comfy.safetensors", "strength": 0.5},
+                                                {"name": "flux1-dev-tiny-lora2-kohya.safetensors", "strength": -1}])
     assert classes(graph).count("LoraLoader") == 2 and "StyleModelApply" in classes(graph)
     assert np.abs(styled.astype(int) - base).mean() > 1
     sampler = next(n for n in graph.values() if n["class_type"] == "KSampler")

@@ -13,6 +13,7 @@ from engine.recipes.errors import RecipeError
 from engine.recipes.speed import PRESETS, apply_speed, parse_speed
 from engine.server.app import create_app
 from engine.server.config import PROJECT_ROOT
+from tests.support.flux import zoo_base
 from tests.support.server import make_config, messages_until_done, receive_json, registry
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
@@ -46,20 +47,11 @@ def test_exact_is_the_default_and_unknown_presets_are_refused():
             parse_speed({"speed": bad})
 
 
-@pytest.fixture(scope="module")
-def zoo_base(tmp_path_factory):
-    from engine.zoo.writer import write_tiny_zoo
-
-    base = tmp_path_factory.mktemp("flux_zoo")
-    write_tiny_zoo(base / "models")
-    return base
-
-
 @pytest_asyncio.fixture
-async def client(aiohttp_client, zoo_base, tmp_path):
+async def client(aiohttp_client, tmp_path):
     from engine.backends.runtime import Runtime
 
-    runtime = Runtime.create(base_dir=zoo_base, registry=registry())
+    runtime = Runtime.create(base_dir=zoo_base(), registry=registry())  # the tiny zoo written once per process
     return await aiohttp_client(create_app(runtime, make_config(tmp_path, workflows_dir=WORKFLOWS), queue=None))
 
 

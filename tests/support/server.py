@@ -157,6 +157,25 @@ async def wait_for_job(client: Any, prompt_id: str, statuses=("completed", "fail
     return job
 
 
+async def generate_image(client: Any, **request: Any) -> tuple[dict[str, Any], Any]:
+    """POST /api/generate ("a quiet harbour", 2 steps, seed 5, overridden by `request`), wait for the job and
+    return (the graph it ran, its one image as an RGB uint8 array)."""
+    import io
+
+    import numpy as np
+
+    response = await client.post("/api/generate", json={"prompt": "a quiet harbour", "steps": 2, "seed": 5,
+                                                        **request})
+    assert response.status == 200, await response.text()
+    queued = await response.json()
+    job = await wait_for_job(client, queued["prompt_id"], timeout=120)
+    assert job["status"] == "completed", job
+    entry = (await (await client.get(f"/history/{queued['prompt_id']}")).json())[queued["prompt_id"]]
+    (record,) = [image for output in entry["outputs"].values() for image in output["images"]]
+    raw = await (await client.get("/view", params=record)).read()
+    return entry["prompt"][2], np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+
+
 def same_shape(actual: Any, reference: Any, path: str = "$") -> list[str]:
     """Differences in JSON *shape* (keys and value types) between a response and a capture."""
     problems: list[str] = []

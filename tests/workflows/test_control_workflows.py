@@ -17,7 +17,7 @@ from engine.server.app import create_app
 from engine.server.config import PROJECT_ROOT
 from tests.support.conditioning import INPUTS
 from tests.support.flux import zoo_base
-from tests.support.server import make_config, registry, wait_for_job
+from tests.support.server import generate_image, make_config, registry, wait_for_job
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -75,16 +75,8 @@ async def test_the_workflow_runs_through_the_server(client, name):
 
 
 async def generate(client, **request) -> tuple[dict, np.ndarray]:
-    response = await client.post("/api/generate", json={"prompt": "a quiet harbour", "steps": 2, "seed": 5,
-                                                        "width": 64, "height": 64, **request})
-    assert response.status == 200, await response.text()
-    queued = await response.json()
-    job = await wait_for_job(client, queued["prompt_id"], timeout=120)
-    assert job["status"] == "completed", job
-    entry = (await (await client.get(f"/history/{queued['prompt_id']}")).json())[queued["prompt_id"]]
-    (record,) = [image for output in entry["outputs"].values() for image in output["images"]]
-    raw = await (await client.get("/view", params=record)).read()
-    return entry["prompt"][2], np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).astype(int)
+    graph, image = await generate_image(client, width=64, height=64, **request)
+    return graph, image.astype(int)
 
 
 @pytest.mark.asyncio
