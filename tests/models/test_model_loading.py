@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.zoo import writer as zoo
 from engine.models.flux1.checkpoint import load_flux_checkpoint
 from engine.models.common.detect import detect_components, detect_flux_variant
 from engine.core.extra_model_paths import ExtraModelPathsError, load_extra_model_paths
@@ -20,6 +19,7 @@ from engine.models.flux1.transformer import load_flux_transformer, shipped_confi
 from engine.models.common.safetensors_io import ModelFileError, key_prefixes, open_safetensors, save_safetensors
 from engine.models.flux1.text_encoders import load_flux_text_encoders, load_text_encoders_folder
 from engine.zoo.flux1_tiny import tiny_components
+from tests.support.flux import zoo_base
 from tests.support.quantized import dequantize_scaled_fp8
 from engine.models.common.tokenizer_files import TokenizerMissingError
 from engine.models.flux1.tokenizer_files import find_tokenizer
@@ -27,10 +27,8 @@ from engine.models.flux1.vae import load_flux_vae
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("loading") / "models"
-    zoo.write_tiny_zoo(root)
-    return root
+def models() -> Path:
+    return zoo_base() / "models"  # the tiny zoo written once per process (read only here)
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,12 @@ WORKFLOWS = PROJECT_ROOT / "workflows"
 
 
 @pytest.fixture(scope="module")
-def zoo_base(tmp_path_factory):
+def zoo_base():
     if not (WORKFLOWS / "flux_schnell_txt2img.json").is_file():
         pytest.fail("workflows/flux_schnell_txt2img.json is missing")
-    from engine.zoo.writer import write_tiny_zoo
+    from tests.support.flux import zoo_base as shared_zoo
 
-    base = tmp_path_factory.mktemp("flux_zoo")
-    write_tiny_zoo(base / "models")
-    return base
+    return shared_zoo()  # the tiny zoo written once per process
 
 
 @pytest_asyncio.fixture

@@ -123,14 +123,12 @@ def _tiny_flux_workflow(prompt_text: str | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_runtime(tmp_path_factory):
+def tiny_runtime():
     _real_registry()
-    from engine.zoo.writer import write_tiny_zoo
     from engine.backends.runtime import Runtime
+    from tests.support.flux import zoo_base
 
-    base = tmp_path_factory.mktemp("ui_zoo")
-    write_tiny_zoo(base / "models")
-    return Runtime.create(base)
+    return Runtime.create(zoo_base())  # the tiny zoo written once per process
 
 
 def _run_tiny(runtime, workflow: dict):
